@@ -1,0 +1,44 @@
+"""The FastAPI app: `uvicorn control_plane.api.app:app`."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from prefect.settings import PREFECT_API_URL
+
+from control_plane.api.errors import add_error_handlers
+from control_plane.api.routes import connectors, endpoints, health, projects
+from control_plane.db import get_engine
+
+
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    if not PREFECT_API_URL.value():
+        raise RuntimeError(
+            "PREFECT_API_URL is not set: start the stack with `control-plane up`, "
+            "or point PREFECT_API_URL at your Prefect server"
+        )
+    yield
+    await get_engine().dispose()
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Connector control plane",
+        description="Connectors on Prefect: every change is an audited Prefect flow run.",
+        version="0.1.0",
+        lifespan=_lifespan,
+    )
+    api = APIRouter(prefix="/api/v1")
+    api.include_router(projects.router)
+    api.include_router(endpoints.endpoint_router("source"))
+    api.include_router(endpoints.endpoint_router("destination"))
+    api.include_router(endpoints.types_router)
+    api.include_router(connectors.router)
+    app.include_router(api)
+    app.include_router(health.router)
+    add_error_handlers(app)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,67 @@
+"""Every error the API answers, mapped in one place to `{"detail": ...}` with its status."""
+
+import logging
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from control_plane.deployments import translate_error
+from control_plane.errors import ControlPlaneError, InvalidInput
+
+logger = logging.getLogger(__name__)
+
+
+def _answer(error: ControlPlaneError) -> JSONResponse:
+    if isinstance(error, InvalidInput):
+        # The same shape as FastAPI's own 422s: the field in `loc`, what to fix in `msg`.
+        detail: object = [
+            {"loc": ["body", *error.field.split(".")], "msg": error.detail, "type": "value_error"}
+        ]
+    else:
+        detail = error.detail
+    return JSONResponse({"detail": detail}, status_code=error.status_code)
+
+
+async def _control_plane_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ControlPlaneError)
+    return _answer(error)
+
+
+async def _prefect_error(_: Request, error: Exception) -> JSONResponse:
+    return _answer(translate_error(error))
+
+
+async def _integrity_error(_: Request, error: Exception) -> JSONResponse:
+    # A concurrent request stored the same unique value between our check and our insert.
+    return JSONResponse(
+        {"detail": f"conflicts with a stored row: {getattr(error, 'orig', error)}"},
+        status_code=409,
+    )
+
+
+async def _database_error(_: Request, error: Exception) -> JSONResponse:
+    logger.warning("database error: %s", error)
+    return JSONResponse(
+        {"detail": f"the control plane's database failed: {getattr(error, 'orig', error)}"},
+        status_code=503,
+    )
+
+
+async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
+    logger.exception("unexpected error", exc_info=error)
+    return JSONResponse(
+        {"detail": f"internal error ({type(error).__name__}); the API's log has the details"},
+        status_code=500,
+    )
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ControlPlaneError, _control_plane_error)
+    for prefect_error in (PrefectHTTPStatusError, ObjectNotFound, httpx.HTTPError):
+        app.add_exception_handler(prefect_error, _prefect_error)
+    app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,65 @@
+"""Connectors, the seed's contract. Every change is a control flow run; reads are plain."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from control_plane import crud
+from control_plane.api.deps import CurrentActor, PageDep, SessionDep
+from flows.lifecycle import create_connector, delete_connector, trigger_connector, update_connector
+from models import (
+    ConnectorCreate,
+    ConnectorPublic,
+    ConnectorsPublic,
+    ConnectorUpdate,
+    TriggerResult,
+)
+
+router = APIRouter(prefix="/connectors", tags=["connectors"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ConnectorPublic)
+async def create(spec: ConnectorCreate, actor: CurrentActor):
+    """Store the connector and create its Prefect deployment (when active)."""
+    return await create_connector(spec=spec, actor=actor)
+
+
+@router.get("", response_model=ConnectorsPublic)
+async def list_all(
+    session: SessionDep,
+    page: PageDep,
+    project_id: Annotated[int | None, Query(alias="projectId")] = None,
+    is_active: Annotated[bool | None, Query(alias="isActive")] = None,
+):
+    connectors, count = await crud.list_connectors(
+        session=session,
+        project_id=project_id,
+        is_active=is_active,
+        limit=page.limit,
+        offset=page.offset,
+    )
+    return ConnectorsPublic(data=connectors, count=count)
+
+
+@router.get("/{connector_id}", response_model=ConnectorPublic)
+async def read(connector_id: int, session: SessionDep):
+    return await crud.get_connector(session=session, connector_id=connector_id)
+
+
+@router.patch("/{connector_id}", response_model=ConnectorPublic)
+async def update(connector_id: int, changes: ConnectorUpdate, actor: CurrentActor):
+    """Change any field; the deployment follows (reschedule, activate, deactivate)."""
+    return await update_connector(connector_id=connector_id, changes=changes, actor=actor)
+
+
+@router.post("/{connector_id}/trigger", response_model=TriggerResult)
+async def trigger(connector_id: int, actor: CurrentActor):
+    """Run the connector now, bypassing its schedule."""
+    flow_run_id = await trigger_connector(connector_id=connector_id, actor=actor)
+    return TriggerResult(flow_run_id=flow_run_id)
+
+
+@router.delete("/{connector_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete(connector_id: int, actor: CurrentActor) -> None:
+    """Remove the connector, its deployment and its scheduled runs."""
+    await delete_connector(connector_id=connector_id, actor=actor)

@@ -1,0 +1,125 @@
+"""The `control-plane` command: `up` starts the whole stack, `migrate` the schema only."""
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from control_plane import deployments
+from control_plane.db import migrate
+from control_plane.settings import Settings, get_settings
+
+
+def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"{' '.join(map(str, process.args))} exited with {process.returncode}")  # type: ignore[arg-type]
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    sys.exit(f"{url} did not answer within {timeout:.0f} s")
+
+
+def prefect_server_env(settings: Settings, home: Path) -> dict[str, str]:
+    """Environment of a Prefect server with a bounded scheduler, on SQLite under `home`."""
+    database = settings.prefect_database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+    return {
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
+        "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": str(settings.scheduler_max_runs),
+        "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": str(min(3, settings.scheduler_max_runs)),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
+    }
+
+
+def _start(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Each child leads its own process group, so stopping it stops what it started too.
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in reversed(processes):
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for process in reversed(processes):
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def up() -> None:
+    """Migrate, then run Prefect's server (unless PREFECT_API_URL is set), a worker and the API."""
+    settings = get_settings()
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    migrate()
+    env = {
+        **os.environ,
+        "CONTROL_PLANE_DATA_DIR": str(data_dir),
+        "CONTROL_PLANE_DATABASE_URL": settings.resolved_database_url,
+    }
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        if not env.get("PREFECT_API_URL"):
+            home = data_dir / "prefect"
+            home.mkdir(exist_ok=True)
+            server = f"http://{settings.prefect_host}:{settings.prefect_port}"
+            command = [sys.executable, "-m", "prefect", "server", "start"]
+            command += ["--host", settings.prefect_host]
+            command += ["--port", str(settings.prefect_port)]
+            processes.append(_start(command, {**env, **prefect_server_env(settings, home)}))
+            _wait_until_healthy(f"{server}/api/health", processes[-1], timeout=120)
+            env["PREFECT_API_URL"] = f"{server}/api"
+        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
+        asyncio.run(deployments.ensure_work_pool(settings.work_pool))
+        worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds)}
+        command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
+        command += ["--pool", settings.work_pool]
+        processes.append(_start(command, worker_env))
+        api = f"http://{settings.api_host}:{settings.api_port}"
+        command = [sys.executable, "-m", "uvicorn", "control_plane.api.app:app"]
+        command += ["--host", settings.api_host]
+        command += ["--port", str(settings.api_port)]
+        processes.append(_start(command, env))
+        _wait_until_healthy(f"{api}/health", processes[-1], timeout=60)
+        print(
+            f"\nConnector control plane is up.\n"
+            f"  API:        {api}/api/v1  (docs: {api}/docs)\n"
+            f"  Prefect UI: {env['PREFECT_API_URL'].removesuffix('/api')}\n"
+            f"  Worker:     pool {settings.work_pool!r}\n"
+            f"Ctrl-C stops everything started here.\n",
+            flush=True,
+        )
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        sys.exit("a process of the stack exited; stopping the rest")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _stop(processes)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="control-plane", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("up", help="start Prefect (unless PREFECT_API_URL is set), worker, API")
+    commands.add_parser("migrate", help="bring the database schema up to date")
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        up()
+    else:
+        migrate()

@@ -1,0 +1,282 @@
+"""Reads and writes of the control plane's tables. No Prefect, no HTTP.
+
+Every function takes its session by keyword and leaves committing to the caller, so a control
+flow can keep the database change and the Prefect change in one unit.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from control_plane.connectors import Kind, TypeConfig, deep_merge, validate_config
+from control_plane.errors import Conflict, InvalidInput, NotFound
+from models import (
+    Connector,
+    ConnectorCreate,
+    ConnectorUpdate,
+    DefinedDestination,
+    DefinedSource,
+    EndpointCreate,
+    EndpointUpdate,
+    Project,
+    ProjectCreate,
+    ProjectUpdate,
+)
+from models.base import utcnow
+
+Endpoint = DefinedSource | DefinedDestination
+ENDPOINT_TABLES: dict[Kind, type[DefinedSource] | type[DefinedDestination]] = {
+    "source": DefinedSource,
+    "destination": DefinedDestination,
+}
+
+
+async def _page(
+    session: AsyncSession, query: Any, *, limit: int, offset: int
+) -> tuple[Sequence[Any], int]:
+    count = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = (await session.exec(query.limit(limit).offset(offset))).all()
+    return rows, count or 0
+
+
+def _touch(row: Project | Endpoint | Connector, changes: dict[str, Any]) -> None:
+    for name, value in changes.items():
+        setattr(row, name, value)
+    row.updated_at = utcnow()
+
+
+def _names(connectors: Sequence[Connector]) -> str:
+    return ", ".join(f"{c.id} ({c.name!r})" for c in connectors)
+
+
+# Projects
+
+
+async def get_project(*, session: AsyncSession, project_id: int) -> Project:
+    project = await session.get(Project, project_id)
+    if project is None:
+        raise NotFound(f"project {project_id} does not exist")
+    return project
+
+
+async def list_projects(
+    *, session: AsyncSession, limit: int, offset: int
+) -> tuple[Sequence[Project], int]:
+    return await _page(
+        session, select(Project).order_by(col(Project.id)), limit=limit, offset=offset
+    )
+
+
+async def _check_project_name(session: AsyncSession, name: str) -> None:
+    if await session.scalar(select(Project.id).where(Project.name == name)):
+        raise Conflict(f"a project named {name!r} exists already")
+
+
+async def create_project(*, session: AsyncSession, spec: ProjectCreate) -> Project:
+    await _check_project_name(session, spec.name)
+    project = Project.model_validate(spec)
+    session.add(project)
+    await session.flush()
+    return project
+
+
+async def update_project(
+    *, session: AsyncSession, project: Project, changes: ProjectUpdate
+) -> Project:
+    values = changes.model_dump(exclude_unset=True)
+    if values.get("name", project.name) != project.name:
+        await _check_project_name(session, values["name"])
+    _touch(project, values)
+    await session.flush()
+    return project
+
+
+async def delete_project(*, session: AsyncSession, project: Project) -> None:
+    users = await _connectors_where(session, Connector.project_id == project.id)
+    if users:
+        raise Conflict(f"project {project.id} still has connectors: {_names(users)}")
+    for kind, table in ENDPOINT_TABLES.items():
+        endpoints = (await session.exec(select(table).where(table.project_id == project.id))).all()
+        if endpoints:
+            names = ", ".join(f"{e.id} ({e.name!r})" for e in endpoints)
+            raise Conflict(f"project {project.id} still has defined {kind}s: {names}")
+    await session.delete(project)
+    await session.flush()
+
+
+# Defined sources and destinations
+
+
+async def get_endpoint(*, session: AsyncSession, kind: Kind, endpoint_id: int) -> Endpoint:
+    endpoint = await session.get(ENDPOINT_TABLES[kind], endpoint_id)
+    if endpoint is None:
+        raise NotFound(f"defined {kind} {endpoint_id} does not exist")
+    return endpoint
+
+
+async def list_endpoints(
+    *, session: AsyncSession, kind: Kind, project_id: int | None, limit: int, offset: int
+) -> tuple[Sequence[Endpoint], int]:
+    table = ENDPOINT_TABLES[kind]
+    query = select(table).order_by(col(table.id))
+    if project_id is not None:
+        query = query.where(table.project_id == project_id)
+    return await _page(session, query, limit=limit, offset=offset)
+
+
+async def _check_endpoint_name(
+    session: AsyncSession, kind: Kind, project_id: int, name: str
+) -> None:
+    table = ENDPOINT_TABLES[kind]
+    query = select(table.id).where(table.project_id == project_id, table.name == name)
+    if await session.scalar(query):
+        raise Conflict(f"project {project_id} has a defined {kind} named {name!r} already")
+
+
+async def create_endpoint(*, session: AsyncSession, kind: Kind, spec: EndpointCreate) -> Endpoint:
+    validate_config(kind, spec.type, spec.config, field="config")
+    await get_project(session=session, project_id=spec.project_id)
+    await _check_endpoint_name(session, kind, spec.project_id, spec.name)
+    endpoint = ENDPOINT_TABLES[kind].model_validate(spec)
+    session.add(endpoint)
+    await session.flush()
+    return endpoint
+
+
+async def update_endpoint(
+    *, session: AsyncSession, kind: Kind, endpoint: Endpoint, changes: EndpointUpdate
+) -> Endpoint:
+    values = changes.model_dump(exclude_unset=True)
+    config = values.get("config", endpoint.config)
+    validate_config(kind, values.get("type", endpoint.type), config, field="config")
+    if values.get("name", endpoint.name) != endpoint.name:
+        await _check_endpoint_name(session, kind, endpoint.project_id, values["name"])
+    users = await _connectors_where(session, _endpoint_column(kind) == endpoint.id)
+    for connector in users:
+        override = _override(connector, kind)
+        validate_config(
+            kind, values.get("type", endpoint.type), deep_merge(config, override), field="config"
+        )
+    _touch(endpoint, values)
+    await session.flush()
+    return endpoint
+
+
+async def delete_endpoint(*, session: AsyncSession, kind: Kind, endpoint: Endpoint) -> None:
+    users = await _connectors_where(session, _endpoint_column(kind) == endpoint.id)
+    if users:
+        raise Conflict(f"defined {kind} {endpoint.id} is used by connectors: {_names(users)}")
+    await session.delete(endpoint)
+    await session.flush()
+
+
+def _endpoint_column(kind: Kind) -> Any:
+    return Connector.defined_source_id if kind == "source" else Connector.defined_destination_id
+
+
+def _override(connector: Connector, kind: Kind) -> dict[str, Any]:
+    if kind == "source":
+        return connector.source_config_override
+    return connector.destination_config_override
+
+
+def resolve_config(*, connector: Connector, kind: Kind, endpoint: Endpoint) -> TypeConfig:
+    """The endpoint's config with the connector's override laid over it, checked by its type."""
+    merged = deep_merge(endpoint.config, _override(connector, kind))
+    return validate_config(kind, endpoint.type, merged, field=f"{kind}ConfigOverride")
+
+
+# Connectors
+
+
+async def _connectors_where(session: AsyncSession, condition: Any) -> Sequence[Connector]:
+    return (
+        await session.exec(select(Connector).where(condition).order_by(col(Connector.id)))
+    ).all()
+
+
+async def get_connector(
+    *, session: AsyncSession, connector_id: int, for_update: bool = False
+) -> Connector:
+    """The connector; `for_update` locks its row (PostgreSQL) until the transaction ends."""
+    query = select(Connector).where(Connector.id == connector_id)
+    if for_update:
+        query = query.with_for_update()
+    connector = (await session.exec(query)).first()
+    if connector is None:
+        raise NotFound(f"connector {connector_id} does not exist")
+    return connector
+
+
+async def list_connectors(
+    *,
+    session: AsyncSession,
+    project_id: int | None,
+    is_active: bool | None,
+    limit: int,
+    offset: int,
+) -> tuple[Sequence[Connector], int]:
+    query = select(Connector).order_by(col(Connector.id))
+    if project_id is not None:
+        query = query.where(Connector.project_id == project_id)
+    if is_active is not None:
+        query = query.where(Connector.is_active == is_active)
+    return await _page(session, query, limit=limit, offset=offset)
+
+
+async def _check_connector(session: AsyncSession, connector: Connector) -> None:
+    """The connector's references exist, belong to its project, and its overrides fit."""
+    with session.no_autoflush:
+        await _check_connector_references(session, connector)
+
+
+async def _check_connector_references(session: AsyncSession, connector: Connector) -> None:
+    await get_project(session=session, project_id=connector.project_id)
+    for kind, field in (("source", "definedSourceId"), ("destination", "definedDestinationId")):
+        endpoint_id = getattr(connector, _endpoint_column(kind).key)
+        endpoint = await session.get(ENDPOINT_TABLES[kind], endpoint_id)
+        if endpoint is None:
+            raise InvalidInput(field, f"defined {kind} {endpoint_id} does not exist")
+        if endpoint.project_id != connector.project_id:
+            raise InvalidInput(
+                field,
+                f"defined {kind} {endpoint_id} belongs to project {endpoint.project_id}, "
+                f"not to project {connector.project_id}",
+            )
+        resolve_config(connector=connector, kind=kind, endpoint=endpoint)
+    query = select(Connector.id).where(
+        Connector.project_id == connector.project_id,
+        Connector.name == connector.name,
+        Connector.id != connector.id if connector.id is not None else True,
+    )
+    if await session.scalar(query):
+        raise Conflict(
+            f"project {connector.project_id} has a connector named {connector.name!r} already"
+        )
+
+
+async def add_connector(*, session: AsyncSession, spec: ConnectorCreate) -> Connector:
+    """Insert the connector (its id is known afterwards); the caller commits."""
+    connector = Connector.model_validate(spec)
+    await _check_connector(session, connector)
+    session.add(connector)
+    await session.flush()
+    return connector
+
+
+async def change_connector(
+    *, session: AsyncSession, connector: Connector, changes: ConnectorUpdate
+) -> Connector:
+    """Apply the changes to the row after checking them; the caller commits."""
+    _touch(connector, changes.model_dump(exclude_unset=True))
+    await _check_connector(session, connector)
+    await session.flush()
+    return connector
+
+
+async def remove_connector(*, session: AsyncSession, connector: Connector) -> None:
+    await session.delete(connector)
+    await session.flush()

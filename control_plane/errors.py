@@ -1,0 +1,73 @@
+"""The control plane's exceptions, raised deep down and mapped to HTTP once, in `api/errors.py`.
+
+```
+ControlPlaneError
+├── NotFound            404  an id that does not exist
+├── Conflict            409  the request clashes with what is stored
+│   └── DeploymentMissing    409  Prefect lost a deployment the database points to
+├── InvalidInput        422  a value that cannot be used, naming the field
+└── Unavailable         503  a dependency is down
+    ├── PrefectUnavailable   503  Prefect's API cannot be reached or keeps failing
+    ├── PrefectRejected      502  Prefect answered, but refused the request
+    └── DatabaseUnavailable  503  the control plane's database cannot be reached
+```
+"""
+
+
+class ControlPlaneError(Exception):
+    """Base of every error the control plane raises on purpose."""
+
+    status_code = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(ControlPlaneError):
+    status_code = 404
+
+
+class Conflict(ControlPlaneError):
+    status_code = 409
+
+
+class DeploymentMissing(Conflict):
+    pass
+
+
+class InvalidInput(ControlPlaneError):
+    status_code = 422
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Unavailable(ControlPlaneError):
+    status_code = 503
+
+
+class PrefectUnavailable(Unavailable):
+    pass
+
+
+class PrefectRejected(Unavailable):
+    status_code = 502
+
+
+class DatabaseUnavailable(Unavailable):
+    pass
+
+
+__all__ = [
+    "Conflict",
+    "ControlPlaneError",
+    "DatabaseUnavailable",
+    "DeploymentMissing",
+    "InvalidInput",
+    "NotFound",
+    "PrefectRejected",
+    "PrefectUnavailable",
+    "Unavailable",
+]

@@ -1,0 +1,66 @@
+"""Every setting of the control plane, read from `CONTROL_PLANE_*` variables or `.env`."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """The control plane's settings; Prefect's own (`PREFECT_API_URL`, ...) stay Prefect's."""
+
+    model_config = SettingsConfigDict(env_prefix="CONTROL_PLANE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(
+        default=Path(".data"),
+        description="Where the embedded defaults keep their files (SQLite, Prefect home).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the control plane's database, e.g. "
+            "`postgresql+psycopg://user@host/db`. Default: SQLite at `<data_dir>/control-plane.db`."
+        ),
+    )
+    work_pool: str = Field(
+        default="connectors",
+        description="Prefect work pool that runs the connectors' `sync-connector` deployments.",
+    )
+    api_host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
+    api_port: int = Field(default=8000, description="Port the REST API listens on.")
+    prefect_host: str = Field(
+        default="127.0.0.1", description="Address of the Prefect server that `up` starts."
+    )
+    prefect_port: int = Field(
+        default=4200, description="Port of the Prefect server (and UI) that `up` starts."
+    )
+    prefect_database_url: str | None = Field(
+        default=None,
+        description=(
+            "Database of the Prefect server that `up` starts, e.g. "
+            "`postgresql+asyncpg://user@host/prefect`. Default: SQLite under `<data_dir>/prefect`."
+        ),
+    )
+    scheduler_max_runs: int = Field(
+        default=10,
+        description=(
+            "Most scheduled runs the Prefect server that `up` starts keeps ahead per deployment "
+            "(Prefect's default is 100)."
+        ),
+    )
+    worker_poll_seconds: float = Field(
+        default=2.0,
+        description="How often the worker that `up` starts asks Prefect for runs (Prefect: 10 s).",
+    )
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite under `data_dir`."""
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'control-plane.db'}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once; tests clear the cache to change them."""
+    return Settings()

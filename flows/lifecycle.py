@@ -1,0 +1,141 @@
+"""The control flows: every change to a connector is one run of one of these.
+
+Each flow keeps the database row and the connector's Prefect deployment in one unit: the row
+is flushed, Prefect is changed, then the row is committed. If Prefect fails, the transaction
+rolls back; if the commit fails, the Prefect change is undone.
+"""
+
+from uuid import UUID
+
+from prefect import flow, get_run_logger
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from control_plane import crud, deployments
+from control_plane.audit import actor_tag, label_run
+from control_plane.db import session_scope
+from control_plane.deployments import DeploymentSpec
+from control_plane.errors import Conflict
+from models import Connector, ConnectorCreate, ConnectorPublic, ConnectorUpdate
+
+UI_ACTOR = "prefect-ui"
+
+
+def _spec(connector: Connector) -> DeploymentSpec | None:
+    return deployments.desired(connector) if connector.is_active else None
+
+
+async def _commit(
+    session: AsyncSession,
+    *,
+    deployment_id: UUID | None,
+    applied: DeploymentSpec | None,
+    previous: DeploymentSpec | None,
+) -> None:
+    """Commit the row after Prefect was changed; if that fails, put Prefect back."""
+    try:
+        await session.commit()
+    except Exception:
+        await deployments.apply(deployment_id, applied, previous)
+        raise
+
+
+async def _apply_and_commit(
+    session: AsyncSession, connector: Connector, before: DeploymentSpec | None
+) -> ConnectorPublic:
+    after = _spec(connector)
+    connector.prefect_deployment_id = await deployments.apply(
+        connector.prefect_deployment_id, before, after
+    )
+    await _commit(
+        session, deployment_id=connector.prefect_deployment_id, applied=after, previous=before
+    )
+    get_run_logger().info(
+        "connector %s committed with deployment %s", connector.id, connector.prefect_deployment_id
+    )
+    return ConnectorPublic.model_validate(connector)
+
+
+def _describe_update(connector: Connector, changes: ConnectorUpdate) -> str:
+    values = changes.model_dump(exclude_unset=True)
+    if values.get("is_active") is False and connector.is_active:
+        return f"deactivate connector {connector.id}"
+    if values.get("is_active") is True and not connector.is_active:
+        return f"activate connector {connector.id}"
+    if {"schedule", "timezone"} & values.keys():
+        old = f"{connector.schedule or 'manual'} {connector.timezone}"
+        new = (
+            f"{values.get('schedule', connector.schedule) or 'manual'} "
+            f"{values.get('timezone', connector.timezone)}"
+        )
+        return f"reschedule connector {connector.id}: {old} -> {new}"
+    return f"update connector {connector.id}: {', '.join(sorted(values)) or 'nothing'}"
+
+
+@flow(name="create-connector", flow_run_name="create connector {spec.name}")
+async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> ConnectorPublic:
+    """Store a new connector and, when active, create its scheduled deployment."""
+    async with session_scope() as session:
+        connector = await crud.add_connector(session=session, spec=spec)
+        await label_run(
+            actor=actor,
+            name=f"create connector {connector.id}: {connector.name}",
+            connector_id=connector.id,
+        )
+        return await _apply_and_commit(session, connector, before=None)
+
+
+@flow(name="update-connector", flow_run_name="update connector {connector_id}")
+async def update_connector(
+    connector_id: int, changes: ConnectorUpdate, actor: str = UI_ACTOR
+) -> ConnectorPublic:
+    """Change any field; reschedules, activates or deactivates the deployment to match."""
+    async with session_scope() as session:
+        connector = await crud.get_connector(
+            session=session, connector_id=connector_id, for_update=True
+        )
+        await label_run(
+            actor=actor, name=_describe_update(connector, changes), connector_id=connector_id
+        )
+        before = _spec(connector)
+        await crud.change_connector(session=session, connector=connector, changes=changes)
+        return await _apply_and_commit(session, connector, before)
+
+
+@flow(name="trigger-connector", flow_run_name="trigger connector {connector_id}")
+async def trigger_connector(connector_id: int, actor: str = UI_ACTOR) -> UUID:
+    """Start a run of the connector's deployment now, bypassing its schedule."""
+    await label_run(
+        actor=actor, name=f"trigger connector {connector_id}", connector_id=connector_id
+    )
+    async with session_scope() as session:
+        connector = await crud.get_connector(session=session, connector_id=connector_id)
+    if not connector.is_active or connector.prefect_deployment_id is None:
+        raise Conflict(
+            f"connector {connector_id} is inactive; activate it (isActive: true) to run it"
+        )
+    flow_run_id = await deployments.run_now(
+        connector.prefect_deployment_id, tags=["trigger:manual", actor_tag(actor)]
+    )
+    get_run_logger().info("connector %s: started sync run %s", connector_id, flow_run_id)
+    return flow_run_id
+
+
+@flow(name="delete-connector", flow_run_name="delete connector {connector_id}")
+async def delete_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
+    """Remove the connector with its deployment and scheduled runs."""
+    async with session_scope() as session:
+        connector = await crud.get_connector(
+            session=session, connector_id=connector_id, for_update=True
+        )
+        await label_run(
+            actor=actor,
+            name=f"delete connector {connector_id}: {connector.name}",
+            connector_id=connector_id,
+        )
+        before = _spec(connector)
+        await crud.remove_connector(session=session, connector=connector)
+        await deployments.apply(connector.prefect_deployment_id, before, None)
+        await _commit(session, deployment_id=None, applied=None, previous=before)
+
+
+__all__ = ["create_connector", "delete_connector", "trigger_connector", "update_connector"]

@@ -1,0 +1,47 @@
+"""SQLModel tables and the API's request and response bodies. No I/O here."""
+
+from models.catalog import (
+    DefinedDestination,
+    DefinedSource,
+    EndpointCreate,
+    EndpointPublic,
+    EndpointsPublic,
+    EndpointUpdate,
+    Project,
+    ProjectCreate,
+    ProjectPublic,
+    ProjectsPublic,
+    ProjectUpdate,
+    TypePublic,
+    TypesPublic,
+)
+from models.connector import (
+    Connector,
+    ConnectorCreate,
+    ConnectorPublic,
+    ConnectorsPublic,
+    ConnectorUpdate,
+    TriggerResult,
+)
+
+__all__ = [
+    "Connector",
+    "ConnectorCreate",
+    "ConnectorPublic",
+    "ConnectorUpdate",
+    "ConnectorsPublic",
+    "DefinedDestination",
+    "DefinedSource",
+    "EndpointCreate",
+    "EndpointPublic",
+    "EndpointUpdate",
+    "EndpointsPublic",
+    "Project",
+    "ProjectCreate",
+    "ProjectPublic",
+    "ProjectUpdate",
+    "ProjectsPublic",
+    "TriggerResult",
+    "TypePublic",
+    "TypesPublic",
+]

@@ -1,0 +1,109 @@
+"""Projects and the defined sources and destinations that connectors move data between."""
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import StringConstraints, field_validator
+from sqlalchemy import JSON, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from models.base import ApiModel, InputModel, UpdateModel, as_utc, timestamp_field
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Description = Annotated[str, StringConstraints(max_length=2000)]
+
+
+class ProjectBase(ApiModel):
+    name: Name
+    description: Description | None = None
+
+
+class Project(ProjectBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
+
+
+class ProjectCreate(ProjectBase, InputModel):
+    pass
+
+
+class ProjectUpdate(UpdateModel):
+    nullable = frozenset({"description"})
+
+    name: Name | None = None
+    description: Description | None = None
+
+
+class Timestamps(ApiModel):
+    created_at: datetime
+    updated_at: datetime
+
+    @field_validator("created_at", "updated_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)
+
+
+class ProjectPublic(ProjectBase, Timestamps):
+    id: int
+
+
+class ProjectsPublic(ApiModel):
+    data: list[ProjectPublic]
+    count: int
+
+
+class EndpointBase(ApiModel):
+    """What a defined source and a defined destination share: a typed, validated config."""
+
+    name: Name
+    type: str = Field(max_length=100)
+    config: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    project_id: int = Field(foreign_key="project.id", index=True)
+
+
+class EndpointCreate(EndpointBase, InputModel):
+    pass
+
+
+class EndpointUpdate(UpdateModel):
+    name: Name | None = None
+    type: str | None = None
+    config: dict[str, Any] | None = None
+
+
+class EndpointPublic(EndpointBase, Timestamps):
+    id: int
+
+
+class EndpointsPublic(ApiModel):
+    data: list[EndpointPublic]
+    count: int
+
+
+class DefinedSource(EndpointBase, table=True):
+    __tablename__ = "defined_source"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
+
+
+class DefinedDestination(EndpointBase, table=True):
+    __tablename__ = "defined_destination"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
+
+
+class TypePublic(ApiModel):
+    kind: str
+    type: str
+    config_schema: dict[str, Any]
+
+
+class TypesPublic(SQLModel):
+    data: list[TypePublic]

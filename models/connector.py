@@ -1,0 +1,106 @@
+"""The connector: a schedule that moves data from a defined source to a defined destination."""
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+from pydantic import AfterValidator, computed_field
+from sqlalchemy import JSON, UniqueConstraint
+from sqlmodel import Field
+
+from models.base import (
+    ApiModel,
+    InputModel,
+    UpdateModel,
+    check_cron,
+    check_timezone,
+    timestamp_field,
+    utcnow,
+)
+from models.catalog import Description, Name, Timestamps
+
+Cron = Annotated[str, AfterValidator(check_cron)]
+Timezone = Annotated[str, AfterValidator(check_timezone)]
+ConfigOverride = dict[str, Any]
+
+
+class ConnectorBase(ApiModel):
+    name: Name = Field(description="Unique within the project.")
+    description: Description | None = None
+    project_id: int = Field(foreign_key="project.id", index=True)
+    defined_source_id: int = Field(foreign_key="defined_source.id", index=True)
+    defined_destination_id: int = Field(foreign_key="defined_destination.id", index=True)
+    schedule: Cron | None = Field(
+        default=None,
+        description="Five-field cron expression, e.g. '0 */4 * * *'; null for manual runs only.",
+    )
+    timezone: Timezone = Field(default="UTC", description="IANA time zone of the schedule.")
+    is_active: bool = Field(
+        default=True, description="Inactive connectors have no deployment and never run."
+    )
+    source_config_override: ConfigOverride = Field(
+        default_factory=dict,
+        sa_type=JSON,
+        description="Merged over the defined source's config for this connector's runs.",
+    )
+    destination_config_override: ConfigOverride = Field(
+        default_factory=dict,
+        sa_type=JSON,
+        description="Merged over the defined destination's config for this connector's runs.",
+    )
+
+
+class Connector(ConnectorBase, table=True):
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: int | None = Field(default=None, primary_key=True)
+    prefect_deployment_id: UUID | None = None
+    created_at: datetime = timestamp_field()
+    updated_at: datetime = timestamp_field()
+
+
+class ConnectorCreate(ConnectorBase, InputModel):
+    pass
+
+
+class ConnectorUpdate(UpdateModel):
+    """Any field of a connector; a field left out keeps its value."""
+
+    nullable = frozenset({"description", "schedule"})
+
+    name: Name | None = None
+    description: Description | None = None
+    project_id: int | None = None
+    defined_source_id: int | None = None
+    defined_destination_id: int | None = None
+    schedule: Cron | None = None
+    timezone: Timezone | None = None
+    is_active: bool | None = None
+    source_config_override: ConfigOverride | None = None
+    destination_config_override: ConfigOverride | None = None
+
+
+class ConnectorPublic(ConnectorBase, Timestamps):
+    id: int
+    prefect_deployment_id: UUID | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def next_run_at(self) -> datetime | None:
+        """When the schedule fires next (UTC); null when inactive or manual only."""
+        if not (self.is_active and self.schedule):
+            return None
+        now = utcnow().astimezone(ZoneInfo(self.timezone))
+        return croniter(self.schedule, now).get_next(datetime).astimezone(UTC)
+
+
+class ConnectorsPublic(ApiModel):
+    data: list[ConnectorPublic]
+    count: int
+
+
+class TriggerResult(ApiModel):
+    status: str = "success"
+    result: str = "Flow execution started"
+    flow_run_id: UUID
