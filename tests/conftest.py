@@ -1,0 +1,168 @@
+"""Session fixtures: one real Prefect server, and per database (SQLite, PostgreSQL) the API and
+a worker as real processes, talking over real HTTP."""
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from sqlalchemy.engine import make_url
+
+from control_plane import deployments
+from control_plane.cli import prefect_server_env
+from control_plane.db import migrate
+from control_plane.settings import Settings
+from tests.helpers import Catalog, created, unique
+from tests.stack import api_server, free_port, prefect_server, running, worker
+
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+# Prefect's scheduler looks every second here (60 s by default), so runs appear quickly.
+TEST_PREFECT_ENV = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1"}
+
+
+def start_prefect_server(home: Path, port: int):
+    env = {**prefect_server_env(Settings(), home), **TEST_PREFECT_ENV}
+    return prefect_server(home, port, env)
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prefect server (with its scheduler) for the whole session."""
+    port = free_port()
+    server = start_prefect_server(tmp_path_factory.mktemp("prefect"), port)
+    url = f"http://127.0.0.1:{port}/api"
+    with running(server, f"{url}/health"), temporary_settings({PREFECT_API_URL: url}):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def prefect(prefect_api_url: str) -> Iterator[SyncPrefectClient]:
+    """A client of the session's Prefect server, to check what the control plane did."""
+    with get_client(sync_client=True) as client:
+        yield client
+
+
+def _libpq_url(database: str) -> str:
+    return make_url(POSTGRES_ADMIN_URL).set(database=database).render_as_string(False)
+
+
+def _postgres_database(name: str) -> str:
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as error:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({error}). "
+            f"Start it with: {START_POSTGRES}",
+            pytrace=False,
+        )
+    return str(make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql+psycopg", database=name))
+
+
+def _drop_postgres_database(name: str) -> None:
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[str]:
+    """A fresh, migrated database of the control plane: SQLite, then PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'control-plane.db'}"
+        migrate(url)
+        yield url
+        return
+    name = f"control_plane_test_{uuid.uuid4().hex[:12]}"
+    url = _postgres_database(name)
+    try:
+        migrate(url)
+        # Both databases share the session's Prefect server: keep their connector ids (and so
+        # their deployment names and tags) apart.
+        with psycopg.connect(
+            make_url(url).set(drivername="postgresql").render_as_string(False)
+        ) as db:
+            db.execute("ALTER SEQUENCE connector_id_seq RESTART WITH 1000000")
+        yield url
+    finally:
+        _drop_postgres_database(name)
+
+
+@dataclass
+class Stack:
+    """The control plane's processes for one database."""
+
+    api_url: str
+    database_url: str
+    work_pool: str
+    env: dict[str, str]
+
+
+def stack_env(prefect_api_url: str, database_url: str, work_pool: str, home: Path) -> dict:
+    return {
+        "PREFECT_API_URL": prefect_api_url,
+        "PREFECT_HOME": str(home),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "CONTROL_PLANE_DATABASE_URL": database_url,
+        "CONTROL_PLANE_WORK_POOL": work_pool,
+        "CONTROL_PLANE_DATA_DIR": str(home),
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(prefect_api_url: str, database_url: str, tmp_path_factory) -> Iterator[Stack]:
+    """The API and a worker on the session's Prefect server and this database."""
+    home = tmp_path_factory.mktemp("stack")
+    work_pool = f"connectors-{make_url(database_url).get_backend_name()}-{uuid.uuid4().hex[:6]}"
+    asyncio.run(deployments.ensure_work_pool(work_pool))
+    env = stack_env(prefect_api_url, database_url, work_pool, home)
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}"
+    with (
+        running(worker(env, work_pool, home / "worker.log")),
+        running(api_server(env, port, home / "api.log"), f"{api_url}/health"),
+    ):
+        yield Stack(api_url=api_url, database_url=database_url, work_pool=work_pool, env=env)
+
+
+@pytest.fixture(scope="session")
+def api(stack: Stack) -> Iterator[httpx.Client]:
+    """An HTTP client of the API's /api/v1."""
+    with httpx.Client(base_url=f"{stack.api_url}/api/v1", timeout=60) as client:
+        yield client
+
+
+@pytest.fixture
+def catalog(api: httpx.Client, tmp_path: Path) -> Catalog:
+    """A new project with a CSV source and a JSONL destination."""
+    project = created(api.post("/projects", json={"name": unique("project")}))
+    source = created(
+        api.post(
+            "/defined-sources",
+            json={
+                "name": unique("source"),
+                "type": "csv",
+                "config": {"path": str(tmp_path / "in.csv")},
+                "projectId": project["id"],
+            },
+        )
+    )
+    destination = created(
+        api.post(
+            "/defined-destinations",
+            json={
+                "name": unique("destination"),
+                "type": "jsonl",
+                "config": {"path": str(tmp_path / "out.jsonl")},
+                "projectId": project["id"],
+            },
+        )
+    )
+    return Catalog(project["id"], source["id"], destination["id"])

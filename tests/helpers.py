@@ -1,0 +1,86 @@
+"""Small helpers the tests share: unique names, catalog bodies, Prefect look-ups."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+from zoneinfo import ZoneInfo
+
+import httpx
+from croniter import croniter
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+
+CONTROL_FLOWS = ["create-connector", "update-connector", "trigger-connector", "delete-connector"]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def created(response: httpx.Response) -> dict:
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+@dataclass
+class Catalog:
+    project_id: int
+    source_id: int
+    destination_id: int
+
+    def connector(self, **fields) -> dict:
+        """A connector body for this catalog; `fields` override the defaults (camelCase)."""
+        return {
+            "name": unique("connector"),
+            "projectId": self.project_id,
+            "definedSourceId": self.source_id,
+            "definedDestinationId": self.destination_id,
+            "schedule": "0 */4 * * *",
+            "isActive": True,
+            "sourceConfigOverride": {},
+            "destinationConfigOverride": {},
+            **fields,
+        }
+
+
+def scheduled_runs(prefect: SyncPrefectClient, deployment_id: str | UUID) -> list[FlowRun]:
+    """The runs that the deployment's schedule created and that still wait to start."""
+    runs = prefect.read_flow_runs(
+        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[UUID(str(deployment_id))])),
+        flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+        ),
+        limit=200,
+    )
+    return [run for run in runs if run.auto_scheduled]
+
+
+def all_match(runs: list[FlowRun], cron: str, timezone: str = "UTC") -> bool:
+    return all(
+        # Prefect hands back Pendulum datetimes; croniter wants the standard library's.
+        croniter.match(
+            cron, datetime.fromtimestamp(run.expected_start_time.timestamp(), ZoneInfo(timezone))
+        )
+        for run in runs
+    )
+
+
+def control_runs(prefect: SyncPrefectClient, connector_id: int) -> list[FlowRun]:
+    """The control flow runs tagged with the connector, oldest first."""
+    return prefect.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=CONTROL_FLOWS)),
+        flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"connector:{connector_id}"])),
+        sort=FlowRunSort.START_TIME_ASC,
+    )

@@ -1,0 +1,117 @@
+"""Real processes for the tests: a Prefect server, a worker and the API, each on a free port."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(
+    check: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.2
+) -> T:
+    """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Process:
+    """A child process in its own process group, with its output in a log file."""
+
+    def __init__(self, name: str, command: list[str], env: Mapping[str, str], log: Path) -> None:
+        self.name = name
+        self.command = command
+        self.env = dict(env)
+        self.log = log
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "Process":
+        with self.log.open("ab") as out:
+            self.popen = subprocess.Popen(
+                self.command,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    def wait_healthy(self, url: str, timeout: float = 120) -> None:
+        def healthy() -> bool:
+            assert self.popen is not None
+            if self.popen.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{self.name} exited with {self.popen.returncode}:\n{tail}")
+            return answers(url)
+
+        wait_for(healthy, timeout=timeout, what=f"{self.name} at {url}")
+
+    def stop(self) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+
+@contextmanager
+def running(process: Process, health_url: str | None = None) -> Iterator[Process]:
+    process.start()
+    try:
+        if health_url:
+            process.wait_healthy(health_url)
+        yield process
+    finally:
+        process.stop()
+
+
+def prefect_server(home: Path, port: int, extra_env: Mapping[str, str]) -> Process:
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **extra_env, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    command = [sys.executable, "-m", "prefect", "server", "start"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    return Process("prefect server", command, env, home / "server.log")
+
+
+def api_server(env: Mapping[str, str], port: int, log: Path) -> Process:
+    command = [sys.executable, "-m", "uvicorn", "control_plane.api.app:app"]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    return Process("API", command, {**os.environ, **env}, log)
+
+
+def worker(env: Mapping[str, str], pool: str, log: Path) -> Process:
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
+    command += ["--pool", pool]
+    return Process("worker", command, {**os.environ, **env}, log)

@@ -1,0 +1,143 @@
+"""The seed's lifecycle end to end through HTTP, checking Prefect itself after every step."""
+
+from uuid import UUID
+
+import httpx
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.objects import StateType
+from prefect.exceptions import ObjectNotFound
+
+from tests.helpers import Catalog, all_match, control_runs, created, scheduled_runs
+from tests.stack import wait_for
+
+OLD_CRON = "15 */4 * * *"
+NEW_CRON = "45 */6 * * *"
+
+
+def _deployment_gone(prefect: SyncPrefectClient, deployment_id: str) -> None:
+    with pytest.raises(ObjectNotFound):
+        prefect.read_deployment(UUID(deployment_id))
+    assert scheduled_runs(prefect, deployment_id) == []
+
+
+class TestSeedLifecycle:
+    def test_create_reschedule_trigger_deactivate_delete(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog, stack
+    ):
+        # 1. Create with a schedule: a deployment of sync-connector with that cron.
+        connector = created(
+            api.post("/connectors", json=catalog.connector(schedule=OLD_CRON, timezone="UTC"))
+        )
+        connector_id, deployment_id = connector["id"], connector["prefectDeploymentId"]
+        assert connector["isActive"] is True and connector["nextRunAt"]
+        deployment = prefect.read_deployment(UUID(deployment_id))
+        assert deployment.name == f"connector-{connector_id}"
+        assert deployment.parameters == {"connector_id": connector_id}
+        assert deployment.work_pool_name == stack.work_pool
+        assert {
+            "control-plane",
+            f"connector:{connector_id}",
+            f"project:{catalog.project_id}",
+        } <= set(deployment.tags)
+        [schedule] = deployment.schedules
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == (OLD_CRON, "UTC")
+        old_runs = wait_for(
+            lambda: scheduled_runs(prefect, deployment_id),
+            timeout=30,
+            what="the scheduler to schedule the first runs",
+        )
+        assert all_match(old_runs, OLD_CRON)
+
+        # 2. Reschedule: the schedule is patched in place and no run of the old cron remains.
+        response = api.patch(f"/connectors/{connector_id}", json={"schedule": NEW_CRON})
+        assert response.status_code == 200, response.text
+        assert response.json()["schedule"] == NEW_CRON
+        assert response.json()["prefectDeploymentId"] == deployment_id
+        [rescheduled] = prefect.read_deployment(UUID(deployment_id)).schedules
+        assert rescheduled.id == schedule.id
+        assert rescheduled.schedule.cron == NEW_CRON
+        assert all_match(scheduled_runs(prefect, deployment_id), NEW_CRON)
+        new_runs = wait_for(
+            lambda: scheduled_runs(prefect, deployment_id),
+            timeout=30,
+            what="runs of the new schedule",
+        )
+        assert all_match(new_runs, NEW_CRON)
+
+        # 3. Trigger: a run of the deployment now, which the worker executes.
+        response = api.post(f"/connectors/{connector_id}/trigger")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert (body["status"], body["result"]) == ("success", "Flow execution started")
+        run = prefect.read_flow_run(UUID(body["flowRunId"]))
+        assert str(run.deployment_id) == deployment_id
+        assert {"trigger:manual", f"connector:{connector_id}"} <= set(run.tags)
+        finished = wait_for(
+            lambda: (r := prefect.read_flow_run(run.id)).state.is_final() and r,
+            timeout=90,
+            what="the worker to finish the triggered run",
+        )
+        assert finished.state.type == StateType.COMPLETED, finished.state
+
+        # 4. Deactivate: the deployment and its scheduled runs are gone.
+        response = api.patch(f"/connectors/{connector_id}", json={"isActive": False})
+        assert response.status_code == 200, response.text
+        assert response.json()["prefectDeploymentId"] is None
+        assert response.json()["nextRunAt"] is None
+        _deployment_gone(prefect, deployment_id)
+
+        # Activating again builds the deployment from the current row.
+        response = api.patch(f"/connectors/{connector_id}", json={"isActive": True})
+        assert response.status_code == 200, response.text
+        reactivated_id = response.json()["prefectDeploymentId"]
+        [schedule] = prefect.read_deployment(UUID(reactivated_id)).schedules
+        assert schedule.schedule.cron == NEW_CRON
+
+        # 5. Delete: the row, the deployment and its scheduled runs go.
+        assert api.delete(f"/connectors/{connector_id}").status_code == 204
+        assert api.get(f"/connectors/{connector_id}").status_code == 404
+        _deployment_gone(prefect, reactivated_id)
+
+        # The audit log: one completed control flow run per action, tagged and named.
+        runs = control_runs(prefect, connector_id)
+        assert [run.name for run in runs] == [
+            f"create connector {connector_id}: {connector['name']}",
+            f"reschedule connector {connector_id}: {OLD_CRON} UTC -> {NEW_CRON} UTC",
+            f"trigger connector {connector_id}",
+            f"deactivate connector {connector_id}",
+            f"activate connector {connector_id}",
+            f"delete connector {connector_id}: {connector['name']}",
+        ]
+        for run in runs:
+            assert run.state.type == StateType.COMPLETED, (run.name, run.state)
+            assert {"control-plane", "actor:anonymous"} <= set(run.tags)
+
+
+class TestManualOnly:
+    def test_null_schedule_keeps_a_deployment_without_schedule(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
+    ):
+        connector = created(api.post("/connectors", json=catalog.connector(schedule=None)))
+        deployment_id = connector["prefectDeploymentId"]
+        assert connector["nextRunAt"] is None
+        assert prefect.read_deployment(UUID(deployment_id)).schedules == []
+        response = api.post(f"/connectors/{connector['id']}/trigger")
+        assert response.status_code == 200, response.text
+
+        response = api.patch(
+            f"/connectors/{connector['id']}",
+            json={"schedule": "*/30 * * * *", "timezone": "Europe/Berlin"},
+        )
+        assert response.status_code == 200, response.text
+        [schedule] = prefect.read_deployment(UUID(deployment_id)).schedules
+        assert (schedule.schedule.cron, schedule.schedule.timezone) == (
+            "*/30 * * * *",
+            "Europe/Berlin",
+        )
+        wait_for(lambda: scheduled_runs(prefect, deployment_id), timeout=30, what="scheduled runs")
+
+        response = api.patch(f"/connectors/{connector['id']}", json={"schedule": None})
+        assert response.status_code == 200, response.text
+        assert prefect.read_deployment(UUID(deployment_id)).schedules == []
+        assert scheduled_runs(prefect, deployment_id) == []
