@@ -62,6 +62,11 @@ async def get_project(*, session: AsyncSession, project_id: int) -> Project:
     return project
 
 
+async def _referenced_project(session: AsyncSession, project_id: int) -> None:
+    if await session.get(Project, project_id) is None:
+        raise InvalidInput("projectId", f"project {project_id} does not exist")
+
+
 async def list_projects(
     *, session: AsyncSession, limit: int, offset: int
 ) -> tuple[Sequence[Project], int]:
@@ -138,7 +143,7 @@ async def _check_endpoint_name(
 
 async def create_endpoint(*, session: AsyncSession, kind: Kind, spec: EndpointCreate) -> Endpoint:
     validate_config(kind, spec.type, spec.config, field="config")
-    await get_project(session=session, project_id=spec.project_id)
+    await _referenced_project(session, spec.project_id)
     await _check_endpoint_name(session, kind, spec.project_id, spec.name)
     endpoint = ENDPOINT_TABLES[kind].model_validate(spec)
     session.add(endpoint)
@@ -234,7 +239,7 @@ async def _check_connector(session: AsyncSession, connector: Connector) -> None:
 
 
 async def _check_connector_references(session: AsyncSession, connector: Connector) -> None:
-    await get_project(session=session, project_id=connector.project_id)
+    await _referenced_project(session, connector.project_id)
     for kind, field in (("source", "definedSourceId"), ("destination", "definedDestinationId")):
         endpoint_id = getattr(connector, _endpoint_column(kind).key)
         endpoint = await session.get(ENDPOINT_TABLES[kind], endpoint_id)

@@ -63,17 +63,18 @@ public final class ConnectorLifecycleExample {
             ApiClient client = new ApiClient(config);
             System.out.println("Control plane API: " + config.baseUrl());
             // Unique names, because the API answers 409 to a name its project already has.
-            String suffix = LocalDateTime.now().format(DateTimeFormatter.ofPattern("yyyyMMdd-HHmmss"))
-                    + "-" + UUID.randomUUID().toString().substring(0, 6);
+            String suffix = LocalDateTime.now().format(DateTimeFormatter.ofPattern(
+                    "yyyyMMdd-HHmmss")) + "-" + UUID.randomUUID().toString().substring(0, 6);
             Scaffold scaffold = prepare(client, config, suffix);
             runLifecycle(client, scaffold, suffix);
             cleanUp(client, scaffold);
         } catch (ExampleException error) {
+            System.out.flush(); // so the progress so far comes before the failure, even when piped
             System.err.println("\nFAILED: " + error.getMessage());
             System.exit(1);
         }
-        System.out.println(
-                "\nPASSED: all 5 lifecycle steps (create, reschedule, trigger, deactivate, delete)");
+        System.out.println("\nPASSED: all 5 lifecycle steps"
+                + " (create, reschedule, trigger, deactivate, delete)");
     }
 
     // ---------------------------------------------------------------- the five steps
@@ -93,8 +94,8 @@ public final class ConnectorLifecycleExample {
         spec.putObject("destinationConfigOverride");
         JsonNode connector = client.call("POST", "/api/v1/connectors", spec, 201, true);
         show(connector, "id", "prefectDeploymentId", "schedule", "nextRunAt");
-        expect(has(connector, "prefectDeploymentId"),
-                "the connector has no deployment");
+        expect(has(connector, "id"), "the answer has no id");
+        expect(has(connector, "prefectDeploymentId"), "the connector has no deployment");
         expect(text(connector, "schedule").equals("0 */4 * * *"), "the schedule was not stored");
         long connectorId = connector.path("id").asLong();
         String path = "/api/v1/connectors/" + connectorId;
@@ -173,7 +174,6 @@ public final class ConnectorLifecycleExample {
     /** Uses the ids given in the environment; creates whatever is missing, with unique names. */
     private static Scaffold prepare(ApiClient client, Config config, String suffix)
             throws InterruptedException {
-        Path workdir = createTempDirectory();
         List<String> created = new ArrayList<>(); // paths to DELETE afterwards, newest first
 
         Long projectId = config.projectId();
@@ -186,6 +186,7 @@ public final class ConnectorLifecycleExample {
             show(project, "id", "name");
         }
 
+        Path workdir = createTempDirectory(); // holds the files of the source and destination
         Long sourceId = config.definedSourceId();
         if (sourceId == null) {
             // The worker reads this path, so the example expects the API on this machine.
@@ -260,7 +261,8 @@ public final class ConnectorLifecycleExample {
          */
         HttpResponse<String> send(String method, String path, JsonNode body, boolean idempotent)
                 throws InterruptedException {
-            HttpRequest.Builder builder = HttpRequest.newBuilder(URI.create(config.baseUrl() + path))
+            URI uri = URI.create(config.baseUrl() + path);
+            HttpRequest.Builder builder = HttpRequest.newBuilder(uri)
                     .timeout(config.requestTimeout())
                     .header("Accept", "application/json")
                     .method(method, body == null
@@ -319,8 +321,8 @@ public final class ConnectorLifecycleExample {
                 String hint = status == 401 || status == 403
                         ? " (check AUTH_TOKEN: it is missing, expired or lacks the rights for this)"
                         : "";
-                throw new ExampleException(
-                        method + " " + path + " answered " + status + hint + ": " + detail(response));
+                throw new ExampleException(method + " " + path + " answered " + status + hint
+                        + ": " + detail(response));
             }
             if (status == 204) {
                 return null;

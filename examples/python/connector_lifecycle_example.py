@@ -9,6 +9,7 @@ step passed, 1 with a message on stderr otherwise.
 """
 
 import email.utils
+import json
 import os
 import random
 import shutil
@@ -41,13 +42,12 @@ class ExampleError(Exception):
 class ApiError(ExampleError):
     """The API answered with a status the step did not expect."""
 
-    def __init__(self, method: str, path: str, status: int, detail: Any) -> None:
+    def __init__(self, method: str, path: str, status: int, detail: str) -> None:
         if status in (401, 403):
             hint = " (check AUTH_TOKEN: it is missing, expired or lacks the rights for this)"
         else:
             hint = ""
         super().__init__(f"{method} {path} answered {status}{hint}: {detail}")
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,8 @@ class Config:
         )
         if config.max_retries < 0 or config.request_timeout <= 0:
             raise ExampleError("MAX_RETRIES must be 0 or more and REQUEST_TIMEOUT more than 0")
-        given_endpoint = config.defined_source_id or config.defined_destination_id
-        if given_endpoint and config.project_id is None:
+        given = (config.defined_source_id, config.defined_destination_id)
+        if any(i is not None for i in given) and config.project_id is None:
             # The API refuses a connector whose source or destination is another project's.
             raise ExampleError("DEFINED_SOURCE_ID and DEFINED_DESTINATION_ID need PROJECT_ID too")
         return config
@@ -126,12 +126,13 @@ class ApiClient:
                         f"{method} {path}: no answer from {self._config.base_url} "
                         f"after {attempts} attempts: {error}"
                     ) from error
-                reason, delay = type(error).__name__, _backoff(attempt)
+                reason, delay = _describe(error), _backoff(attempt)
             else:
                 if response.status_code not in RETRY_STATUSES or attempt == attempts:
                     return response
                 reason = f"{response.status_code} {_detail(response)}"
-                delay = _retry_after(response) or _backoff(attempt)
+                retry_after = _retry_after(response)
+                delay = _backoff(attempt) if retry_after is None else retry_after
             print(f"   retry {attempt}/{attempts - 1} in {delay:.1f} s: {reason}")
             time.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -160,6 +161,13 @@ def _backoff(attempt: int) -> float:
     return random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
 
 
+def _describe(error: requests.RequestException) -> str:
+    # requests' own message nests urllib3's; a retry line only needs what kind of failure it was.
+    if isinstance(error, requests.Timeout):
+        return "no answer within REQUEST_TIMEOUT"
+    return f"connection failed ({type(error).__name__})"
+
+
 def _retry_after(response: requests.Response) -> float | None:
     """Seconds the server asked us to wait (delta-seconds or an HTTP date), if it did."""
     value = response.headers.get("Retry-After")
@@ -175,12 +183,13 @@ def _retry_after(response: requests.Response) -> float | None:
     return min(max(seconds, 0.0), RETRY_AFTER_CAP_SECONDS)
 
 
-def _detail(response: requests.Response) -> Any:
-    """The API's `detail`, or the start of the body when the answer is not the API's JSON."""
+def _detail(response: requests.Response) -> str:
+    """The API's `detail` (a 422's list as JSON), or the start of a body that is not the API's."""
     try:
-        return response.json()["detail"]
+        detail = response.json()["detail"]
     except (ValueError, KeyError, TypeError):
         return response.text[:500] or response.reason
+    return detail if isinstance(detail, str) else json.dumps(detail)
 
 
 def _expect(condition: bool, message: str) -> None:
@@ -200,12 +209,11 @@ class Scaffold:
     defined_source_id: int
     defined_destination_id: int
     created: list[str]  # paths to DELETE afterwards, newest first
-    workdir: Path
+    workdir: Path  # holds the files of the source and destination made here
 
 
 def prepare(client: ApiClient, config: Config, suffix: str) -> Scaffold:
     """Use the ids given in the environment; create whatever is missing, with unique names."""
-    workdir = Path(tempfile.mkdtemp(prefix="connector-example-"))
     created: list[str] = []
     project_id = config.project_id
     if project_id is None:
@@ -219,6 +227,7 @@ def prepare(client: ApiClient, config: Config, suffix: str) -> Scaffold:
         created.insert(0, f"/api/v1/projects/{project_id}")
         _show(project, "id", "name")
 
+    workdir = Path(tempfile.mkdtemp(prefix="connector-example-"))
     source_id = config.defined_source_id
     if source_id is None:
         # The worker reads this path, so the example expects the API on this machine.
@@ -272,7 +281,7 @@ def wait_for_run(client: ApiClient, connector_id: int, flow_run_id: str) -> None
             client.call("GET", f"/api/v1/connectors/{connector_id}", expect=200)
             time.sleep(5)
             return
-        runs = ApiClient.check("GET", path, response, 200)["data"]
+        runs = ApiClient.check("GET", path, response, 200).get("data", [])
         run = next((r for r in runs if str(r.get("flowRunId")) == flow_run_id), None)
         state = str(run.get("state")).upper() if run else "NOT LISTED YET"
         print(f"   flowRunId={flow_run_id}  state={state}")
@@ -356,6 +365,7 @@ def main() -> int:
         run_lifecycle(client, scaffold, suffix)
         clean_up(client, scaffold)
     except ExampleError as error:
+        sys.stdout.flush()  # so the progress so far comes before the failure, even when piped
         print(f"\nFAILED: {error}", file=sys.stderr)
         return 1
     print("\nPASSED: all 5 lifecycle steps (create, reschedule, trigger, deactivate, delete)")
