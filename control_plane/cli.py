@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from control_plane import deployments
 from control_plane.db import migrate
@@ -61,8 +62,15 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def up() -> None:
     """Migrate, then run Prefect's server (unless PREFECT_API_URL is set), a worker and the API."""
+    # A shell that starts us in the background ignores SIGINT for us; take both signals back.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     settings = get_settings()
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -84,8 +92,9 @@ def up() -> None:
             processes.append(_start(command, {**env, **prefect_server_env(settings, home)}))
             _wait_until_healthy(f"{server}/api/health", processes[-1], timeout=120)
             env["PREFECT_API_URL"] = f"{server}/api"
-        os.environ["PREFECT_API_URL"] = env["PREFECT_API_URL"]
-        asyncio.run(deployments.ensure_work_pool(settings.work_pool))
+        # Prefect read its settings at import: point this process at the server explicitly.
+        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+            asyncio.run(deployments.ensure_work_pool(settings.work_pool))
         worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds)}
         command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
         command += ["--pool", settings.work_pool]

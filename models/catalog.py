@@ -19,6 +19,8 @@ class ProjectBase(ApiModel):
 
 
 class Project(ProjectBase, table=True):
+    # Ids are never reused, so `connector:<id>` in Prefect's audit log names one connector ever.
+    __table_args__ = {"sqlite_autoincrement": True}
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=200, unique=True)
     created_at: datetime = timestamp_field()
@@ -85,7 +87,7 @@ class EndpointsPublic(ApiModel):
 
 class DefinedSource(EndpointBase, table=True):
     __tablename__ = "defined_source"
-    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    __table_args__ = (UniqueConstraint("project_id", "name"), {"sqlite_autoincrement": True})
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = timestamp_field()
     updated_at: datetime = timestamp_field()
@@ -93,7 +95,7 @@ class DefinedSource(EndpointBase, table=True):
 
 class DefinedDestination(EndpointBase, table=True):
     __tablename__ = "defined_destination"
-    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    __table_args__ = (UniqueConstraint("project_id", "name"), {"sqlite_autoincrement": True})
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = timestamp_field()
     updated_at: datetime = timestamp_field()

@@ -53,7 +53,7 @@ class ConnectorBase(ApiModel):
 
 
 class Connector(ConnectorBase, table=True):
-    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    __table_args__ = (UniqueConstraint("project_id", "name"), {"sqlite_autoincrement": True})
     id: int | None = Field(default=None, primary_key=True)
     prefect_deployment_id: UUID | None = None
     created_at: datetime = timestamp_field()

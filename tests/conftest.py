@@ -18,7 +18,7 @@ from control_plane import deployments
 from control_plane.cli import prefect_server_env
 from control_plane.db import migrate
 from control_plane.settings import Settings
-from tests.helpers import Catalog, created, unique
+from tests.helpers import Catalog, make_catalog
 from tests.stack import api_server, free_port, prefect_server, running, worker
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -142,27 +142,4 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
 @pytest.fixture
 def catalog(api: httpx.Client, tmp_path: Path) -> Catalog:
     """A new project with a CSV source and a JSONL destination."""
-    project = created(api.post("/projects", json={"name": unique("project")}))
-    source = created(
-        api.post(
-            "/defined-sources",
-            json={
-                "name": unique("source"),
-                "type": "csv",
-                "config": {"path": str(tmp_path / "in.csv")},
-                "projectId": project["id"],
-            },
-        )
-    )
-    destination = created(
-        api.post(
-            "/defined-destinations",
-            json={
-                "name": unique("destination"),
-                "type": "jsonl",
-                "config": {"path": str(tmp_path / "out.jsonl")},
-                "projectId": project["id"],
-            },
-        )
-    )
-    return Catalog(project["id"], source["id"], destination["id"])
+    return make_catalog(api, tmp_path)

@@ -3,6 +3,7 @@
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
@@ -53,6 +54,29 @@ class Catalog:
             "destinationConfigOverride": {},
             **fields,
         }
+
+
+def make_catalog(api: httpx.Client, directory: Path) -> Catalog:
+    """A new project with a CSV source and a JSONL destination (files under `directory`)."""
+    project = created(api.post("/projects", json={"name": unique("project")}))
+    ids = [
+        created(
+            api.post(
+                f"/defined-{kind}s",
+                json={
+                    "name": unique(kind),
+                    "type": type_,
+                    "config": {"path": str(directory / file)},
+                    "projectId": project["id"],
+                },
+            )
+        )["id"]
+        for kind, type_, file in (
+            ("source", "csv", "in.csv"),
+            ("destination", "jsonl", "out.jsonl"),
+        )
+    ]
+    return Catalog(project["id"], *ids)
 
 
 def scheduled_runs(prefect: SyncPrefectClient, deployment_id: str | UUID) -> list[FlowRun]:

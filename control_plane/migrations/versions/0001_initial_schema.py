@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-29 04:53:39.708991
+Create Date: 2026-11-29 05:04:02.067195
 """
 
 import sqlalchemy as sa
@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "defined_destination",
@@ -42,6 +43,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("project_id", "name"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("defined_destination", schema=None) as batch_op:
         batch_op.create_index(
@@ -63,6 +65,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("project_id", "name"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("defined_source", schema=None) as batch_op:
         batch_op.create_index(
@@ -99,6 +102,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("project_id", "name"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("connector", schema=None) as batch_op:
         batch_op.create_index(

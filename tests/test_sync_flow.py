@@ -1,0 +1,42 @@
+"""The sync-connector flow refuses, with a clear reason, to run a connector that is gone."""
+
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.objects import StateType
+from sqlalchemy import create_engine, text
+
+from tests.helpers import Catalog, created
+from tests.stack import wait_for
+
+
+def _run_deployment(prefect: SyncPrefectClient, deployment_id: str):
+    run = prefect.create_flow_run_from_deployment(UUID(deployment_id))
+    return wait_for(
+        lambda: (r := prefect.read_flow_run(run.id)).state.is_final() and r,
+        timeout=90,
+        what="the worker to finish the sync run",
+    )
+
+
+class TestSyncRefusesStaleRuns:
+    # Drift made on purpose, behind the API's back: the row changes, the deployment stays.
+    @pytest.mark.parametrize(
+        ("statement", "reason"),
+        [
+            ("UPDATE connector SET is_active = false WHERE id = :id", "is inactive"),
+            ("DELETE FROM connector WHERE id = :id", "does not exist"),
+        ],
+    )
+    def test_fails_with_the_reason(
+        self, api, prefect: SyncPrefectClient, catalog: Catalog, stack, statement, reason
+    ):
+        connector = created(api.post("/connectors", json=catalog.connector(schedule=None)))
+        engine = create_engine(stack.database_url)
+        with engine.begin() as db:
+            db.execute(text(statement), {"id": connector["id"]})
+        engine.dispose()
+        run = _run_deployment(prefect, connector["prefectDeploymentId"])
+        assert run.state.type == StateType.FAILED
+        assert f"connector {connector['id']} {reason}" in run.state.message
