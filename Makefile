@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: up test lint bench
+.PHONY: up test bench java
 
 $(VENV)/.runtime: pyproject.toml
 	python3 -m venv $(VENV)
@@ -10,14 +10,23 @@ $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.test: $(VENV)/.runtime
+$(VENV)/.test: $(VENV)/.runtime pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 	touch $@
 
 up: $(VENV)/.runtime
 	$(VENV)/bin/control-plane up
 
-test: $(VENV)/.test
+# The Java example's test compiles it: a JDK and Jackson databind from Debian's packages.
+java:
+	@if ! command -v javac >/dev/null || [ ! -f /usr/share/java/jackson-databind.jar ]; then \
+		apt-get update -qq && apt-get install -y -qq default-jdk-headless libjackson2-databind-java; \
+	fi
+
+test: $(VENV)/.test java
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.test
+	$(PYTHON) -m bench.actions
