@@ -1,4 +1,4 @@
-"""The `control-plane` command: `up` starts the whole stack, `migrate` the schema only."""
+"""The `control-plane` command: `up` starts the whole stack; `migrate`; `token` mints a JWT."""
 
 import argparse
 import asyncio
@@ -14,6 +14,7 @@ import httpx
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from control_plane import deployments
+from control_plane.api.auth import READ, WRITE, mint
 from control_plane.db import migrate
 from control_plane.settings import Settings, get_settings
 
@@ -127,8 +128,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start Prefect (unless PREFECT_API_URL is set), worker, API")
     commands.add_parser("migrate", help="bring the database schema up to date")
+    token = commands.add_parser("token", help="mint a development JWT (HS256 secret)")
+    token.add_argument("--sub", required=True, help="who the token is for (the audit actor)")
+    token.add_argument(
+        "--scope", action="append", default=[], help=f"{READ} or {WRITE}; repeat for more"
+    )
+    token.add_argument(
+        "--project", action="append", type=int, default=[], help="limit to a project id; repeat"
+    )
+    token.add_argument("--hours", type=float, default=24, help="lifetime (default: 24)")
     args = parser.parse_args(argv)
     if args.command == "up":
         up()
+    elif args.command == "token":
+        print(
+            mint(
+                settings=get_settings(),
+                sub=args.sub,
+                scopes=args.scope or [READ, WRITE],
+                projects=args.project,
+                hours=args.hours,
+            )
+        )
     else:
         migrate()

@@ -68,11 +68,12 @@ async def _referenced_project(session: AsyncSession, project_id: int) -> None:
 
 
 async def list_projects(
-    *, session: AsyncSession, limit: int, offset: int
+    *, session: AsyncSession, project_ids: frozenset[int] | None, limit: int, offset: int
 ) -> tuple[Sequence[Project], int]:
-    return await _page(
-        session, select(Project).order_by(col(Project.id)), limit=limit, offset=offset
-    )
+    query = select(Project).order_by(col(Project.id))
+    if project_ids is not None:
+        query = query.where(col(Project.id).in_(project_ids))
+    return await _page(session, query, limit=limit, offset=offset)
 
 
 async def _check_project_name(session: AsyncSession, name: str) -> None:
@@ -123,12 +124,20 @@ async def get_endpoint(*, session: AsyncSession, kind: Kind, endpoint_id: int) -
 
 
 async def list_endpoints(
-    *, session: AsyncSession, kind: Kind, project_id: int | None, limit: int, offset: int
+    *,
+    session: AsyncSession,
+    kind: Kind,
+    project_id: int | None,
+    project_ids: frozenset[int] | None,
+    limit: int,
+    offset: int,
 ) -> tuple[Sequence[Endpoint], int]:
     table = ENDPOINT_TABLES[kind]
     query = select(table).order_by(col(table.id))
     if project_id is not None:
         query = query.where(table.project_id == project_id)
+    if project_ids is not None:
+        query = query.where(col(table.project_id).in_(project_ids))
     return await _page(session, query, limit=limit, offset=offset)
 
 
@@ -220,6 +229,7 @@ async def list_connectors(
     *,
     session: AsyncSession,
     project_id: int | None,
+    project_ids: frozenset[int] | None,
     is_active: bool | None,
     limit: int,
     offset: int,
@@ -227,6 +237,8 @@ async def list_connectors(
     query = select(Connector).order_by(col(Connector.id))
     if project_id is not None:
         query = query.where(Connector.project_id == project_id)
+    if project_ids is not None:
+        query = query.where(col(Connector.project_id).in_(project_ids))
     if is_active is not None:
         query = query.where(Connector.is_active == is_active)
     return await _page(session, query, limit=limit, offset=offset)

@@ -2,6 +2,8 @@
 
 ```
 ControlPlaneError
+├── Unauthorized        401  no valid bearer token
+├── Forbidden           403  the token lacks the scope
 ├── NotFound            404  an id that does not exist
 ├── Conflict            409  the request clashes with what is stored
 │   └── DeploymentMissing    409  Prefect lost a deployment the database points to
@@ -22,6 +24,14 @@ class ControlPlaneError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class Unauthorized(ControlPlaneError):
+    status_code = 401
+
+
+class Forbidden(ControlPlaneError):
+    status_code = 403
 
 
 class NotFound(ControlPlaneError):
@@ -65,9 +75,11 @@ __all__ = [
     "ControlPlaneError",
     "DatabaseUnavailable",
     "DeploymentMissing",
+    "Forbidden",
     "InvalidInput",
     "NotFound",
     "PrefectRejected",
     "PrefectUnavailable",
+    "Unauthorized",
     "Unavailable",
 ]

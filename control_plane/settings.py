@@ -3,7 +3,7 @@
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,6 +53,22 @@ class Settings(BaseSettings):
         default=2.0,
         description="How often the worker that `up` starts asks Prefect for runs (Prefect: 10 s).",
     )
+
+    auth_enabled: bool = Field(
+        default=False,
+        description="Require `Authorization: Bearer <JWT>` on every /api/v1 route.",
+    )
+    auth_jwt_secret: SecretStr | None = Field(
+        default=None, description="Shared secret of HS256 tokens (also what `token` signs with)."
+    )
+    auth_jwt_public_key: str | None = Field(
+        default=None, description="PEM public key of RS256 tokens."
+    )
+    auth_jwks_url: str | None = Field(
+        default=None, description="JWKS URL whose keys verify RS256 tokens (by their `kid`)."
+    )
+    auth_issuer: str | None = Field(default=None, description="Required `iss` of tokens, if set.")
+    auth_audience: str | None = Field(default=None, description="Required `aud` of tokens, if set.")
 
     @property
     def resolved_database_url(self) -> str:

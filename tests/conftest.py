@@ -2,6 +2,7 @@
 a worker as real processes, talking over real HTTP."""
 
 import asyncio
+import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy.engine import make_url
 
 from control_plane import deployments
+from control_plane.api.auth import READ, WRITE, mint
 from control_plane.cli import prefect_server_env
 from control_plane.db import migrate
 from control_plane.settings import Settings
@@ -130,6 +132,46 @@ def stack(prefect_api_url: str, database_url: str, tmp_path_factory) -> Iterator
         running(api_server(env, port, home / "api.log"), f"{api_url}/health"),
     ):
         yield Stack(api_url=api_url, database_url=database_url, work_pool=work_pool, env=env)
+
+
+@dataclass
+class AuthApi:
+    """An API process of the stack with JWT auth on (HS256, issuer and audience checked)."""
+
+    url: str
+    settings: Settings
+
+    def token(self, sub: str = "alice", scopes=(READ, WRITE), projects=()) -> str:
+        return mint(
+            settings=self.settings, sub=sub, scopes=list(scopes), projects=list(projects), hours=1
+        )
+
+    def client(self, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=f"{self.url}/api/v1", headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def auth_api(stack: Stack, tmp_path_factory) -> Iterator[AuthApi]:
+    secret = secrets.token_urlsafe(32)
+    settings = Settings(
+        auth_enabled=True,
+        auth_jwt_secret=secret,
+        auth_issuer="control-plane-tests",
+        auth_audience="control-plane",
+    )
+    env = {
+        **stack.env,
+        "CONTROL_PLANE_AUTH_ENABLED": "true",
+        "CONTROL_PLANE_AUTH_JWT_SECRET": secret,
+        "CONTROL_PLANE_AUTH_ISSUER": settings.auth_issuer,
+        "CONTROL_PLANE_AUTH_AUDIENCE": settings.auth_audience,
+    }
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("auth") / "api.log"
+    with running(api_server(env, port, log), f"{url}/health"):
+        yield AuthApi(url, settings)
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,10 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from prefect.settings import PREFECT_API_URL
 
+from control_plane.api.deps import current_caller
 from control_plane.api.errors import add_error_handlers
 from control_plane.api.routes import connectors, endpoints, health, projects
 from control_plane.db import get_engine
@@ -29,7 +30,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
         lifespan=_lifespan,
     )
-    api = APIRouter(prefix="/api/v1")
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(current_caller)])
     api.include_router(projects.router)
     api.include_router(endpoints.endpoint_router("source"))
     api.include_router(endpoints.endpoint_router("destination"))

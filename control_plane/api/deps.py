@@ -1,14 +1,17 @@
-"""Dependencies that carry the checks every route shares."""
+"""Dependencies that carry the checks every route shares: session, caller, visible rows."""
 
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from control_plane import crud
+from control_plane.api.auth import Caller, bearer, caller_of
 from control_plane.db import session_scope
-
-ANONYMOUS = "anonymous"
+from control_plane.errors import Forbidden, InvalidInput, NotFound
+from models import Connector, Project
 
 
 async def get_session() -> AsyncIterator[AsyncSession]:
@@ -16,9 +19,12 @@ async def get_session() -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def current_actor() -> str:
-    """Who is calling, for the audit tags of control flow runs."""
-    return ANONYMOUS
+async def current_caller(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """Who is calling; every /api/v1 route depends on it, so auth guards them all."""
+    return caller_of(request, credentials)
 
 
 class Page:
@@ -34,5 +40,34 @@ class Page:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-CurrentActor = Annotated[str, Depends(current_actor)]
+CallerDep = Annotated[Caller, Depends(current_caller)]
 PageDep = Annotated[Page, Depends()]
+
+
+def check_project_reference(caller: Caller, project_id: int | None) -> None:
+    """A body's `projectId` outside the caller's projects is as unknown as a missing one."""
+    if project_id is not None and not caller.sees(project_id):
+        raise InvalidInput("projectId", f"project {project_id} does not exist")
+
+
+def check_may_create_projects(caller: Caller) -> None:
+    if caller.projects is not None:
+        raise Forbidden("a token limited to some projects cannot create projects")
+
+
+async def visible_project(project_id: int, session: SessionDep, caller: CallerDep) -> Project:
+    project = await crud.get_project(session=session, project_id=project_id)
+    if not caller.sees(project_id):
+        raise NotFound(f"project {project_id} does not exist")
+    return project
+
+
+async def visible_connector(connector_id: int, session: SessionDep, caller: CallerDep) -> Connector:
+    connector = await crud.get_connector(session=session, connector_id=connector_id)
+    if not caller.sees(connector.project_id):
+        raise NotFound(f"connector {connector_id} does not exist")
+    return connector
+
+
+ProjectDep = Annotated[Project, Depends(visible_project)]
+ConnectorDep = Annotated[Connector, Depends(visible_connector)]

@@ -9,7 +9,7 @@ from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from control_plane.deployments import translate_error
-from control_plane.errors import ControlPlaneError, InvalidInput
+from control_plane.errors import ControlPlaneError, InvalidInput, Unauthorized
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +22,8 @@ def _answer(error: ControlPlaneError) -> JSONResponse:
         ]
     else:
         detail = error.detail
-    return JSONResponse({"detail": detail}, status_code=error.status_code)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(error, Unauthorized) else None
+    return JSONResponse({"detail": detail}, status_code=error.status_code, headers=headers)
 
 
 async def _control_plane_error(_: Request, error: Exception) -> JSONResponse:

@@ -2,11 +2,13 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Depends, Query, status
 
 from control_plane import crud
-from control_plane.api.deps import PageDep, SessionDep
+from control_plane.api.deps import CallerDep, PageDep, SessionDep, check_project_reference
 from control_plane.connectors import Kind, registered_types
+from control_plane.crud import Endpoint
+from control_plane.errors import NotFound
 from models import (
     EndpointCreate,
     EndpointPublic,
@@ -23,33 +25,47 @@ def endpoint_router(kind: Kind) -> APIRouter:
     """CRUD routes of the defined sources or the defined destinations."""
     router = APIRouter(prefix=f"/defined-{kind}s", tags=[f"defined {kind}s"])
 
+    async def visible_endpoint(endpoint_id: int, session: SessionDep, caller: CallerDep):
+        endpoint = await crud.get_endpoint(session=session, kind=kind, endpoint_id=endpoint_id)
+        if not caller.sees(endpoint.project_id):
+            raise NotFound(f"defined {kind} {endpoint_id} does not exist")
+        return endpoint
+
+    EndpointDep = Annotated[Endpoint, Depends(visible_endpoint)]
+
     @router.post("", status_code=status.HTTP_201_CREATED, response_model=EndpointPublic)
-    async def create(spec: EndpointCreate, session: SessionDep):
+    async def create(spec: EndpointCreate, session: SessionDep, caller: CallerDep):
+        check_project_reference(caller, spec.project_id)
         endpoint = await crud.create_endpoint(session=session, kind=kind, spec=spec)
         await session.commit()
         return endpoint
 
     @router.get("", response_model=EndpointsPublic)
-    async def list_all(session: SessionDep, page: PageDep, project_id: ProjectFilter = None):
+    async def list_all(
+        session: SessionDep, page: PageDep, caller: CallerDep, project_id: ProjectFilter = None
+    ):
         endpoints, count = await crud.list_endpoints(
-            session=session, kind=kind, project_id=project_id, limit=page.limit, offset=page.offset
+            session=session,
+            kind=kind,
+            project_id=project_id,
+            project_ids=caller.projects,
+            limit=page.limit,
+            offset=page.offset,
         )
         return EndpointsPublic(data=endpoints, count=count)
 
     @router.get("/{endpoint_id}", response_model=EndpointPublic)
-    async def read(endpoint_id: int, session: SessionDep):
-        return await crud.get_endpoint(session=session, kind=kind, endpoint_id=endpoint_id)
+    async def read(endpoint: EndpointDep):
+        return endpoint
 
     @router.patch("/{endpoint_id}", response_model=EndpointPublic)
-    async def update(endpoint_id: int, changes: EndpointUpdate, session: SessionDep):
-        endpoint = await crud.get_endpoint(session=session, kind=kind, endpoint_id=endpoint_id)
+    async def update(endpoint: EndpointDep, changes: EndpointUpdate, session: SessionDep):
         await crud.update_endpoint(session=session, kind=kind, endpoint=endpoint, changes=changes)
         await session.commit()
         return endpoint
 
     @router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT)
-    async def delete(endpoint_id: int, session: SessionDep) -> None:
-        endpoint = await crud.get_endpoint(session=session, kind=kind, endpoint_id=endpoint_id)
+    async def delete(endpoint: EndpointDep, session: SessionDep) -> None:
         await crud.delete_endpoint(session=session, kind=kind, endpoint=endpoint)
         await session.commit()
 
@@ -64,9 +80,7 @@ async def list_types():
     """Every registered source and destination type with the JSON schema of its config."""
     return TypesPublic(
         data=[
-            TypePublic(
-                kind=kind, type=name, config_schema=t.Config.model_json_schema(by_alias=True)
-            )
-            for (kind, name), t in sorted(registered_types().items())
+            TypePublic(kind=kind, type=name, config_schema=cls.Config.model_json_schema())
+            for (kind, name), cls in sorted(registered_types().items())
         ]
     )
