@@ -3,13 +3,22 @@
 A type is a class with a `kind` ("source" or "destination"), a `name` (what `type` says in a
 defined source or destination) and a pydantic `Config` model that its `config` must fit.
 Third-party packages register their own types under the same entry-point group.
+
+A source reads records in batches, and when it has a cursor field it resumes after the largest
+cursor value of the last successful run. A destination writes the batches it is given, as one
+unit where it can (a database transaction), and can merge on a key.
+
+Config fields declared with `secret_field()` (tokens, passwords, headers) or
+`url_field()` (a URL whose password is secret) are masked in API answers.
 """
 
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from control_plane.errors import InvalidInput
@@ -25,20 +34,56 @@ class TypeConfig(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
-class ConnectorType:
-    """A registered source or destination type."""
+Record = dict[str, Any]
+Batch = list[Record]
+
+SECRET = "x-secret"
+
+
+def secret_field(**kwargs: Any) -> Any:
+    """A config field whose whole value is secret (masked in API answers)."""
+    return Field(json_schema_extra={SECRET: "value", "writeOnly": True}, **kwargs)
+
+
+def url_field(**kwargs: Any) -> Any:
+    """A URL config field whose password (`scheme://user:password@host/...`) is secret."""
+    return Field(json_schema_extra={SECRET: "url-password"}, **kwargs)
+
+
+class ConnectorType(ABC):
+    """A registered source or destination type, built from its validated config."""
 
     kind: ClassVar[Kind]
     name: ClassVar[str]
     Config: ClassVar[type[TypeConfig]]
 
+    def __init__(self, config: TypeConfig) -> None:
+        self.config = config
+
 
 class Source(ConnectorType):
     kind = "source"
 
+    @property
+    def cursor_field(self) -> str | None:
+        """The field whose largest value read is where the next run resumes; None: full reads."""
+        return None
+
+    @abstractmethod
+    def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
+        """Yield the records, in batches of at most `batch_size`.
+
+        With a cursor field and a `cursor` (the largest value a former run read, as JSON), only
+        the records whose cursor field is greater, in ascending order of it.
+        """
+
 
 class Destination(ConnectorType):
     kind = "destination"
+
+    @abstractmethod
+    def write(self, batches: Iterable[Batch]) -> int:
+        """Write every batch, as one unit where the destination allows; return records written."""
 
 
 @lru_cache
@@ -83,13 +128,17 @@ def validate_config(kind: Kind, name: str, config: dict[str, Any], *, field: str
 
 
 __all__ = [
+    "Batch",
     "ConnectorType",
     "Destination",
     "Kind",
+    "Record",
     "Source",
     "TypeConfig",
     "deep_merge",
     "get_type",
     "registered_types",
+    "secret_field",
+    "url_field",
     "validate_config",
 ]
