@@ -1,9 +1,9 @@
 """Labels on control flow runs, so the Prefect UI reads as an audit log."""
 
-from prefect.client.orchestration import get_client
 from prefect.context import FlowRunContext
 
 from control_plane.deployments import MANAGED_TAG
+from control_plane.orchestrator import prefect_client
 
 
 def actor_tag(actor: str) -> str:
@@ -18,7 +18,7 @@ async def label_run(*, actor: str, name: str, connector_id: int | None = None) -
     tags = {*run.tags, MANAGED_TAG, actor_tag(actor)}
     if connector_id is not None:
         tags.add(f"connector:{connector_id}")
-    async with get_client() as client:
+    async with prefect_client() as client:
         await client.update_flow_run(run.id, name=name, tags=sorted(tags))
     run.tags = sorted(tags)
 

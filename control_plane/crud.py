@@ -6,12 +6,13 @@ flow can keep the database change and the Prefect change in one unit.
 
 from collections.abc import Sequence
 from typing import Any
+from uuid import UUID
 
-from sqlalchemy import func
+from sqlalchemy import delete, func, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane.connectors import Kind, TypeConfig, deep_merge, validate_config
+from control_plane.connectors import Kind, TypeConfig, deep_merge, keep_secrets, validate_config
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from models import (
     Connector,
@@ -24,6 +25,8 @@ from models import (
     Project,
     ProjectCreate,
     ProjectUpdate,
+    SyncRun,
+    SyncState,
 )
 from models.base import utcnow
 
@@ -164,6 +167,8 @@ async def update_endpoint(
     *, session: AsyncSession, kind: Kind, endpoint: Endpoint, changes: EndpointUpdate
 ) -> Endpoint:
     values = changes.model_dump(exclude_unset=True)
+    if "config" in values:
+        values["config"] = keep_secrets(kind, values["config"], endpoint.config)
     config = values.get("config", endpoint.config)
     validate_config(kind, values.get("type", endpoint.type), config, field="config")
     if values.get("name", endpoint.name) != endpoint.name:
@@ -192,9 +197,7 @@ def _endpoint_column(kind: Kind) -> Any:
 
 
 def _override(connector: Connector, kind: Kind) -> dict[str, Any]:
-    if kind == "source":
-        return connector.source_config_override
-    return connector.destination_config_override
+    return getattr(connector, f"{kind}_config_override")
 
 
 def resolve_config(*, connector: Connector, kind: Kind, endpoint: Endpoint) -> TypeConfig:
@@ -288,7 +291,12 @@ async def change_connector(
     *, session: AsyncSession, connector: Connector, changes: ConnectorUpdate
 ) -> Connector:
     """Apply the changes to the row after checking them; the caller commits."""
-    _touch(connector, changes.model_dump(exclude_unset=True))
+    values = changes.model_dump(exclude_unset=True)
+    for kind in ENDPOINT_TABLES:
+        field = f"{kind}_config_override"
+        if field in values:
+            values[field] = keep_secrets(kind, values[field], getattr(connector, field))
+    _touch(connector, values)
     await _check_connector(session, connector)
     await session.flush()
     return connector
@@ -297,3 +305,65 @@ async def change_connector(
 async def remove_connector(*, session: AsyncSession, connector: Connector) -> None:
     await session.delete(connector)
     await session.flush()
+
+
+# Sync state and run figures
+
+
+async def get_cursor(*, session: AsyncSession, connector_id: int) -> Any:
+    state = await session.get(SyncState, connector_id)
+    return state.cursor if state else None
+
+
+async def reset_state(*, session: AsyncSession, connector_id: int) -> None:
+    """Forget where incremental reads resume: the next run reads everything."""
+    await session.exec(delete(SyncState).where(col(SyncState.connector_id) == connector_id))
+
+
+async def start_sync_run(*, session: AsyncSession, connector_id: int, flow_run_id: UUID) -> None:
+    await session.merge(SyncRun(flow_run_id=flow_run_id, connector_id=connector_id))
+    await session.exec(
+        update(Connector)
+        .where(col(Connector.id) == connector_id)
+        .values(last_run_at=utcnow(), last_run_state="RUNNING")
+    )
+
+
+async def finish_sync_run(
+    *,
+    session: AsyncSession,
+    connector_id: int,
+    flow_run_id: UUID,
+    records_read: int,
+    records_written: int,
+    cursor: Any,
+    error: str | None,
+) -> None:
+    """Record the run's figures and the connector's status; a success also saves the cursor."""
+    now = utcnow()
+    await session.exec(
+        update(SyncRun)
+        .where(col(SyncRun.flow_run_id) == flow_run_id)
+        .values(
+            records_read=records_read,
+            records_written=records_written,
+            cursor=cursor,
+            error=error,
+            ended_at=now,
+        )
+    )
+    if error is None:
+        status = {"last_run_state": "COMPLETED", "last_success_at": now, "consecutive_failures": 0}
+        await session.merge(SyncState(connector_id=connector_id, cursor=cursor, updated_at=now))
+    else:
+        status = {
+            "last_run_state": "FAILED",
+            "last_failure_at": now,
+            "consecutive_failures": Connector.consecutive_failures + 1,
+        }
+    await session.exec(update(Connector).where(col(Connector.id) == connector_id).values(**status))
+
+
+async def sync_runs(*, session: AsyncSession, flow_run_ids: Sequence[UUID]) -> dict[UUID, SyncRun]:
+    query = select(SyncRun).where(col(SyncRun.flow_run_id).in_(flow_run_ids))
+    return {run.flow_run_id: run for run in (await session.exec(query)).all()}

@@ -1,16 +1,11 @@
 """The only module that talks to Prefect's deployment API.
 
 A connector's deployment is derived from its row (`desired`), so creating, patching and
-comparing deployments all start from the same spec. Prefect's errors are translated here into
-the control plane's own (`translate_error`), so callers see 503/502 with a reason.
+comparing deployments all start from the same spec.
 """
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from uuid import UUID
 
-import httpx
-from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import (
     DeploymentScheduleCreate,
     DeploymentScheduleUpdate,
@@ -18,18 +13,13 @@ from prefect.client.schemas.actions import (
     WorkPoolCreate,
 )
 from prefect.client.schemas.schedules import CronSchedule
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound, PrefectHTTPStatusError
-from prefect.settings import PREFECT_API_URL
+from prefect.exceptions import ObjectAlreadyExists
 from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
 from pydantic import BaseModel, ConfigDict
 
-from control_plane.errors import (
-    ControlPlaneError,
-    DeploymentMissing,
-    PrefectRejected,
-    PrefectUnavailable,
-)
+from control_plane.errors import DeploymentMissing
+from control_plane.orchestrator import prefect_client, translate_error
 from control_plane.settings import get_settings
 from flows.sync import sync_connector
 from models import Connector
@@ -70,44 +60,13 @@ def desired(connector: Connector) -> DeploymentSpec:
     )
 
 
-def translate_error(error: Exception) -> ControlPlaneError:
-    """A Prefect or transport error as a 503 (Prefect down or failing) or 502 (refused)."""
-    if isinstance(error, ObjectNotFound) or (
-        isinstance(error, PrefectHTTPStatusError) and error.response.status_code == 404
-    ):
-        return DeploymentMissing(
-            "the connector's deployment does not exist in Prefect; "
-            "a reconcile (or deactivating and activating the connector) creates it again"
-        )
-    if isinstance(error, PrefectHTTPStatusError):
-        status = error.response.status_code
-        detail = error.response.text[:500]
-        if status >= 500 or status in (408, 429):
-            return PrefectUnavailable(f"Prefect's API failed with {status}: {detail}")
-        return PrefectRejected(f"Prefect's API refused the request with {status}: {detail}")
-    return PrefectUnavailable(
-        f"Prefect's API at {PREFECT_API_URL.value()} cannot be reached: "
-        f"{type(error).__name__}: {error}"
-    )
-
-
-@asynccontextmanager
-async def _prefect() -> AsyncIterator[PrefectClient]:
-    # Inside a flow run this is the engine's own client: no new connection per call.
-    try:
-        async with get_client() as client:
-            yield client
-    except (ObjectNotFound, PrefectHTTPStatusError, httpx.HTTPError) as error:
-        raise translate_error(error) from error
-
-
 def _cron(spec: DeploymentSpec) -> CronSchedule:
     return CronSchedule(cron=spec.schedule, timezone=spec.timezone)
 
 
 async def _create(spec: DeploymentSpec) -> UUID:
     """Create (or replace) the deployment; returns its id."""
-    async with _prefect() as client:
+    async with prefect_client() as client:
         flow_id = await client.create_flow_from_name(sync_connector.name)
         schedules = (
             [DeploymentScheduleCreate(schedule=_cron(spec), slug=SCHEDULE_SLUG)]
@@ -124,11 +83,13 @@ async def _create(spec: DeploymentSpec) -> UUID:
             entrypoint=SYNC_ENTRYPOINT,
             parameter_openapi_schema=_PARAMETER_SCHEMA,
             enforce_parameter_schema=True,
+            # One run at a time per connector; a trigger meanwhile waits its turn.
+            concurrency_limit=1,
         )
 
 
 async def _update(deployment_id: UUID, before: DeploymentSpec, after: DeploymentSpec) -> None:
-    async with _prefect() as client:
+    async with prefect_client() as client:
         if before.schedule and not after.schedule:
             deployment = await client.read_deployment(deployment_id)
             for schedule in deployment.schedules:
@@ -148,7 +109,7 @@ async def _update(deployment_id: UUID, before: DeploymentSpec, after: Deployment
 
 async def _delete(deployment_id: UUID) -> None:
     try:
-        async with _prefect() as client:
+        async with prefect_client() as client:
             await client.delete_deployment(deployment_id)
     except DeploymentMissing:
         pass
@@ -177,7 +138,7 @@ async def apply(
 
 async def run_now(deployment_id: UUID, *, tags: list[str]) -> UUID:
     """Start a run of the deployment now, bypassing its schedule; returns the flow run id."""
-    async with _prefect() as client:
+    async with prefect_client() as client:
         flow_run = await client.create_flow_run_from_deployment(deployment_id, tags=tags)
         return flow_run.id
 
@@ -187,7 +148,7 @@ async def ensure_work_pool(name: str) -> None:
     pool = WorkPoolCreate(
         name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
     )
-    async with _prefect() as client:
+    async with prefect_client() as client:
         try:
             await client.create_work_pool(pool)
         except ObjectAlreadyExists:
@@ -196,7 +157,7 @@ async def ensure_work_pool(name: str) -> None:
 
 async def check_health() -> str | None:
     """None when Prefect's API answers, otherwise what is wrong."""
-    async with _prefect() as client:
+    async with prefect_client() as client:
         error = await client.api_healthcheck()
     return None if error is None else translate_error(error).detail
 
@@ -210,5 +171,4 @@ __all__ = [
     "desired",
     "ensure_work_pool",
     "run_now",
-    "translate_error",
 ]

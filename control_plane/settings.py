@@ -54,6 +54,9 @@ class Settings(BaseSettings):
         description="How often the worker that `up` starts asks Prefect for runs (Prefect: 10 s).",
     )
 
+    batch_size: int = Field(
+        default=10_000, ge=1, description="Records a sync run reads and writes at a time."
+    )
     auth_enabled: bool = Field(
         default=False,
         description="Require `Authorization: Bearer <JWT>` on every /api/v1 route.",

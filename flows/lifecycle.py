@@ -10,12 +10,14 @@ from uuid import UUID
 from prefect import flow, get_run_logger
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane import crud, deployments
+from control_plane import crud, deployments, runs
 from control_plane.audit import actor_tag, label_run
 from control_plane.db import session_scope
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import Conflict
+from control_plane.public import connector_public
 from models import Connector, ConnectorCreate, ConnectorPublic, ConnectorUpdate
+from models.connector import OnConflict
 
 UI_ACTOR = "prefect-ui"
 
@@ -52,7 +54,7 @@ async def _apply_and_commit(
     get_run_logger().info(
         "connector %s committed with deployment %s", connector.id, connector.prefect_deployment_id
     )
-    return ConnectorPublic.model_validate(connector)
+    return connector_public(connector)
 
 
 def _describe_update(connector: Connector, changes: ConnectorUpdate) -> str:
@@ -102,8 +104,14 @@ async def update_connector(
 
 
 @flow(name="trigger-connector", flow_run_name="trigger connector {connector_id}")
-async def trigger_connector(connector_id: int, actor: str = UI_ACTOR) -> UUID:
-    """Start a run of the connector's deployment now, bypassing its schedule."""
+async def trigger_connector(
+    connector_id: int, on_conflict: OnConflict = "queue", actor: str = UI_ACTOR
+) -> UUID:
+    """Start a run of the connector's deployment now, bypassing its schedule.
+
+    While a run is active, the new one waits for it (the deployment runs one at a time),
+    or with `on_conflict="reject"` the trigger fails.
+    """
     await label_run(
         actor=actor, name=f"trigger connector {connector_id}", connector_id=connector_id
     )
@@ -113,11 +121,35 @@ async def trigger_connector(connector_id: int, actor: str = UI_ACTOR) -> UUID:
         raise Conflict(
             f"connector {connector_id} is inactive; activate it (isActive: true) to run it"
         )
+    if on_conflict == "reject" and (active := await runs.active_runs(connector_id)):
+        raise Conflict(f"connector {connector_id} has a run in progress: {active[0].id}")
     flow_run_id = await deployments.run_now(
-        connector.prefect_deployment_id, tags=["trigger:manual", actor_tag(actor)]
+        connector.prefect_deployment_id, tags=[runs.MANUAL_TAG, actor_tag(actor)]
     )
     get_run_logger().info("connector %s: started sync run %s", connector_id, flow_run_id)
     return flow_run_id
+
+
+@flow(name="cancel-connector-run", flow_run_name="cancel run {flow_run_id}")
+async def cancel_connector_run(connector_id: int, flow_run_id: UUID, actor: str = UI_ACTOR) -> str:
+    """Cancel a scheduled or running sync run of the connector."""
+    await label_run(
+        actor=actor,
+        name=f"cancel run {flow_run_id} of connector {connector_id}",
+        connector_id=connector_id,
+    )
+    run = await runs.cancel(connector_id, flow_run_id)
+    return run.state.name if run.state else "unknown"
+
+
+@flow(name="reset-connector", flow_run_name="reset connector {connector_id}")
+async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
+    """Forget the connector's incremental state: its next run reads everything again."""
+    await label_run(actor=actor, name=f"reset connector {connector_id}", connector_id=connector_id)
+    async with session_scope() as session:
+        await crud.get_connector(session=session, connector_id=connector_id)
+        await crud.reset_state(session=session, connector_id=connector_id)
+        await session.commit()
 
 
 @flow(name="delete-connector", flow_run_name="delete connector {connector_id}")
@@ -138,4 +170,11 @@ async def delete_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
         await _commit(session, deployment_id=None, applied=None, previous=before)
 
 
-__all__ = ["create_connector", "delete_connector", "trigger_connector", "update_connector"]
+__all__ = [
+    "cancel_connector_run",
+    "create_connector",
+    "delete_connector",
+    "reset_connector",
+    "trigger_connector",
+    "update_connector",
+]

@@ -1,37 +1,78 @@
 """The `sync-connector` flow that every connector's deployment runs."""
 
+import asyncio
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
-from control_plane import crud
+from control_plane import crud, sync
 from control_plane.db import session_scope
-from control_plane.errors import Conflict
+from control_plane.settings import get_settings
+
+
+def _report(plan: sync.SyncPlan, moved: sync.Moved) -> str:
+    return "\n".join(
+        [
+            f"### Sync of connector {plan.connector_id}: {plan.connector_name}",
+            "",
+            "| source | destination | records read | records written | seconds | cursor |",
+            "|---|---|---|---|---|---|",
+            f"| {plan.source_label} | {plan.destination_label} | {moved.records_read} "
+            f"| {moved.records_written} | {moved.seconds:.2f} | {moved.cursor} |",
+        ]
+    )
 
 
 @flow(name="sync-connector", flow_run_name="sync connector {connector_id}")
 async def sync_connector(connector_id: int) -> dict[str, Any]:
-    """Move the connector's data from its defined source to its defined destination."""
+    """Move the connector's new records from its defined source to its defined destination."""
     logger = get_run_logger()
+    run_id = UUID(flow_run.get_id())
     async with session_scope() as session:
-        connector = await crud.get_connector(session=session, connector_id=connector_id)
-        if not connector.is_active:
-            raise Conflict(f"connector {connector_id} is inactive; activate it to run it")
-        source = await crud.get_endpoint(
-            session=session, kind="source", endpoint_id=connector.defined_source_id
-        )
-        destination = await crud.get_endpoint(
-            session=session, kind="destination", endpoint_id=connector.defined_destination_id
-        )
-        crud.resolve_config(connector=connector, kind="source", endpoint=source)
-        crud.resolve_config(connector=connector, kind="destination", endpoint=destination)
+        plan = await sync.plan(session=session, connector_id=connector_id)
+        await crud.start_sync_run(session=session, connector_id=connector_id, flow_run_id=run_id)
+        await session.commit()
     logger.info(
-        "connector %s %r: %s source %r -> %s destination %r",
-        connector_id,
-        connector.name,
-        source.type,
-        source.name,
-        destination.type,
-        destination.name,
+        "moving %s -> %s, resuming after %r", plan.source_label, plan.destination_label, plan.cursor
     )
-    return {"connectorId": connector_id, "source": source.type, "destination": destination.type}
+    try:
+        moved = await asyncio.to_thread(sync.move, plan, batch_size=get_settings().batch_size)
+    except Exception as error:
+        async with session_scope() as session:
+            await crud.finish_sync_run(
+                session=session,
+                connector_id=connector_id,
+                flow_run_id=run_id,
+                records_read=0,
+                records_written=0,
+                cursor=plan.cursor,
+                error=f"{type(error).__name__}: {error}",
+            )
+            await session.commit()
+        raise
+    # The cursor advances only now that the destination has the records.
+    async with session_scope() as session:
+        await crud.finish_sync_run(
+            session=session,
+            connector_id=connector_id,
+            flow_run_id=run_id,
+            records_read=moved.records_read,
+            records_written=moved.records_written,
+            cursor=moved.cursor,
+            error=None,
+        )
+        await session.commit()
+    await create_markdown_artifact(
+        key=f"connector-{connector_id}-sync",
+        markdown=_report(plan, moved),
+        description=f"What sync run of connector {connector_id} moved",
+    )
+    logger.info("moved %s records in %.2f s", moved.records_written, moved.seconds)
+    return {
+        "recordsRead": moved.records_read,
+        "recordsWritten": moved.records_written,
+        "cursor": moved.cursor,
+    }

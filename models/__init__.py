@@ -21,8 +21,10 @@ from models.connector import (
     ConnectorPublic,
     ConnectorsPublic,
     ConnectorUpdate,
+    TriggerRequest,
     TriggerResult,
 )
+from models.sync import RunPublic, RunsPublic, SyncRun, SyncState
 
 __all__ = [
     "Connector",
@@ -41,6 +43,11 @@ __all__ = [
     "ProjectPublic",
     "ProjectUpdate",
     "ProjectsPublic",
+    "RunPublic",
+    "RunsPublic",
+    "SyncRun",
+    "SyncState",
+    "TriggerRequest",
     "TriggerResult",
     "TypePublic",
     "TypesPublic",

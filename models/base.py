@@ -1,11 +1,11 @@
 """What every model shares: camelCase on the wire, UTC timestamps, validators of the edge."""
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import ConfigDict, ValidationInfo, field_validator
+from pydantic import AfterValidator, ConfigDict, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
@@ -18,6 +18,9 @@ def utcnow() -> datetime:
 def as_utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes; every timestamp we store is UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 def check_cron(value: str | None) -> str | None:

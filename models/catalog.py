@@ -3,11 +3,11 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import StringConstraints, field_validator
+from pydantic import StringConstraints
 from sqlalchemy import JSON, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from models.base import ApiModel, InputModel, UpdateModel, as_utc, timestamp_field
+from models.base import ApiModel, InputModel, UpdateModel, UtcDatetime, timestamp_field
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Description = Annotated[str, StringConstraints(max_length=2000)]
@@ -19,7 +19,6 @@ class ProjectBase(ApiModel):
 
 
 class Project(ProjectBase, table=True):
-    # Ids are never reused, so `connector:<id>` in Prefect's audit log names one connector ever.
     __table_args__ = {"sqlite_autoincrement": True}
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=200, unique=True)
@@ -39,13 +38,8 @@ class ProjectUpdate(UpdateModel):
 
 
 class Timestamps(ApiModel):
-    created_at: datetime
-    updated_at: datetime
-
-    @field_validator("created_at", "updated_at")
-    @classmethod
-    def _utc(cls, value: datetime) -> datetime:
-        return as_utc(value)
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class ProjectPublic(ProjectBase, Timestamps):

@@ -1,19 +1,20 @@
 """The connector: a schedule that moves data from a defined source to a defined destination."""
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 from pydantic import AfterValidator, computed_field
-from sqlalchemy import JSON, UniqueConstraint
+from sqlalchemy import JSON, DateTime, UniqueConstraint
 from sqlmodel import Field
 
 from models.base import (
     ApiModel,
     InputModel,
     UpdateModel,
+    UtcDatetime,
     check_cron,
     check_timezone,
     timestamp_field,
@@ -52,10 +53,25 @@ class ConnectorBase(ApiModel):
     )
 
 
-class Connector(ConnectorBase, table=True):
+class ConnectorStatus(ApiModel):
+    """What the connector's sync runs did lately; written by the sync flow only."""
+
+    last_run_at: UtcDatetime | None = None
+    last_run_state: str | None = None
+    last_success_at: UtcDatetime | None = None
+    last_failure_at: UtcDatetime | None = None
+    consecutive_failures: int = 0
+
+
+class Connector(ConnectorBase, ConnectorStatus, table=True):
+    # Ids are never reused, so `connector:<id>` in Prefect's audit log names one connector ever.
     __table_args__ = (UniqueConstraint("project_id", "name"), {"sqlite_autoincrement": True})
     id: int | None = Field(default=None, primary_key=True)
     prefect_deployment_id: UUID | None = None
+    last_run_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    last_success_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    last_failure_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    consecutive_failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = timestamp_field()
     updated_at: datetime = timestamp_field()
 
@@ -81,7 +97,7 @@ class ConnectorUpdate(UpdateModel):
     destination_config_override: ConfigOverride | None = None
 
 
-class ConnectorPublic(ConnectorBase, Timestamps):
+class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):
     id: int
     prefect_deployment_id: UUID | None = None
 
@@ -98,6 +114,16 @@ class ConnectorPublic(ConnectorBase, Timestamps):
 class ConnectorsPublic(ApiModel):
     data: list[ConnectorPublic]
     count: int
+
+
+OnConflict = Literal["queue", "reject"]
+
+
+class TriggerRequest(InputModel):
+    on_conflict: OnConflict = Field(
+        default="queue",
+        description="While a run is active: queue this one after it, or refuse with 409.",
+    )
 
 
 class TriggerResult(ApiModel):

@@ -23,6 +23,8 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 
+from tests.stack import wait_for
+
 CONTROL_FLOWS = ["create-connector", "update-connector", "trigger-connector", "delete-connector"]
 
 
@@ -57,7 +59,9 @@ class Catalog:
 
 
 def make_catalog(api: httpx.Client, directory: Path) -> Catalog:
-    """A new project with a CSV source and a JSONL destination (files under `directory`)."""
+    """A new project with a CSV source of two rows and a JSONL destination, under `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "in.csv").write_text("id,name\n1,a\n2,b\n")
     project = created(api.post("/projects", json={"name": unique("project")}))
     ids = [
         created(
@@ -108,3 +112,19 @@ def control_runs(prefect: SyncPrefectClient, connector_id: int) -> list[FlowRun]
         flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"connector:{connector_id}"])),
         sort=FlowRunSort.START_TIME_ASC,
     )
+
+
+def wait_final(prefect: SyncPrefectClient, flow_run_id: str | UUID, timeout: float = 90):
+    """The flow run once it has ended (any final state)."""
+    return wait_for(
+        lambda: (run := prefect.read_flow_run(UUID(str(flow_run_id)))).state.is_final() and run,
+        timeout=timeout,
+        what=f"flow run {flow_run_id} to end",
+    )
+
+
+def trigger_and_wait(api: httpx.Client, prefect: SyncPrefectClient, connector_id: int):
+    """Trigger the connector and return its sync run once it has ended."""
+    response = api.post(f"/connectors/{connector_id}/trigger")
+    assert response.status_code == 200, response.text
+    return wait_final(prefect, response.json()["flowRunId"])

@@ -8,8 +8,8 @@ from fastapi.responses import JSONResponse
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from control_plane.deployments import translate_error
 from control_plane.errors import ControlPlaneError, InvalidInput, Unauthorized
+from control_plane.orchestrator import translate_error
 
 logger = logging.getLogger(__name__)
 

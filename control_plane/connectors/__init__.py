@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
@@ -127,16 +128,81 @@ def validate_config(kind: Kind, name: str, config: dict[str, Any], *, field: str
         raise InvalidInput(field, problems) from None
 
 
+MASK = "********"
+
+
+@lru_cache
+def _secret_keys(kind: Kind) -> dict[str, str]:
+    """Config keys that are secret in any type of the kind, and how (whole value or URL password).
+
+    Masking by key across a kind's types also masks overrides, whose type is the endpoint's.
+    """
+    keys: dict[str, str] = {}
+    for (type_kind, _), connector_type in registered_types().items():
+        if type_kind != kind:
+            continue
+        for name, field in connector_type.Config.model_fields.items():
+            extra = field.json_schema_extra
+            if isinstance(extra, dict) and SECRET in extra:
+                keys[field.alias or name] = str(extra[SECRET])
+    return keys
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+
+
+def mask_secrets(kind: Kind, config: dict[str, Any]) -> dict[str, Any]:
+    """The config with its secret values replaced by `MASK`, for showing."""
+    masked = dict(config)
+    for key, how in _secret_keys(kind).items():
+        value = masked.get(key)
+        if not value:
+            continue
+        if how == "url-password" and isinstance(value, str):
+            masked[key] = _with_password(value, MASK)
+        elif isinstance(value, dict):
+            masked[key] = dict.fromkeys(value, MASK)
+        else:
+            masked[key] = MASK
+    return masked
+
+
+def keep_secrets(kind: Kind, new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """`new` with every `MASK` a client sent back replaced by the stored secret in `old`."""
+    kept = dict(new)
+    for key, how in _secret_keys(kind).items():
+        value, stored = kept.get(key), old.get(key)
+        if stored is None:
+            continue
+        if how == "url-password" and isinstance(value, str) and isinstance(stored, str):
+            if urlsplit(value).password == MASK:
+                kept[key] = _with_password(value, urlsplit(stored).password or "")
+        elif isinstance(value, dict) and isinstance(stored, dict):
+            kept[key] = {k: stored.get(k, v) if v == MASK else v for k, v in value.items()}
+        elif value == MASK:
+            kept[key] = stored
+    return kept
+
+
 __all__ = [
     "Batch",
     "ConnectorType",
     "Destination",
     "Kind",
+    "MASK",
     "Record",
     "Source",
     "TypeConfig",
     "deep_merge",
     "get_type",
+    "keep_secrets",
+    "mask_secrets",
     "registered_types",
     "secret_field",
     "url_field",

@@ -1,10 +1,12 @@
 """Connectors, the seed's contract. Every change is a control flow run; reads are plain."""
 
 from typing import Annotated
+from uuid import UUID
 
 from fastapi import APIRouter, Query, status
+from prefect.client.schemas.objects import FlowRun, StateType
 
-from control_plane import crud
+from control_plane import crud, runs
 from control_plane.api.deps import (
     CallerDep,
     ConnectorDep,
@@ -12,12 +14,24 @@ from control_plane.api.deps import (
     SessionDep,
     check_project_reference,
 )
-from flows.lifecycle import create_connector, delete_connector, trigger_connector, update_connector
+from control_plane.public import connector_public
+from flows.lifecycle import (
+    cancel_connector_run,
+    create_connector,
+    delete_connector,
+    reset_connector,
+    trigger_connector,
+    update_connector,
+)
 from models import (
     ConnectorCreate,
     ConnectorPublic,
     ConnectorsPublic,
     ConnectorUpdate,
+    RunPublic,
+    RunsPublic,
+    SyncRun,
+    TriggerRequest,
     TriggerResult,
 )
 
@@ -47,12 +61,12 @@ async def list_all(
         limit=page.limit,
         offset=page.offset,
     )
-    return ConnectorsPublic(data=connectors, count=count)
+    return ConnectorsPublic(data=[connector_public(c) for c in connectors], count=count)
 
 
 @router.get("/{connector_id}", response_model=ConnectorPublic)
 async def read(connector: ConnectorDep):
-    return connector
+    return connector_public(connector)
 
 
 @router.patch("/{connector_id}", response_model=ConnectorPublic)
@@ -63,10 +77,66 @@ async def update(connector: ConnectorDep, changes: ConnectorUpdate, caller: Call
 
 
 @router.post("/{connector_id}/trigger", response_model=TriggerResult)
-async def trigger(connector: ConnectorDep, caller: CallerDep):
-    """Run the connector now, bypassing its schedule."""
-    flow_run_id = await trigger_connector(connector_id=connector.id, actor=caller.actor)
+async def trigger(
+    connector: ConnectorDep, caller: CallerDep, request: TriggerRequest | None = None
+):
+    """Run the connector now, bypassing its schedule; the body is optional."""
+    flow_run_id = await trigger_connector(
+        connector_id=connector.id,
+        on_conflict=(request or TriggerRequest()).on_conflict,
+        actor=caller.actor,
+    )
     return TriggerResult(flow_run_id=flow_run_id)
+
+
+@router.get("/{connector_id}/runs", response_model=RunsPublic)
+async def list_runs(
+    connector: ConnectorDep,
+    session: SessionDep,
+    page: PageDep,
+    state: Annotated[
+        StateType | None, Query(description="Only runs in this state, e.g. COMPLETED.")
+    ] = None,
+):
+    """The connector's sync runs, newest first: Prefect's states with the records they moved."""
+    flow_runs, count = await runs.list_runs(
+        connector.id, states=[state] if state else None, limit=page.limit, offset=page.offset
+    )
+    figures = await crud.sync_runs(session=session, flow_run_ids=[r.id for r in flow_runs])
+    return RunsPublic(data=[_run_public(r, figures.get(r.id)) for r in flow_runs], count=count)
+
+
+def _run_public(run: FlowRun, figures: SyncRun | None) -> RunPublic:
+    state = run.state
+    failed = state is not None and (state.is_failed() or state.is_crashed())
+    return RunPublic(
+        flow_run_id=run.id,
+        name=run.name,
+        state=run.state_type.value if run.state_type else "UNKNOWN",
+        trigger=runs.trigger_of(run),
+        scheduled_at=run.expected_start_time,
+        started_at=run.start_time,
+        ended_at=run.end_time,
+        duration_seconds=run.total_run_time.total_seconds() if run.end_time else None,
+        records_read=figures.records_read if figures else None,
+        records_written=figures.records_written if figures else None,
+        error=(figures and figures.error) or (state.message if failed and state else None),
+    )
+
+
+@router.post("/{connector_id}/runs/{flow_run_id}/cancel")
+async def cancel_run(connector: ConnectorDep, flow_run_id: UUID, caller: CallerDep):
+    """Cancel a scheduled or running sync run; 409 when it has ended already."""
+    state = await cancel_connector_run(
+        connector_id=connector.id, flow_run_id=flow_run_id, actor=caller.actor
+    )
+    return {"flowRunId": flow_run_id, "state": state}
+
+
+@router.post("/{connector_id}/reset", status_code=status.HTTP_204_NO_CONTENT)
+async def reset(connector: ConnectorDep, caller: CallerDep) -> None:
+    """Forget the incremental state: the next run is a full sync."""
+    await reset_connector(connector_id=connector.id, actor=caller.actor)
 
 
 @router.delete("/{connector_id}", status_code=status.HTTP_204_NO_CONTENT)

@@ -9,6 +9,7 @@ from control_plane.api.deps import CallerDep, PageDep, SessionDep, check_project
 from control_plane.connectors import Kind, registered_types
 from control_plane.crud import Endpoint
 from control_plane.errors import NotFound
+from control_plane.public import endpoint_public
 from models import (
     EndpointCreate,
     EndpointPublic,
@@ -38,7 +39,7 @@ def endpoint_router(kind: Kind) -> APIRouter:
         check_project_reference(caller, spec.project_id)
         endpoint = await crud.create_endpoint(session=session, kind=kind, spec=spec)
         await session.commit()
-        return endpoint
+        return endpoint_public(kind, endpoint)
 
     @router.get("", response_model=EndpointsPublic)
     async def list_all(
@@ -52,17 +53,17 @@ def endpoint_router(kind: Kind) -> APIRouter:
             limit=page.limit,
             offset=page.offset,
         )
-        return EndpointsPublic(data=endpoints, count=count)
+        return EndpointsPublic(data=[endpoint_public(kind, e) for e in endpoints], count=count)
 
     @router.get("/{endpoint_id}", response_model=EndpointPublic)
     async def read(endpoint: EndpointDep):
-        return endpoint
+        return endpoint_public(kind, endpoint)
 
     @router.patch("/{endpoint_id}", response_model=EndpointPublic)
     async def update(endpoint: EndpointDep, changes: EndpointUpdate, session: SessionDep):
         await crud.update_endpoint(session=session, kind=kind, endpoint=endpoint, changes=changes)
         await session.commit()
-        return endpoint
+        return endpoint_public(kind, endpoint)
 
     @router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT)
     async def delete(endpoint: EndpointDep, session: SessionDep) -> None:

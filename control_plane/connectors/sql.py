@@ -1,0 +1,254 @@
+"""SQL databases through SQLAlchemy: a source that streams a table or a query, and a destination
+that appends, replaces or merges in one transaction."""
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any, Literal, Self
+from uuid import UUID
+
+from pydantic import Field, model_validator
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Engine,
+    Executable,
+    Float,
+    MetaData,
+    Table,
+    Text,
+    bindparam,
+    column,
+    create_engine,
+    event,
+    inspect,
+    literal_column,
+    select,
+    table,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.types import NullType, TypeEngine
+
+from control_plane.connectors import Batch, Destination, Source, TypeConfig, url_field
+
+# The first match wins: bool before int, because a bool is an int.
+_COLUMN_TYPES = [
+    (bool, Boolean),
+    (int, BigInteger),
+    (float, Float),
+    ((dict, list), JSON),
+]
+
+_UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def _sqlite_no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    connection.exec_driver_sql("BEGIN")
+
+
+@contextmanager
+def _engine(url: str) -> Iterator[Engine]:
+    """A sync engine for `url`, disposed on exit."""
+    parsed = make_url(url)
+    if parsed.drivername in {"postgres", "postgresql"}:
+        # SQLAlchemy's default PostgreSQL driver is psycopg2; this project ships psycopg 3.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    engine = create_engine(parsed)
+    if parsed.get_backend_name() == "sqlite":
+        # Python's sqlite3 only opens a transaction before INSERT/UPDATE/DELETE, so a CREATE TABLE
+        # would commit on its own; SQLAlchemy's recipe: let SQLAlchemy emit BEGIN itself.
+        event.listen(engine, "connect", _sqlite_no_implicit_transactions)
+        event.listen(engine, "begin", _sqlite_begin)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _schema_and_name(qualified: str) -> tuple[str | None, str]:
+    schema, _, name = qualified.rpartition(".")
+    return schema or None, name
+
+
+def _json_value(value: Any) -> Any:
+    """A database value as JSON holds it, since cursors are stored as JSON and records may be."""
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    return value
+
+
+class SqlSource(Source):
+    name = "sql"
+
+    class Config(TypeConfig):
+        url: str = url_field(
+            description="SQLAlchemy URL of the database to read (sqlite or postgresql)."
+        )
+        query: str | None = Field(default=None, description="A SELECT to read; or give `table`.")
+        table: str | None = Field(
+            default=None, description="A table (or `schema.table`) to read; or give `query`."
+        )
+        cursor_field: str | None = Field(
+            default=None, description="Column that only grows; runs resume after its last value."
+        )
+
+        @model_validator(mode="after")
+        def _query_or_table(self) -> Self:
+            if (self.query is None) == (self.table is None):
+                raise ValueError("give exactly one of query and table")
+            return self
+
+    @property
+    def cursor_field(self) -> str | None:
+        return self.config.cursor_field
+
+    def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
+        """The rows, streamed from a server-side cursor; dates, decimals and UUIDs as strings."""
+        with _engine(self.config.url) as engine, engine.connect() as connection:
+            # A server-side cursor on PostgreSQL (SQLite steps through rows anyway), fetched a
+            # batch at a time. Not yield_per: SQLAlchemy ignores it for a text() query.
+            streaming = connection.execution_options(stream_results=True, max_row_buffer=batch_size)
+            result = streaming.execute(self._select(cursor))
+            for rows in result.mappings().partitions(batch_size):
+                yield [{key: _json_value(value) for key, value in row.items()} for row in rows]
+
+    def _select(self, cursor: Any | None) -> Executable:
+        config = self.config
+        if config.table is not None:
+            schema, name = _schema_and_name(config.table)
+            rows = table(name, schema=schema)  # rendered quoted wherever the name needs it
+        elif config.cursor_field is None:
+            return text(config.query)
+        else:
+            # A trailing semicolon is fine alone but not inside the subquery.
+            rows = text(config.query.strip().rstrip(";")).columns().subquery("query")
+        statement = select(literal_column("*")).select_from(rows)
+        if config.cursor_field is None:
+            return statement
+        field = column(config.cursor_field)
+        if cursor is not None:
+            # Untyped on purpose: SQLAlchemy would cast a str to VARCHAR, while psycopg sends it
+            # as "unknown" and PostgreSQL reads it as the column's type (an ISO timestamp, say).
+            statement = statement.where(field > bindparam("cursor", cursor, type_=NullType()))
+        return statement.order_by(field)
+
+
+class SqlDestination(Destination):
+    name = "sql"
+
+    class Config(TypeConfig):
+        url: str = url_field(
+            description="SQLAlchemy URL of the database to write (sqlite or postgresql)."
+        )
+        table: str = Field(description="Table (or `schema.table`) to write; created when missing.")
+        mode: Literal["append", "replace", "merge"] = "append"
+        primary_key: list[str] = Field(
+            default_factory=list, description="Columns to merge on (mode merge)."
+        )
+
+        @model_validator(mode="after")
+        def _merge_needs_key(self) -> Self:
+            if self.mode == "merge" and not self.primary_key:
+                raise ValueError("mode merge needs primaryKey")
+            return self
+
+    def write(self, batches: Iterable[Batch]) -> int:
+        """Write every batch in one transaction: nothing is changed unless all of it is written.
+
+        A missing table is created from the first batch: BIGINT, FLOAT, BOOLEAN or JSON columns
+        by the first non-null value, TEXT otherwise. Columns are never added later.
+        """
+        written = 0
+        with _engine(self.config.url) as engine, engine.begin() as connection:
+            target = self._existing_table(connection)
+            if target is not None and self.config.mode == "replace":
+                connection.execute(target.delete())
+            for batch in batches:
+                if not batch:
+                    continue
+                if target is None:
+                    target = self._create_table(connection, batch)
+                columns = self._columns(target, batch)
+                # executemany needs the same keys in every record: a missing one is NULL.
+                rows = [{name: record.get(name) for name in columns} for record in batch]
+                connection.execute(self._insert(connection, target, columns), rows)
+                written += len(batch)
+        return written
+
+    def _existing_table(self, connection: Connection) -> Table | None:
+        schema, name = _schema_and_name(self.config.table)
+        if not inspect(connection).has_table(name, schema=schema):
+            return None
+        return Table(name, MetaData(), schema=schema, autoload_with=connection)
+
+    def _create_table(self, connection: Connection, batch: Batch) -> Table:
+        names = _fields(batch)
+        key = self.config.primary_key if self.config.mode == "merge" else []
+        if missing := [name for name in key if name not in names]:
+            raise ValueError(f"primaryKey {', '.join(missing)} is not a field of the records")
+        schema, name = _schema_and_name(self.config.table)
+        created = Table(
+            name,
+            MetaData(),
+            *(
+                Column(
+                    column_name,
+                    _column_type(batch, column_name),
+                    primary_key=column_name in key,
+                    autoincrement=False,
+                )
+                for column_name in names
+            ),
+            schema=schema,
+        )
+        created.create(connection)
+        return created
+
+    def _columns(self, target: Table, batch: Batch) -> list[str]:
+        """The fields of the batch, each a column of the table."""
+        names = _fields(batch)
+        if unknown := [name for name in names if name not in target.c]:
+            raise ValueError(
+                f"table {self.config.table!r} has no column {', '.join(unknown)}, and columns "
+                "are never added: add it to the table, or leave the field out of the records"
+            )
+        return names
+
+    def _insert(self, connection: Connection, target: Table, columns: list[str]) -> Executable:
+        if self.config.mode != "merge":
+            return target.insert()
+        dialect = connection.dialect.name
+        if dialect not in _UPSERTS:
+            raise ValueError(f"mode merge needs PostgreSQL or SQLite, not {dialect}")
+        key = self.config.primary_key
+        statement = _UPSERTS[dialect](target)
+        updates = {name: statement.excluded[name] for name in columns if name not in key}
+        if not updates:
+            return statement.on_conflict_do_nothing(index_elements=key)
+        return statement.on_conflict_do_update(index_elements=key, set_=updates)
+
+
+def _fields(batch: Batch) -> list[str]:
+    """Every key of the batch's records, in the order they first appear."""
+    return list(dict.fromkeys(key for record in batch for key in record))
+
+
+def _column_type(batch: Batch, name: str) -> TypeEngine[Any]:
+    """The column type for the first non-null value of `name` in the batch."""
+    value = next((record[name] for record in batch if record.get(name) is not None), None)
+    for python_type, sql_type in _COLUMN_TYPES:
+        if isinstance(value, python_type):
+            return sql_type()
+    return Text()

@@ -1,0 +1,90 @@
+"""A connector's sync runs as Prefect knows them: history, the active ones, cancelling.
+
+Runs are found by the flow `sync-connector` and the tag `connector:<id>`, so the history
+survives the connector's deployment being deleted and created again.
+"""
+
+from collections.abc import Sequence
+from uuid import UUID
+
+from prefect.client.schemas.filters import (
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled, Cancelling
+
+from control_plane.errors import Conflict, NotFound
+from control_plane.orchestrator import prefect_client
+
+SYNC_FLOW = "sync-connector"
+MANUAL_TAG = "trigger:manual"
+ACTIVE_STATES = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
+
+
+def connector_tag(connector_id: int) -> str:
+    return f"connector:{connector_id}"
+
+
+def _filters(connector_id: int, states: Sequence[StateType] | None) -> dict:
+    run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[connector_tag(connector_id)]))
+    if states:
+        run_filter.state = FlowRunFilterState(type=FlowRunFilterStateType(any_=list(states)))
+    return {
+        "flow_filter": FlowFilter(name=FlowFilterName(any_=[SYNC_FLOW])),
+        "flow_run_filter": run_filter,
+    }
+
+
+async def list_runs(
+    connector_id: int, *, states: Sequence[StateType] | None, limit: int, offset: int
+) -> tuple[list[FlowRun], int]:
+    """The connector's sync runs, newest first, and how many there are."""
+    filters = _filters(connector_id, states)
+    async with prefect_client() as client:
+        runs = await client.read_flow_runs(
+            **filters, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit, offset=offset
+        )
+        return runs, await client.count_flow_runs(**filters)
+
+
+async def active_runs(connector_id: int) -> list[FlowRun]:
+    """The connector's sync runs that are running or about to."""
+    async with prefect_client() as client:
+        return await client.read_flow_runs(**_filters(connector_id, ACTIVE_STATES), limit=10)
+
+
+def trigger_of(run: FlowRun) -> str:
+    """schedule, manual (a trigger through the control plane) or automation."""
+    if run.auto_scheduled:
+        return "schedule"
+    return "manual" if MANUAL_TAG in run.tags else "automation"
+
+
+async def cancel(connector_id: int, flow_run_id: UUID) -> FlowRun:
+    """Cancel a scheduled or running sync run of the connector; 409 when it already ended."""
+    async with prefect_client() as client:
+        missing = NotFound(f"connector {connector_id} has no run {flow_run_id}")
+        try:
+            run = await client.read_flow_run(flow_run_id)
+        except ObjectNotFound:
+            raise missing from None
+        flow = await client.read_flow(run.flow_id)
+        if flow.name != SYNC_FLOW or connector_tag(connector_id) not in run.tags:
+            raise missing
+        if run.state is None or run.state.is_final():
+            state = run.state.name if run.state else "no state"
+            raise Conflict(f"run {flow_run_id} has ended already ({state})")
+        # A run that has not started yet has no process to stop: cancel it outright.
+        scheduled = run.state.type in (StateType.SCHEDULED, StateType.PENDING)
+        await client.set_flow_run_state(flow_run_id, Cancelled() if scheduled else Cancelling())
+        return await client.read_flow_run(flow_run_id)
+
+
+__all__ = ["active_runs", "cancel", "connector_tag", "list_runs", "trigger_of"]

@@ -1,0 +1,61 @@
+"""What sync runs leave behind: each connector's incremental state, and each run's figures."""
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer
+from sqlmodel import Field, SQLModel
+
+from models.base import ApiModel, UtcDatetime, timestamp_field
+
+
+def _connector_key(**kwargs: Any) -> Any:
+    # Deleting a connector deletes its state and run figures with it.
+    return Field(
+        sa_column=Column(
+            Integer, ForeignKey("connector.id", ondelete="CASCADE"), nullable=False, **kwargs
+        )
+    )
+
+
+class SyncState(SQLModel, table=True):
+    """Where a connector's next incremental read resumes."""
+
+    __tablename__ = "sync_state"
+    connector_id: int = _connector_key(primary_key=True)
+    cursor: Any | None = Field(default=None, sa_type=JSON)
+    updated_at: datetime = timestamp_field()
+
+
+class SyncRun(SQLModel, table=True):
+    """The figures of one sync run; its state lives in Prefect."""
+
+    __tablename__ = "sync_run"
+    flow_run_id: UUID = Field(primary_key=True)
+    connector_id: int = _connector_key(index=True)
+    records_read: int = 0
+    records_written: int = 0
+    cursor: Any | None = Field(default=None, sa_type=JSON)
+    error: str | None = None
+    started_at: datetime = timestamp_field()
+    ended_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class RunPublic(ApiModel):
+    flow_run_id: UUID
+    name: str
+    state: str
+    trigger: str
+    scheduled_at: UtcDatetime | None = None
+    started_at: UtcDatetime | None = None
+    ended_at: UtcDatetime | None = None
+    duration_seconds: float | None = None
+    records_read: int | None = None
+    records_written: int | None = None
+    error: str | None = None
+
+
+class RunsPublic(ApiModel):
+    data: list[RunPublic]
+    count: int

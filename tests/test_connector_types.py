@@ -1,0 +1,422 @@
+"""The built-in source and destination types against real files, databases and an HTTP server."""
+
+import csv
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    MetaData,
+    Table,
+    Text,
+    create_engine,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import make_url
+
+from control_plane.connectors import Batch, Source
+from control_plane.connectors.builtin import (
+    CsvSource,
+    HttpSource,
+    JsonlDestination,
+    JsonlSource,
+    SqlDestination,
+    SqlSource,
+)
+
+POSTGRES_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+Mode = Literal["append", "replace", "merge"]
+
+
+def _suffix() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def _read(source: Source, *, cursor: Any = None, batch_size: int = 1000) -> list[Batch]:
+    return list(source.read(cursor=cursor, batch_size=batch_size))
+
+
+def _records(batches: list[Batch]) -> list[dict[str, Any]]:
+    return [record for batch in batches for record in batch]
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A database of this module's own on the local PostgreSQL, dropped at the end."""
+    name = f"connector_types_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.OperationalError as error:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({error}). "
+            f"Start it with: {START_POSTGRES}",
+            pytrace=False,
+        )
+    try:
+        # A plain postgresql:// URL, as users write it: the connectors pick psycopg themselves.
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@contextmanager
+def _database(url: str) -> Iterator[Engine]:
+    """An engine of the tests' own, to set up and check tables behind the connectors' back."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    engine = create_engine(parsed)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def _rows(url: str, table_name: str, order_by: str) -> list[dict[str, Any]]:
+    with _database(url) as engine, engine.connect() as connection:
+        table = Table(table_name, MetaData(), autoload_with=connection)
+        result = connection.execute(select(table).order_by(table.c[order_by]))
+        return [dict(row) for row in result.mappings()]
+
+
+class TestCsvSource:
+    def test_a_glob_reads_its_files_in_order_in_full_batches(self, tmp_path: Path) -> None:
+        # Written out of order: the glob's files are read sorted by name.
+        for part, ids in [("b", range(1000, 2500)), ("a", range(1000))]:
+            with (tmp_path / f"orders-{part}.csv").open("w", newline="") as file:
+                writer = csv.writer(file, delimiter=";")
+                writer.writerow(["id", "amount"])
+                writer.writerows([i, f"{i}.50"] for i in ids)
+        (tmp_path / "other.csv").write_text("id;amount\nnot;matched\n")
+
+        source = CsvSource(CsvSource.Config(path=str(tmp_path / "orders-*.csv"), delimiter=";"))
+        batches = _read(source, batch_size=1000)
+
+        assert [len(batch) for batch in batches] == [1000, 1000, 500]
+        records = _records(batches)
+        assert [record["id"] for record in records] == [str(i) for i in range(2500)]
+        assert records[7] == {"id": "7", "amount": "7.50"}  # strings, no type guessing
+        assert source.cursor_field is None
+
+    def test_a_row_longer_than_the_header_names_file_and_line(self, tmp_path: Path) -> None:
+        path = tmp_path / f"bad-{_suffix()}.csv"
+        path.write_text("id,name\n1,a\n2,b,extra\n")
+
+        with pytest.raises(ValueError, match=rf"{path.name}, line 3: more fields"):
+            _read(CsvSource(CsvSource.Config(path=str(path))))
+
+    def test_a_path_matching_nothing_is_an_error(self, tmp_path: Path) -> None:
+        with pytest.raises(FileNotFoundError, match="no file matches"):
+            _read(CsvSource(CsvSource.Config(path=str(tmp_path / "missing-*.csv"))))
+
+
+class TestJsonlSource:
+    def test_objects_are_read_and_blank_lines_skipped(self, tmp_path: Path) -> None:
+        path = tmp_path / f"events-{_suffix()}.jsonl"
+        path.write_text('{"id": 1, "tags": ["a"]}\n\n   \n{"id": 2, "tags": []}\n')
+
+        batches = _read(JsonlSource(JsonlSource.Config(path=str(path))), batch_size=1)
+
+        assert batches == [[{"id": 1, "tags": ["a"]}], [{"id": 2, "tags": []}]]
+
+    def test_a_bad_line_names_file_and_line(self, tmp_path: Path) -> None:
+        (tmp_path / "1.jsonl").write_text('{"id": 1}\n')
+        (tmp_path / "2.jsonl").write_text('{"id": 2}\n\n{"id": 3,\n')
+
+        source = JsonlSource(JsonlSource.Config(path=str(tmp_path / "*.jsonl")))
+        with pytest.raises(ValueError, match=r"2\.jsonl, line 3: "):
+            _read(source)
+
+    def test_a_line_that_is_not_an_object_is_an_error(self, tmp_path: Path) -> None:
+        path = tmp_path / f"list-{_suffix()}.jsonl"
+        path.write_text("[1, 2]\n")
+
+        with pytest.raises(ValueError, match="line 1: not a JSON object"):
+            _read(JsonlSource(JsonlSource.Config(path=str(path))))
+
+
+class TestJsonlDestination:
+    def test_records_are_appended_one_object_a_line(self, tmp_path: Path) -> None:
+        path = tmp_path / "new" / "dir" / f"out-{_suffix()}.jsonl"
+        destination = JsonlDestination(JsonlDestination.Config(path=str(path)))
+        at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+        assert destination.write([[{"id": 1, "at": at}], [], [{"id": 2}, {"id": 3}]]) == 3
+        assert destination.write([[{"id": 4}]]) == 1
+
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        assert lines == [{"id": 1, "at": str(at)}, {"id": 2}, {"id": 3}, {"id": 4}]
+
+
+def _events_table(url: str, name: str, rows: list[dict[str, Any]]) -> None:
+    """A table with an int id and a timestamp, created on first use, with `rows` added."""
+    with _database(url) as engine, engine.begin() as connection:
+        table = Table(
+            name,
+            MetaData(),
+            Column("id", BigInteger, primary_key=True, autoincrement=False),
+            Column("name", Text),
+            Column("updated_at", DateTime),
+        )
+        table.create(connection, checkfirst=True)
+        connection.execute(table.insert(), rows)
+
+
+def _events(ids: range, start: datetime) -> list[dict[str, Any]]:
+    return [
+        {"id": i, "name": f"event {i}", "updated_at": start + timedelta(minutes=i)} for i in ids
+    ]
+
+
+class TestSqlSource:
+    def test_a_cursor_reads_only_rows_added_since(self, database_url: str) -> None:
+        # Mixed case and a space: the name only works when the source quotes it.
+        name = f"Events {_suffix()}"
+        start = datetime(2026, 3, 1, 12, 0, 0)
+        _events_table(database_url, name, _events(range(5), start))
+        source = SqlSource(
+            SqlSource.Config(url=database_url, table=name, cursor_field="updated_at")
+        )
+
+        first = _read(source, batch_size=2)
+        assert [len(batch) for batch in first] == [2, 2, 1]
+        assert [record["id"] for record in _records(first)] == [0, 1, 2, 3, 4]
+        # Rows come in cursor order, so the last one holds the largest cursor value.
+        cursor = _records(first)[-1]["updated_at"]
+        assert json.loads(json.dumps(cursor)) == cursor
+
+        _events_table(database_url, name, _events(range(5, 8), start))
+        again = _records(_read(source, cursor=cursor, batch_size=2))
+
+        assert [record["id"] for record in again] == [5, 6, 7]
+        assert again[0]["name"] == "event 5"
+
+    def test_a_query_with_a_cursor_is_wrapped(self, database_url: str) -> None:
+        name = f"events_{_suffix()}"
+        _events_table(database_url, name, _events(range(6), datetime(2026, 3, 1)))
+        query = f"SELECT id, name FROM {name} WHERE name <> 'event 4';"
+        source = SqlSource(SqlSource.Config(url=database_url, query=query, cursor_field="id"))
+
+        records = _records(_read(source, cursor=1))
+
+        assert records == [
+            {"id": 2, "name": "event 2"},
+            {"id": 3, "name": "event 3"},
+            {"id": 5, "name": "event 5"},
+        ]
+
+    def test_a_query_without_cursor_reads_everything(self, database_url: str) -> None:
+        name = f"events_{_suffix()}"
+        _events_table(database_url, name, _events(range(3), datetime(2026, 3, 1)))
+        source = SqlSource(
+            SqlSource.Config(url=database_url, query=f"SELECT id FROM {name} ORDER BY id DESC")
+        )
+
+        assert _read(source, batch_size=2) == [[{"id": 2}, {"id": 1}], [{"id": 0}]]
+        assert source.cursor_field is None
+
+
+class TestSqlDestination:
+    def _destination(self, url: str, table: str, mode: Mode, **config: Any) -> SqlDestination:
+        return SqlDestination(SqlDestination.Config(url=url, table=table, mode=mode, **config))
+
+    def test_append_creates_the_table_and_adds_rows(self, database_url: str) -> None:
+        name = f"Orders {_suffix()}"
+        destination = self._destination(database_url, name, "append")
+
+        written = destination.write(
+            [
+                [{"id": 1, "price": 2.5, "paid": True, "note": None, "meta": {"a": 1}}],
+                [{"id": 2, "note": "second"}],  # missing fields are NULL
+            ]
+        )
+        assert written == 2
+        assert destination.write([[{"id": 3, "price": 1.0, "paid": False}]]) == 1
+
+        assert _rows(database_url, name, "id") == [
+            {"id": 1, "price": 2.5, "paid": True, "note": None, "meta": {"a": 1}},
+            {"id": 2, "price": None, "paid": None, "note": "second", "meta": None},
+            {"id": 3, "price": 1.0, "paid": False, "note": None, "meta": None},
+        ]
+        with _database(database_url) as engine, engine.connect() as connection:
+            columns = {c["name"]: c["type"] for c in inspect(connection).get_columns(name)}
+        assert {n: type(t).__name__ for n, t in columns.items() if n != "meta"} == {
+            "id": "BIGINT",
+            "price": {"sqlite": "FLOAT", "postgresql": "DOUBLE_PRECISION"}[engine.dialect.name],
+            "paid": "BOOLEAN",
+            "note": "TEXT",
+        }
+
+    def test_replace_leaves_only_the_new_rows(self, database_url: str) -> None:
+        name = f"orders_{_suffix()}"
+        self._destination(database_url, name, "append").write([[{"id": 1}, {"id": 2}]])
+
+        written = self._destination(database_url, name, "replace").write([[{"id": 3}]])
+
+        assert written == 1
+        assert _rows(database_url, name, "id") == [{"id": 3}]
+
+    def test_merge_updates_existing_keys_and_inserts_new_ones(self, database_url: str) -> None:
+        name = f"customers_{_suffix()}"
+        destination = self._destination(database_url, name, "merge", primary_key=["region", "id"])
+        destination.write([[{"region": "eu", "id": 1, "name": "Ann", "vip": False}]])
+        destination.write([[{"region": "us", "id": 1, "name": "Bob", "vip": True}]])
+
+        written = destination.write(
+            [
+                [{"region": "eu", "id": 1, "name": "Ann B."}],  # vip left as it was
+                [{"region": "eu", "id": 2, "name": "Cy", "vip": True}],
+            ]
+        )
+
+        assert written == 2
+        assert _rows(database_url, name, "name") == [
+            {"region": "eu", "id": 1, "name": "Ann B.", "vip": False},
+            {"region": "us", "id": 1, "name": "Bob", "vip": True},
+            {"region": "eu", "id": 2, "name": "Cy", "vip": True},
+        ]
+
+    def test_a_failed_replace_leaves_the_old_rows(self, database_url: str) -> None:
+        name = f"orders_{_suffix()}"
+        self._destination(database_url, name, "append").write([[{"id": 1}, {"id": 2}]])
+
+        batches = [[{"id": 3}], [{"id": 4, "surprise": "x"}]]
+        with pytest.raises(ValueError, match="has no column surprise"):
+            self._destination(database_url, name, "replace").write(batches)
+
+        assert _rows(database_url, name, "id") == [{"id": 1}, {"id": 2}]
+
+    def test_a_failed_first_write_creates_no_table(self, database_url: str) -> None:
+        name = f"orders_{_suffix()}"
+
+        batches = [[{"id": 1}], [{"id": 2, "surprise": "x"}]]
+        with pytest.raises(ValueError, match="has no column surprise"):
+            self._destination(database_url, name, "append").write(batches)
+
+        with _database(database_url) as engine, engine.connect() as connection:
+            assert not inspect(connection).has_table(name)
+
+
+class _Pages(BaseHTTPRequestHandler):
+    """Answers GETs from `routes`: path and query -> (status, extra headers, JSON body)."""
+
+    routes: dict[str, tuple[int, dict[str, str], Any]] = {}
+    requests: list[httpx.Headers] = []
+
+    def do_GET(self) -> None:
+        self.requests.append(httpx.Headers(dict(self.headers)))
+        status, headers, body = self.routes.get(self.path, (404, {}, {"error": "no route"}))
+        content = json.dumps(body).encode()
+        self.send_response(status)
+        for header, value in {**headers, "Content-Type": "application/json"}.items():
+            self.send_header(header, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: pytest shows failures, not access logs."""
+
+
+@pytest.fixture(scope="module")
+def http_server() -> Iterator[str]:
+    """A real HTTP server on a free local port, serving `_Pages.routes`; its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+class TestHttpSource:
+    def test_pages_follow_the_next_page_path(self, http_server: str) -> None:
+        base = f"/api-{_suffix()}/items"
+        _Pages.routes |= {
+            base: (200, {}, {"data": {"items": [{"id": 1}, {"id": 2}]}, "next": "items?page=2"}),
+            f"{base}?page=2": (200, {}, {"data": {"items": [{"id": 3}]}, "next": None}),
+        }
+        source = HttpSource(
+            HttpSource.Config(
+                url=http_server + base,
+                headers={"Authorization": f"Bearer {_suffix()}"},
+                records_path="data.items",
+                next_page_path="next",
+            )
+        )
+
+        batches = _read(source, batch_size=2)
+
+        assert batches == [[{"id": 1}, {"id": 2}], [{"id": 3}]]
+        assert _Pages.requests[-1]["authorization"] == source.config.headers["Authorization"]
+
+    def test_pages_follow_the_link_header(self, http_server: str) -> None:
+        base = f"/api-{_suffix()}/items"
+        second = f"{http_server}{base}?page=2"
+        _Pages.routes |= {
+            base: (200, {"Link": f'<{second}>; rel="next"'}, [{"id": 1}]),
+            f"{base}?page=2": (200, {"Link": f'<{base}>; rel="first"'}, [{"id": 2}]),
+        }
+
+        records = _records(_read(HttpSource(HttpSource.Config(url=http_server + base))))
+
+        assert records == [{"id": 1}, {"id": 2}]
+
+    def test_a_server_error_names_status_and_url_not_headers(self, http_server: str) -> None:
+        path = f"/api-{_suffix()}/broken"
+        _Pages.routes[path] = (500, {}, {"error": "boom"})
+        token = f"secret-{_suffix()}"
+        source = HttpSource(
+            HttpSource.Config(url=http_server + path, headers={"Authorization": token})
+        )
+
+        with pytest.raises(httpx.HTTPStatusError) as error:
+            _read(source)
+
+        assert "500" in str(error.value)
+        assert http_server + path in str(error.value)
+        assert token not in str(error.value)
+
+    def test_a_page_seen_twice_stops_the_loop(self, http_server: str) -> None:
+        path = f"/api-{_suffix()}/loop"
+        _Pages.routes |= {
+            path: (200, {}, {"items": [{"id": 1}], "next": f"{path}?page=2"}),
+            f"{path}?page=2": (200, {}, {"items": [{"id": 2}], "next": path}),
+        }
+        source = HttpSource(
+            HttpSource.Config(url=http_server + path, records_path="items", next_page_path="next")
+        )
+
+        with pytest.raises(ValueError, match="the pagination loops"):
+            _read(source)

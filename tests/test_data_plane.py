@@ -1,0 +1,265 @@
+"""Connectors move real data: triggered through the API, run by the real worker, checked at
+the destination, in the run history and in the connector's status."""
+
+import csv
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
+from prefect.client.schemas.objects import StateType
+from sqlalchemy import create_engine, text
+
+from tests.helpers import created, trigger_and_wait, unique, wait_final
+from tests.stack import wait_for
+
+
+def _write_csv(path: Path, rows: range) -> None:
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["id", "name"])
+        writer.writerows([i, f"name-{i}"] for i in rows)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _connector(api: httpx.Client, source: dict, destination: dict, **fields) -> dict:
+    """A manual-only connector in a new project between a new source and destination."""
+    project = created(api.post("/projects", json={"name": unique("data")}))
+    ids = [
+        created(
+            api.post(
+                f"/defined-{kind}s",
+                json={"name": unique(kind), **body, "projectId": project["id"]},
+            )
+        )["id"]
+        for kind, body in (("source", source), ("destination", destination))
+    ]
+    body = {
+        "name": unique("connector"),
+        "projectId": project["id"],
+        "definedSourceId": ids[0],
+        "definedDestinationId": ids[1],
+        "schedule": None,
+        **fields,
+    }
+    return created(api.post("/connectors", json=body))
+
+
+@pytest.fixture
+def warehouse_url(stack, tmp_path: Path) -> str:
+    """A database to read from and write to: SQLite, or the session's PostgreSQL database."""
+    if stack.database_url.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / 'warehouse.db'}"
+    return stack.database_url
+
+
+def _query(url: str, sql: str) -> list[tuple]:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as db:
+            result = db.execute(text(sql))
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+class TestCsvToJsonl:
+    def test_every_row_arrives_and_the_run_is_recorded(
+        self, api, prefect: SyncPrefectClient, tmp_path
+    ):
+        _write_csv(tmp_path / "in.csv", range(2500))
+        connector = _connector(
+            api,
+            {"type": "csv", "config": {"path": str(tmp_path / "*.csv")}},
+            {"type": "jsonl", "config": {"path": str(tmp_path / "out" / "rows.jsonl")}},
+        )
+        run = trigger_and_wait(api, prefect, connector["id"])
+        assert run.state.type == StateType.COMPLETED, run.state
+
+        rows = _jsonl(tmp_path / "out" / "rows.jsonl")
+        assert len(rows) == 2500
+        assert rows[0] == {"id": "0", "name": "name-0"}
+
+        [listed] = api.get(f"/connectors/{connector['id']}/runs").json()["data"]
+        assert listed["flowRunId"] == str(run.id)
+        assert (listed["state"], listed["trigger"]) == ("COMPLETED", "manual")
+        assert (listed["recordsRead"], listed["recordsWritten"]) == (2500, 2500)
+        assert listed["durationSeconds"] > 0 and listed["error"] is None
+
+        status = api.get(f"/connectors/{connector['id']}").json()
+        assert status["lastRunState"] == "COMPLETED"
+        assert status["lastSuccessAt"] and status["consecutiveFailures"] == 0
+
+        [artifact] = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"connector-{connector['id']}-sync"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+            )
+        )
+        assert "| 2500 | 2500 |" in artifact.data
+
+
+class TestJsonlToSql:
+    def test_rows_land_in_a_created_table(self, api, prefect, tmp_path, warehouse_url):
+        (tmp_path / "in.jsonl").write_text(
+            "\n".join(json.dumps({"id": i, "city": f"c{i}"}) for i in range(50))
+        )
+        table = unique("cities").replace("-", "_")
+        connector = _connector(
+            api,
+            {"type": "jsonl", "config": {"path": str(tmp_path / "in.jsonl")}},
+            {"type": "sql", "config": {"url": warehouse_url, "table": table}},
+        )
+        assert trigger_and_wait(api, prefect, connector["id"]).state.type == StateType.COMPLETED
+        assert _query(warehouse_url, f"SELECT count(*) FROM {table}") == [(50,)]
+
+
+class TestIncrementalSql:
+    def test_the_second_run_moves_only_new_rows_and_reset_starts_over(
+        self, api, prefect, tmp_path, warehouse_url
+    ):
+        source_table = unique("events").replace("-", "_")
+        target_table = unique("copies").replace("-", "_")
+        _query(warehouse_url, f"CREATE TABLE {source_table} (id INTEGER PRIMARY KEY, v TEXT)")
+        _query(warehouse_url, f"INSERT INTO {source_table} VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        connector = _connector(
+            api,
+            {
+                "type": "sql",
+                "config": {"url": warehouse_url, "table": source_table, "cursorField": "id"},
+            },
+            {"type": "sql", "config": {"url": warehouse_url, "table": target_table}},
+        )
+        path = f"/connectors/{connector['id']}"
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        _query(warehouse_url, f"INSERT INTO {source_table} VALUES (4, 'd'), (5, 'e')")
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        second, first = api.get(f"{path}/runs").json()["data"]
+        assert (first["recordsRead"], second["recordsRead"]) == (3, 2)
+        assert _query(warehouse_url, f"SELECT count(*) FROM {target_table}") == [(5,)]
+
+        assert api.post(f"{path}/reset").status_code == 204
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        assert api.get(f"{path}/runs", params={"limit": 1}).json()["data"][0]["recordsRead"] == 5
+
+
+class _Api(BaseHTTPRequestHandler):
+    """Pages of records: /next/N links by a JSON field, /link/N by the Link header;
+    /slow answers once the test sets `release`."""
+
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        kind, _, page = self.path.strip("/").partition("/")
+        if kind == "slow":
+            self.release.wait(timeout=60)
+        number = int(page or 1)
+        body: dict = {"result": {"items": [{"page": number, "i": i} for i in range(10)]}}
+        headers = {"Content-Type": "application/json"}
+        if number < 3 and kind == "next":
+            body["next"] = f"/next/{number + 1}"
+        if number < 3 and kind == "link":
+            headers["Link"] = f'</link/{number + 1}>; rel="next"'
+        self.send_response(200)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def http_source() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    _Api.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+class TestHttpPagination:
+    @pytest.mark.parametrize("kind", ["next", "link"])
+    def test_every_page_is_read(self, api, prefect, tmp_path, http_source, kind):
+        config = {"url": f"{http_source}/{kind}/1", "recordsPath": "result.items"}
+        if kind == "next":
+            config["nextPagePath"] = "next"
+        connector = _connector(
+            api,
+            {"type": "http", "config": config},
+            {"type": "jsonl", "config": {"path": str(tmp_path / "pages.jsonl")}},
+        )
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        assert {row["page"] for row in _jsonl(tmp_path / "pages.jsonl")} == {1, 2, 3}
+
+
+class TestFailures:
+    def test_failures_count_up_and_a_success_resets_them(self, api, prefect, tmp_path):
+        connector = _connector(
+            api,
+            {"type": "csv", "config": {"path": str(tmp_path / "missing.csv")}},
+            {"type": "jsonl", "config": {"path": str(tmp_path / "out.jsonl")}},
+        )
+        path = f"/connectors/{connector['id']}"
+        for count in (1, 2):
+            run = trigger_and_wait(api, prefect, connector["id"])
+            assert run.state.type == StateType.FAILED
+            status = api.get(path).json()
+            assert (status["lastRunState"], status["consecutiveFailures"]) == ("FAILED", count)
+        [latest] = api.get(f"{path}/runs", params={"limit": 1, "state": "FAILED"}).json()["data"]
+        assert "missing.csv" in latest["error"]
+
+        _write_csv(tmp_path / "here.csv", range(3))
+        override = {"sourceConfigOverride": {"path": str(tmp_path / "here.csv")}}
+        assert api.patch(path, json=override).status_code == 200
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        status = api.get(path).json()
+        assert (status["lastRunState"], status["consecutiveFailures"]) == ("COMPLETED", 0)
+        assert len(_jsonl(tmp_path / "out.jsonl")) == 3
+
+
+class TestOneRunAtATime:
+    def test_reject_refuses_queue_waits_and_cancel_stops(self, api, prefect, tmp_path, http_source):
+        _Api.release.clear()
+        connector = _connector(
+            api,
+            {
+                "type": "http",
+                "config": {"url": f"{http_source}/slow/3", "recordsPath": "result.items"},
+            },
+            {"type": "jsonl", "config": {"path": str(tmp_path / "slow.jsonl")}},
+        )
+        path = f"/connectors/{connector['id']}"
+        first = api.post(f"{path}/trigger").json()["flowRunId"]
+        wait_for(
+            lambda: prefect.read_flow_run(UUID(first)).state.is_running(),
+            timeout=60,
+            what="the first run to start",
+        )
+        refused = api.post(f"{path}/trigger", json={"onConflict": "reject"})
+        assert refused.status_code == 409 and first in refused.json()["detail"]
+
+        queued = api.post(f"{path}/trigger").json()["flowRunId"]
+        cancelled = api.post(f"{path}/runs/{queued}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert wait_final(prefect, queued).state.type == StateType.CANCELLED
+
+        _Api.release.set()
+        assert wait_final(prefect, first).state.is_completed()
+        assert api.post(f"{path}/runs/{first}/cancel").status_code == 409
+        assert api.post(f"{path}/runs/{UUID(int=0)}/cancel").status_code == 404
