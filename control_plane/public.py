@@ -1,17 +1,11 @@
-"""What the API and the flows show of stored rows: the same fields, with secrets masked."""
+"""What the API shows of stored sources and destinations: the same fields, secrets masked.
+
+Connectors need no such step: their overrides mask themselves in JSON (models/connector.py).
+"""
 
 from control_plane.connectors import Kind, mask_secrets
 from control_plane.crud import Endpoint
-from models import Connector, ConnectorPublic, EndpointPublic
-
-
-def connector_public(connector: Connector) -> ConnectorPublic:
-    public = ConnectorPublic.model_validate(connector)
-    public.source_config_override = mask_secrets("source", connector.source_config_override)
-    public.destination_config_override = mask_secrets(
-        "destination", connector.destination_config_override
-    )
-    return public
+from models import EndpointPublic
 
 
 def endpoint_public(kind: Kind, endpoint: Endpoint) -> EndpointPublic:
@@ -20,4 +14,4 @@ def endpoint_public(kind: Kind, endpoint: Endpoint) -> EndpointPublic:
     return public
 
 
-__all__ = ["connector_public", "endpoint_public"]
+__all__ = ["endpoint_public"]

@@ -15,7 +15,6 @@ from control_plane.audit import actor_tag, label_run
 from control_plane.db import session_scope
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import Conflict
-from control_plane.public import connector_public
 from models import Connector, ConnectorCreate, ConnectorPublic, ConnectorUpdate
 from models.connector import OnConflict
 
@@ -36,7 +35,8 @@ async def _commit(
     """Commit the row after Prefect was changed; if that fails, put Prefect back."""
     try:
         await session.commit()
-    except Exception:
+    except BaseException:
+        # BaseException too: Prefect turns SIGTERM during a flow run into TerminationSignal.
         await deployments.apply(deployment_id, applied, previous)
         raise
 
@@ -54,7 +54,7 @@ async def _apply_and_commit(
     get_run_logger().info(
         "connector %s committed with deployment %s", connector.id, connector.prefect_deployment_id
     )
-    return connector_public(connector)
+    return ConnectorPublic.model_validate(connector)
 
 
 def _describe_update(connector: Connector, changes: ConnectorUpdate) -> str:

@@ -1,15 +1,17 @@
 """The connector: a schedule that moves data from a defined source to a defined destination."""
 
 from datetime import UTC, datetime
+from functools import partial
 from typing import Annotated, Any, Literal
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
-from pydantic import AfterValidator, computed_field
+from pydantic import AfterValidator, PlainSerializer, computed_field
 from sqlalchemy import JSON, DateTime, UniqueConstraint
 from sqlmodel import Field
 
+from control_plane.connectors import mask_secrets
 from models.base import (
     ApiModel,
     InputModel,
@@ -24,7 +26,14 @@ from models.catalog import Description, Name, Timestamps
 
 Cron = Annotated[str, AfterValidator(check_cron)]
 Timezone = Annotated[str, AfterValidator(check_timezone)]
-ConfigOverride = dict[str, Any]
+# Overrides travel as control flow parameters, which Prefect stores: their JSON form (flow run
+# parameters and API answers alike) masks the secret values.
+SourceOverride = Annotated[
+    dict[str, Any], PlainSerializer(partial(mask_secrets, "source"), when_used="json")
+]
+DestinationOverride = Annotated[
+    dict[str, Any], PlainSerializer(partial(mask_secrets, "destination"), when_used="json")
+]
 
 
 class ConnectorBase(ApiModel):
@@ -41,12 +50,12 @@ class ConnectorBase(ApiModel):
     is_active: bool = Field(
         default=True, description="Inactive connectors have no deployment and never run."
     )
-    source_config_override: ConfigOverride = Field(
+    source_config_override: SourceOverride = Field(
         default_factory=dict,
         sa_type=JSON,
         description="Merged over the defined source's config for this connector's runs.",
     )
-    destination_config_override: ConfigOverride = Field(
+    destination_config_override: DestinationOverride = Field(
         default_factory=dict,
         sa_type=JSON,
         description="Merged over the defined destination's config for this connector's runs.",
@@ -93,8 +102,8 @@ class ConnectorUpdate(UpdateModel):
     schedule: Cron | None = None
     timezone: Timezone | None = None
     is_active: bool | None = None
-    source_config_override: ConfigOverride | None = None
-    destination_config_override: ConfigOverride | None = None
+    source_config_override: SourceOverride | None = None
+    destination_config_override: DestinationOverride | None = None
 
 
 class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):

@@ -241,11 +241,21 @@ public final class ConnectorLifecycleExample {
 
     /** JSON over HTTP with a timeout on every request and retries of transient failures. */
     private static final class ApiClient {
+        private static final String KEEP_ALIVE_PROPERTY = "jdk.httpclient.keepalive.timeout";
+        private static final String KEEP_ALIVE_SECONDS = "3";
+
         private final Config config;
         private final HttpClient http;
 
         ApiClient(Config config) {
             this.config = config;
+            // Drop idle connections before the server does (uvicorn closes them after 5 s):
+            // a request sent on a connection the server is closing fails with "header parser
+            // received no bytes", which the JDK retries by itself only for GET and HEAD.
+            // Read once, when the first client is built; -D on the command line still wins.
+            if (System.getProperty(KEEP_ALIVE_PROPERTY) == null) {
+                System.setProperty(KEEP_ALIVE_PROPERTY, KEEP_ALIVE_SECONDS);
+            }
             this.http = HttpClient.newBuilder()
                     // Plain HTTP/1.1: the default would first offer an h2c upgrade on http://.
                     .version(HttpClient.Version.HTTP_1_1)

@@ -14,7 +14,6 @@ from control_plane.api.deps import (
     SessionDep,
     check_project_reference,
 )
-from control_plane.public import connector_public
 from flows.lifecycle import (
     cancel_connector_run,
     create_connector,
@@ -61,12 +60,12 @@ async def list_all(
         limit=page.limit,
         offset=page.offset,
     )
-    return ConnectorsPublic(data=[connector_public(c) for c in connectors], count=count)
+    return ConnectorsPublic(data=connectors, count=count)
 
 
 @router.get("/{connector_id}", response_model=ConnectorPublic)
 async def read(connector: ConnectorDep):
-    return connector_public(connector)
+    return connector
 
 
 @router.patch("/{connector_id}", response_model=ConnectorPublic)
