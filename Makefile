@@ -30,3 +30,4 @@ test: $(VENV)/.test java
 
 bench: $(VENV)/.test
 	$(PYTHON) -m bench.actions
+	$(PYTHON) -m bench.data_plane
