@@ -1,4 +1,4 @@
-"""The `control-plane` command: `up` starts the whole stack; `migrate`; `token` mints a JWT."""
+"""The `control-plane` command: `up` starts the whole stack; `migrate`, `deploy`, `token`."""
 
 import argparse
 import asyncio
@@ -96,10 +96,13 @@ def up() -> None:
         # Prefect read its settings at import: point this process at the server explicitly.
         with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
             asyncio.run(deployments.ensure_work_pool(settings.work_pool))
+            for name in asyncio.run(deployments.deploy_control_flows()):
+                print(f"deployed {name}")
         worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds)}
-        command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
-        command += ["--pool", settings.work_pool]
-        processes.append(_start(command, worker_env))
+        control_pools = {d["work_pool"]["name"] for d in deployments.control_deployments()}
+        for pool in sorted({settings.work_pool} | control_pools):
+            command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
+            processes.append(_start([*command, "--pool", pool], worker_env))
         api = f"http://{settings.api_host}:{settings.api_port}"
         command = [sys.executable, "-m", "uvicorn", "control_plane.api.app:app"]
         command += ["--host", settings.api_host]
@@ -110,7 +113,7 @@ def up() -> None:
             f"\nConnector control plane is up.\n"
             f"  API:        {api}/api/v1  (docs: {api}/docs)\n"
             f"  Prefect UI: {env['PREFECT_API_URL'].removesuffix('/api')}\n"
-            f"  Worker:     pool {settings.work_pool!r}\n"
+            f"  Workers:    pools {', '.join(sorted({settings.work_pool} | control_pools))}\n"
             f"Ctrl-C stops everything started here.\n",
             flush=True,
         )
@@ -128,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start Prefect (unless PREFECT_API_URL is set), worker, API")
     commands.add_parser("migrate", help="bring the database schema up to date")
+    commands.add_parser(
+        "deploy", help="register prefect.yaml's control deployments and automations"
+    )
     token = commands.add_parser("token", help="mint a development JWT (HS256 secret)")
     token.add_argument("--sub", required=True, help="who the token is for (the audit actor)")
     token.add_argument(
@@ -150,5 +156,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 hours=args.hours,
             )
         )
+    elif args.command == "deploy":
+        for name in asyncio.run(deployments.deploy_control_flows()):
+            print(f"deployed {name}")
     else:
         migrate()

@@ -296,10 +296,17 @@ async def change_connector(
         field = f"{kind}_config_override"
         if field in values:
             values[field] = keep_secrets(kind, values[field], getattr(connector, field))
+    if values.get("is_active") is True:
+        values["status_reason"] = None
     _touch(connector, values)
     await _check_connector(session, connector)
     await session.flush()
     return connector
+
+
+def deactivate(*, connector: Connector, reason: str) -> None:
+    """Switch the connector off, saying why; the caller applies the deployment and commits."""
+    _touch(connector, {"is_active": False, "status_reason": reason})
 
 
 async def remove_connector(*, session: AsyncSession, connector: Connector) -> None:

@@ -4,8 +4,12 @@ A connector's deployment is derived from its row (`desired`), so creating, patch
 comparing deployments all start from the same spec.
 """
 
+from pathlib import Path
+from typing import Any
 from uuid import UUID
 
+import yaml
+from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import (
     DeploymentScheduleCreate,
     DeploymentScheduleUpdate,
@@ -13,10 +17,13 @@ from prefect.client.schemas.actions import (
     WorkPoolCreate,
 )
 from prefect.client.schemas.schedules import CronSchedule
+from prefect.events import DeploymentTriggerTypes
+from prefect.events.schemas.automations import AutomationCore
 from prefect.exceptions import ObjectAlreadyExists
+from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 from prefect.workers.process import ProcessWorker
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from control_plane.errors import DeploymentMissing
 from control_plane.orchestrator import prefect_client, translate_error
@@ -155,6 +162,59 @@ async def ensure_work_pool(name: str) -> None:
             pass
 
 
+PROJECT_FILE = Path(__file__).resolve().parent.parent / "prefect.yaml"
+# Automations of prefect.yaml that a setting switches on or off.
+_SWITCHES = {"first-sync-on-create": "first_sync_on_create"}
+_triggers: TypeAdapter[DeploymentTriggerTypes] = TypeAdapter(DeploymentTriggerTypes)
+
+
+def control_deployments(path: Path = PROJECT_FILE) -> list[dict[str, Any]]:
+    """The control flows' deployments that prefect.yaml declares."""
+    return yaml.safe_load(path.read_text())["deployments"]
+
+
+async def deploy_control_flows(path: Path = PROJECT_FILE) -> list[str]:
+    """Register prefect.yaml's deployments and automations; running it again changes nothing.
+
+    Deployments are upserted by name, automations updated in place by name.
+    """
+    settings = get_settings()
+    registered = []
+    for entry in control_deployments(path):
+        await ensure_work_pool(entry["work_pool"]["name"])
+        control_flow = load_flow_from_entrypoint(entry["entrypoint"])
+        async with prefect_client() as client:
+            flow_id = await client.create_flow_from_name(control_flow.name)
+            deployment_id = await client.create_deployment(
+                flow_id=flow_id,
+                name=entry["name"],
+                work_pool_name=entry["work_pool"]["name"],
+                entrypoint=entry["entrypoint"],
+                description=entry.get("description"),
+                tags=entry.get("tags", []),
+                parameter_openapi_schema=parameter_schema(control_flow).model_dump(),
+                enforce_parameter_schema=True,
+            )
+            for spec in entry.get("triggers", []):
+                switch = _SWITCHES.get(spec["name"])
+                enabled = getattr(settings, switch) if switch else spec.get("enabled", True)
+                trigger = _triggers.validate_python({**spec, "enabled": enabled})
+                trigger.set_deployment_id(deployment_id)
+                await _upsert_automation(client, trigger.as_automation())
+        registered.append(f"{control_flow.name}/{entry['name']}")
+    return registered
+
+
+async def _upsert_automation(client: PrefectClient, automation: AutomationCore) -> None:
+    existing = await client.read_automations_by_name(automation.name)
+    if existing:
+        # An update may not name the owner; the automation keeps the one it was created with.
+        update = AutomationCore.model_validate(automation.model_dump(exclude={"owner_resource"}))
+        await client.update_automation(existing[0].id, update)
+    else:
+        await client.create_automation(automation)
+
+
 async def check_health() -> str | None:
     """None when Prefect's API answers, otherwise what is wrong."""
     async with prefect_client() as client:
@@ -168,6 +228,8 @@ __all__ = [
     "check_health",
     "apply",
     "deployment_name",
+    "control_deployments",
+    "deploy_control_flows",
     "desired",
     "ensure_work_pool",
     "run_now",

@@ -27,6 +27,14 @@ class Settings(BaseSettings):
         default="connectors",
         description="Prefect work pool that runs the connectors' `sync-connector` deployments.",
     )
+    max_consecutive_failures: int = Field(
+        default=5,
+        ge=0,
+        description="Failed sync runs in a row that deactivate a connector (0: never).",
+    )
+    first_sync_on_create: bool = Field(
+        default=False, description="Run a connector once as soon as it is created."
+    )
     api_host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
     api_port: int = Field(default=8000, description="Port the REST API listens on.")
     prefect_host: str = Field(

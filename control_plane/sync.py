@@ -10,6 +10,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from control_plane import crud
 from control_plane.connectors import Batch, Destination, Source, get_type
 from control_plane.errors import Conflict
+from control_plane.settings import get_settings
+from models import Connector
 
 
 @dataclass
@@ -31,6 +33,13 @@ class Moved:
     records_written: int
     cursor: Any
     seconds: float
+
+
+def failure_threshold(connector: Connector) -> int:
+    """Failed runs in a row that switch the connector off; 0: never."""
+    if connector.max_consecutive_failures is not None:
+        return connector.max_consecutive_failures
+    return get_settings().max_consecutive_failures
 
 
 async def plan(*, session: AsyncSession, connector_id: int) -> SyncPlan:
@@ -80,4 +89,4 @@ def move(plan: SyncPlan, *, batch_size: int) -> Moved:
     return Moved(read, written, high if cursor_field else None, time.perf_counter() - started)
 
 
-__all__ = ["Moved", "SyncPlan", "move", "plan"]
+__all__ = ["Moved", "SyncPlan", "failure_threshold", "move", "plan"]

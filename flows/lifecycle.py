@@ -5,16 +5,19 @@ is flushed, Prefect is changed, then the row is committed. If Prefect fails, the
 rolls back; if the commit fails, the Prefect change is undone.
 """
 
+from dataclasses import dataclass
 from uuid import UUID
 
 from prefect import flow, get_run_logger
+from pydantic.alias_generators import to_camel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane import crud, deployments, runs
+from control_plane import crud, deployments, events, runs
 from control_plane.audit import actor_tag, label_run
 from control_plane.db import session_scope
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import Conflict
+from control_plane.sync import failure_threshold
 from models import Connector, ConnectorCreate, ConnectorPublic, ConnectorUpdate
 from models.connector import OnConflict
 
@@ -73,6 +76,39 @@ def _describe_update(connector: Connector, changes: ConnectorUpdate) -> str:
     return f"update connector {connector.id}: {', '.join(sorted(values)) or 'nothing'}"
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    schedule: str | None
+    timezone: str
+    is_active: bool
+
+    @classmethod
+    def of(cls, connector: Connector) -> "_Snapshot":
+        return cls(connector.schedule, connector.timezone, connector.is_active)
+
+
+def _emit_update(
+    connector: Connector, previous: _Snapshot, changes: ConnectorUpdate, actor: str
+) -> None:
+    """One event per kind of change: activated/deactivated, rescheduled, updated."""
+    current = _Snapshot.of(connector)
+    if current.is_active != previous.is_active:
+        events.emit(
+            events.ACTIVATED if current.is_active else events.DEACTIVATED, connector, actor=actor
+        )
+    if (current.schedule, current.timezone) != (previous.schedule, previous.timezone):
+        events.emit(
+            events.RESCHEDULED,
+            connector,
+            actor=actor,
+            before={"schedule": previous.schedule, "timezone": previous.timezone},
+            after={"schedule": current.schedule, "timezone": current.timezone},
+        )
+    others = changes.model_fields_set - {"schedule", "timezone", "is_active"}
+    if others:
+        events.emit(events.UPDATED, connector, actor=actor, fields=sorted(map(to_camel, others)))
+
+
 @flow(name="create-connector", flow_run_name="create connector {spec.name}")
 async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> ConnectorPublic:
     """Store a new connector and, when active, create its scheduled deployment."""
@@ -83,7 +119,16 @@ async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> Conn
             name=f"create connector {connector.id}: {connector.name}",
             connector_id=connector.id,
         )
-        return await _apply_and_commit(session, connector, before=None)
+        public = await _apply_and_commit(session, connector, before=None)
+    events.emit(
+        events.CREATED,
+        connector,
+        actor=actor,
+        schedule=connector.schedule,
+        timezone=connector.timezone,
+        isActive=connector.is_active,
+    )
+    return public
 
 
 @flow(name="update-connector", flow_run_name="update connector {connector_id}")
@@ -98,9 +143,43 @@ async def update_connector(
         await label_run(
             actor=actor, name=_describe_update(connector, changes), connector_id=connector_id
         )
-        before = _spec(connector)
+        before, previous = _spec(connector), _Snapshot.of(connector)
         await crud.change_connector(session=session, connector=connector, changes=changes)
-        return await _apply_and_commit(session, connector, before)
+        public = await _apply_and_commit(session, connector, before)
+    _emit_update(connector, previous, changes, actor)
+    return public
+
+
+@flow(name="deactivate-connector", flow_run_name="deactivate connector {connector_id}")
+async def deactivate_connector(
+    connector_id: int, reason: str, actor: str = UI_ACTOR, only_if_failing: bool = False
+) -> ConnectorPublic:
+    """Switch the connector off with a reason: its deployment and scheduled runs go.
+
+    With `only_if_failing` (as the auto-deactivate automation asks), it checks first that the
+    connector still fails at least its threshold of runs in a row; a success in between wins.
+    """
+    async with session_scope() as session:
+        connector = await crud.get_connector(
+            session=session, connector_id=connector_id, for_update=True
+        )
+        await label_run(
+            actor=actor,
+            name=f"deactivate connector {connector_id}: {reason}",
+            connector_id=connector_id,
+        )
+        threshold = failure_threshold(connector)
+        if not connector.is_active or (
+            only_if_failing and not (threshold and connector.consecutive_failures >= threshold)
+        ):
+            get_run_logger().info("connector %s: nothing to deactivate", connector_id)
+            return ConnectorPublic.model_validate(connector)
+        before, deployment_id = _spec(connector), connector.prefect_deployment_id
+        crud.deactivate(connector=connector, reason=reason)
+        public = await _apply_and_commit(session, connector, before)
+    event = events.AUTO_DEACTIVATED if only_if_failing else events.DEACTIVATED
+    events.emit(event, connector, actor=actor, reason=reason, deployment_id=deployment_id)
+    return public
 
 
 @flow(name="trigger-connector", flow_run_name="trigger connector {connector_id}")
@@ -127,6 +206,7 @@ async def trigger_connector(
         connector.prefect_deployment_id, tags=[runs.MANUAL_TAG, actor_tag(actor)]
     )
     get_run_logger().info("connector %s: started sync run %s", connector_id, flow_run_id)
+    events.emit(events.TRIGGERED, connector, actor=actor, flowRunId=str(flow_run_id))
     return flow_run_id
 
 
@@ -168,11 +248,13 @@ async def delete_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
         await crud.remove_connector(session=session, connector=connector)
         await deployments.apply(connector.prefect_deployment_id, before, None)
         await _commit(session, deployment_id=None, applied=None, previous=before)
+    events.emit(events.DELETED, connector, actor=actor)
 
 
 __all__ = [
     "cancel_connector_run",
     "create_connector",
+    "deactivate_connector",
     "delete_connector",
     "reset_connector",
     "trigger_connector",

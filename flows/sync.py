@@ -8,9 +8,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from control_plane import crud, sync
+from control_plane import crud, events, sync
 from control_plane.db import session_scope
 from control_plane.settings import get_settings
+from models import Connector
 
 
 def _report(plan: sync.SyncPlan, moved: sync.Moved) -> str:
@@ -24,6 +25,20 @@ def _report(plan: sync.SyncPlan, moved: sync.Moved) -> str:
             f"| {moved.records_written} | {moved.seconds:.2f} | {moved.cursor} |",
         ]
     )
+
+
+def _warn_when_failing(connector: Connector, error: str) -> None:
+    """Past its threshold, a failing connector says so; the shipped automation switches it off."""
+    failures, threshold = connector.consecutive_failures, sync.failure_threshold(connector)
+    if threshold and failures >= threshold:
+        events.emit(
+            events.FAILING,
+            connector,
+            actor="sync-connector",
+            reason=f"{failures} consecutive failed runs, last: {error}",
+            consecutiveFailures=failures,
+            threshold=threshold,
+        )
 
 
 @flow(name="sync-connector", flow_run_name="sync connector {connector_id}")
@@ -41,6 +56,7 @@ async def sync_connector(connector_id: int) -> dict[str, Any]:
     try:
         moved = await asyncio.to_thread(sync.move, plan, batch_size=get_settings().batch_size)
     except Exception as error:
+        message = f"{type(error).__name__}: {error}"
         async with session_scope() as session:
             await crud.finish_sync_run(
                 session=session,
@@ -49,9 +65,11 @@ async def sync_connector(connector_id: int) -> dict[str, Any]:
                 records_read=0,
                 records_written=0,
                 cursor=plan.cursor,
-                error=f"{type(error).__name__}: {error}",
+                error=message,
             )
             await session.commit()
+            connector = await crud.get_connector(session=session, connector_id=connector_id)
+        _warn_when_failing(connector, message)
         raise
     # The cursor advances only now that the destination has the records.
     async with session_scope() as session:

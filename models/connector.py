@@ -60,6 +60,14 @@ class ConnectorBase(ApiModel):
         sa_type=JSON,
         description="Merged over the defined destination's config for this connector's runs.",
     )
+    max_consecutive_failures: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Failed runs in a row after which the connector deactivates itself; "
+            "null: the setting's default; 0: never."
+        ),
+    )
 
 
 class ConnectorStatus(ApiModel):
@@ -70,6 +78,7 @@ class ConnectorStatus(ApiModel):
     last_success_at: UtcDatetime | None = None
     last_failure_at: UtcDatetime | None = None
     consecutive_failures: int = 0
+    status_reason: str | None = None
 
 
 class Connector(ConnectorBase, ConnectorStatus, table=True):
@@ -92,7 +101,7 @@ class ConnectorCreate(ConnectorBase, InputModel):
 class ConnectorUpdate(UpdateModel):
     """Any field of a connector; a field left out keeps its value."""
 
-    nullable = frozenset({"description", "schedule"})
+    nullable = frozenset({"description", "schedule", "max_consecutive_failures"})
 
     name: Name | None = None
     description: Description | None = None
@@ -104,6 +113,7 @@ class ConnectorUpdate(UpdateModel):
     is_active: bool | None = None
     source_config_override: SourceOverride | None = None
     destination_config_override: DestinationOverride | None = None
+    max_consecutive_failures: int | None = Field(default=None, ge=0)
 
 
 class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):

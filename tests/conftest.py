@@ -134,6 +134,16 @@ def stack(prefect_api_url: str, database_url: str, tmp_path_factory) -> Iterator
         yield Stack(api_url=api_url, database_url=database_url, work_pool=work_pool, env=env)
 
 
+@pytest.fixture(scope="session")
+def control_deployments(stack: Stack, tmp_path_factory) -> Iterator[list[str]]:
+    """prefect.yaml's control deployments and automations, and a worker of their pool."""
+    registered = asyncio.run(deployments.deploy_control_flows())
+    [pool] = {entry["work_pool"]["name"] for entry in deployments.control_deployments()}
+    log = tmp_path_factory.mktemp("control-worker") / "worker.log"
+    with running(worker(stack.env, pool, log)):
+        yield registered
+
+
 @dataclass
 class AuthApi:
     """An API process of the stack with JWT auth on (HS256, issuer and audience checked)."""

@@ -1,0 +1,73 @@
+"""The Prefect events a control flow emits after each committed change to a connector.
+
+Each event's resource is the connector (`connector.<id>`, with its name and a `connector-id`
+label automations can template), related to its project and its deployment; emitted inside a
+flow run, Prefect relates it to that run, its flow and its tags as well. The payload says what
+changed, who asked and why. Configs never go into events.
+"""
+
+from typing import Any
+from uuid import UUID
+
+from prefect.events import emit_event
+
+from models import Connector
+
+CREATED = "connector.created"
+UPDATED = "connector.updated"
+RESCHEDULED = "connector.rescheduled"
+ACTIVATED = "connector.activated"
+DEACTIVATED = "connector.deactivated"
+AUTO_DEACTIVATED = "connector.auto-deactivated"
+TRIGGERED = "connector.triggered"
+DELETED = "connector.deleted"
+FAILING = "connector.failing"
+
+
+def resource(connector: Connector) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"connector.{connector.id}",
+        "prefect.resource.name": connector.name,
+        "connector-id": str(connector.id),
+    }
+
+
+def _related(resource_id: str, role: str) -> dict[str, str]:
+    return {"prefect.resource.id": resource_id, "prefect.resource.role": role}
+
+
+def emit(
+    event: str,
+    connector: Connector,
+    *,
+    actor: str,
+    reason: str | None = None,
+    deployment_id: UUID | None = None,
+    **payload: Any,
+) -> None:
+    """Emit one connector event; Prefect sends it in the background."""
+    related = [_related(f"project.{connector.project_id}", "project")]
+    deployment_id = deployment_id or connector.prefect_deployment_id
+    if deployment_id:
+        related.append(_related(f"prefect.deployment.{deployment_id}", "deployment"))
+    emit_event(
+        event=event,
+        resource=resource(connector),
+        related=related,
+        payload={"actor": actor, "reason": reason, **payload},
+    )
+
+
+__all__ = [
+    "ACTIVATED",
+    "AUTO_DEACTIVATED",
+    "CREATED",
+    "DEACTIVATED",
+    "DELETED",
+    "FAILING",
+    "RESCHEDULED",
+    "TRIGGERED",
+    "UPDATED",
+    "emit",
+    "resource",
+]
