@@ -16,8 +16,8 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 
-from tests.conftest import Stack
-from tests.helpers import control_runs
+from tests.conftest import AuthApi, Stack
+from tests.helpers import control_runs, unique
 from tests.stack import api_server, free_port, running, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -227,3 +227,44 @@ class TestPythonExampleRetries:
         _assert_passed(transcript)
         assert re.search(r"retry \d+/10 in .*: connection failed", transcript.stdout)
         _assert_whole_lifecycle(transcript, prefect, api)
+
+
+def _command(language: str, java_build: JavaBuild, tmp_path: Path) -> list[str]:
+    if language == "python":
+        return [sys.executable, str(PYTHON_EXAMPLE)]
+    if java_build.problem:
+        pytest.fail(java_build.problem, pytrace=False)
+    classpath = str(java_build.classpath)
+    return ["java", f"-Djava.io.tmpdir={tmp_path}", "-cp", classpath, "ConnectorLifecycleExample"]
+
+
+class TestWithAuth:
+    @pytest.mark.parametrize("language", ["python", "java"])
+    def test_a_token_walks_the_lifecycle_as_its_subject(
+        self, language, java_build, auth_api: AuthApi, stack, prefect, api, tmp_path: Path
+    ):
+        actor = unique("example")
+        env = _program_env(
+            stack, tmp_path, BASE_URL=auth_api.url, AUTH_TOKEN=auth_api.token(sub=actor)
+        )
+        transcript = _run(_command(language, java_build, tmp_path), env)
+        _assert_passed(transcript)
+        _assert_whole_lifecycle(transcript, prefect, api)
+        for run in control_runs(prefect, transcript.connector_id):
+            assert f"actor:{actor}" in run.tags, (run.name, run.tags)
+
+    @pytest.mark.parametrize("language", ["python", "java"])
+    def test_without_a_token_it_stops_with_exit_1_and_says_why(
+        self, language, java_build, auth_api: AuthApi, stack, tmp_path: Path
+    ):
+        env = _program_env(stack, tmp_path, BASE_URL=auth_api.url)
+        done = subprocess.run(
+            _command(language, java_build, tmp_path),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=PROGRAM_TIMEOUT,
+        )
+        assert done.returncode == 1, f"{done.stdout}\n{done.stderr}"
+        assert "401" in done.stdout + done.stderr
+        assert "AUTH_TOKEN" in done.stdout + done.stderr
