@@ -65,6 +65,24 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         default=10_000, ge=1, description="Records a sync run reads and writes at a time."
     )
+    reconcile_interval_seconds: int = Field(
+        default=300,
+        ge=0,
+        description="How often the reconcile-connectors deployment runs (0: never on its own).",
+    )
+    idempotency_key_hours: float = Field(
+        default=24, gt=0, description="How long an Idempotency-Key's answer is replayed."
+    )
+    max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body the API accepts."
+    )
+    pause_points: frozenset[str] = Field(
+        default=frozenset(),
+        description=(
+            "Testing aid: named points in the control flows where the process stops and waits, "
+            "so a test can kill it there (e.g. create:after-deployment)."
+        ),
+    )
     auth_enabled: bool = Field(
         default=False,
         description="Require `Authorization: Bearer <JWT>` on every /api/v1 route.",
