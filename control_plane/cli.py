@@ -1,4 +1,4 @@
-"""The `control-plane` command: `up` starts the whole stack; `migrate`, `deploy`, `token`."""
+"""The `control-plane` command: `up` starts the stack; `migrate`, `deploy`, `reconcile`, `token`."""
 
 import argparse
 import asyncio
@@ -17,6 +17,7 @@ from control_plane import deployments
 from control_plane.api.auth import READ, WRITE, mint
 from control_plane.db import migrate
 from control_plane.settings import Settings, get_settings
+from flows.reconcile import reconcile_connectors
 
 
 def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
@@ -134,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     commands.add_parser(
         "deploy", help="register prefect.yaml's control deployments and automations"
     )
+    reconcile = commands.add_parser("reconcile", help="repair drift between DB and Prefect")
+    reconcile.add_argument("--dry-run", action="store_true", help="only report the drift")
     token = commands.add_parser("token", help="mint a development JWT (HS256 secret)")
     token.add_argument("--sub", required=True, help="who the token is for (the audit actor)")
     token.add_argument(
@@ -156,6 +159,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 hours=args.hours,
             )
         )
+    elif args.command == "reconcile":
+        rows = asyncio.run(reconcile_connectors(dry_run=args.dry_run, actor="cli"))
+        for row in rows:
+            print(f"{row['action']:<8} {row['deployment']:<24} {row['differences']}")
+        print(f"{len(rows)} {'found' if args.dry_run else 'repaired'}")
     elif args.command == "deploy":
         for name in asyncio.run(deployments.deploy_control_flows()):
             print(f"deployed {name}")

@@ -4,6 +4,7 @@ A connector's deployment is derived from its row (`desired`), so creating, patch
 comparing deployments all start from the same spec.
 """
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -16,7 +17,15 @@ from prefect.client.schemas.actions import (
     DeploymentUpdate,
     WorkPoolCreate,
 )
-from prefect.client.schemas.schedules import CronSchedule
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterTags,
+    FlowFilter,
+    FlowFilterName,
+)
+from prefect.client.schemas.responses import DeploymentResponse
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.client.schemas.sorting import DeploymentSort
 from prefect.events import DeploymentTriggerTypes
 from prefect.events.schemas.automations import AutomationCore
 from prefect.exceptions import ObjectAlreadyExists
@@ -27,11 +36,12 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from control_plane.errors import DeploymentMissing
 from control_plane.orchestrator import prefect_client, translate_error
-from control_plane.settings import get_settings
+from control_plane.settings import Settings, get_settings
 from flows.sync import sync_connector
 from models import Connector
 
 MANAGED_TAG = "control-plane"
+_PAGE = 200  # the most Prefect's read_deployments answers at once
 SCHEDULE_SLUG = "primary"
 SYNC_ENTRYPOINT = "flows.sync:sync_connector"
 _PARAMETER_SCHEMA = parameter_schema(sync_connector).model_dump()
@@ -44,10 +54,19 @@ class DeploymentSpec(BaseModel):
 
     name: str
     schedule: str | None
-    timezone: str
+    timezone: str | None  # of the schedule; None without one
     parameters: dict[str, int]
-    tags: tuple[str, ...]
+    tags: tuple[str, ...]  # sorted
     work_pool: str
+    paused: bool = False
+
+    def differences(self, actual: "DeploymentSpec") -> list[str]:
+        """What `actual` has that this spec does not, field by field."""
+        return [
+            f"{field}: {getattr(actual, field)!r} -> {getattr(self, field)!r}"
+            for field in type(self).model_fields
+            if getattr(actual, field) != getattr(self, field)
+        ]
 
 
 def deployment_name(connector_id: int) -> str:
@@ -60,11 +79,54 @@ def desired(connector: Connector) -> DeploymentSpec:
     return DeploymentSpec(
         name=deployment_name(connector.id),
         schedule=connector.schedule,
-        timezone=connector.timezone,
+        timezone=connector.timezone if connector.schedule else None,
         parameters={"connector_id": connector.id},
-        tags=(MANAGED_TAG, f"connector:{connector.id}", f"project:{connector.project_id}"),
+        tags=tuple(
+            sorted([MANAGED_TAG, f"connector:{connector.id}", f"project:{connector.project_id}"])
+        ),
         work_pool=get_settings().work_pool,
     )
+
+
+def actual(deployment: DeploymentResponse) -> DeploymentSpec:
+    """The spec a deployment in Prefect has, to compare with `desired`."""
+    primary = next((s for s in deployment.schedules if s.slug == SCHEDULE_SLUG and s.active), None)
+    cron = primary.schedule if primary and isinstance(primary.schedule, CronSchedule) else None
+    return DeploymentSpec(
+        name=deployment.name,
+        schedule=cron.cron if cron else None,
+        timezone=cron.timezone if cron else None,
+        parameters=deployment.parameters,
+        tags=tuple(sorted(deployment.tags)),
+        work_pool=deployment.work_pool_name or "",
+        paused=deployment.paused,
+    )
+
+
+async def list_managed() -> list[DeploymentResponse]:
+    """Every connector deployment in Prefect (sync-connector, tagged as managed), in pages."""
+    found: list[DeploymentResponse] = []
+    async with prefect_client() as client:
+        while True:
+            page = await client.read_deployments(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=[sync_connector.name])),
+                deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=[MANAGED_TAG])),
+                sort=DeploymentSort.NAME_ASC,
+                limit=_PAGE,
+                offset=len(found),
+            )
+            found.extend(page)
+            if len(page) < _PAGE:
+                return found
+
+
+async def read_by_name(name: str) -> DeploymentResponse | None:
+    """The connector deployment of that name, or None."""
+    try:
+        async with prefect_client() as client:
+            return await client.read_deployment_by_name(f"{sync_connector.name}/{name}")
+    except DeploymentMissing:
+        return None
 
 
 def _cron(spec: DeploymentSpec) -> CronSchedule:
@@ -105,6 +167,7 @@ async def _update(deployment_id: UUID, before: DeploymentSpec, after: Deployment
             parameters=dict(after.parameters),
             tags=list(after.tags),
             work_pool_name=after.work_pool,
+            paused=after.paused,
         )
         if after.schedule:
             # Patched by slug, the schedule keeps its id and Prefect drops the old future runs.
@@ -173,12 +236,14 @@ def control_deployments(path: Path = PROJECT_FILE) -> list[dict[str, Any]]:
     return yaml.safe_load(path.read_text())["deployments"]
 
 
-async def deploy_control_flows(path: Path = PROJECT_FILE) -> list[str]:
+async def deploy_control_flows(
+    path: Path = PROJECT_FILE, settings: Settings | None = None
+) -> list[str]:
     """Register prefect.yaml's deployments and automations; running it again changes nothing.
 
     Deployments are upserted by name, automations updated in place by name.
     """
-    settings = get_settings()
+    settings = settings or get_settings()
     registered = []
     for entry in control_deployments(path):
         await ensure_work_pool(entry["work_pool"]["name"])
@@ -188,6 +253,7 @@ async def deploy_control_flows(path: Path = PROJECT_FILE) -> list[str]:
             deployment_id = await client.create_deployment(
                 flow_id=flow_id,
                 name=entry["name"],
+                schedules=_control_schedules(entry, settings),
                 work_pool_name=entry["work_pool"]["name"],
                 entrypoint=entry["entrypoint"],
                 description=entry.get("description"),
@@ -203,6 +269,18 @@ async def deploy_control_flows(path: Path = PROJECT_FILE) -> list[str]:
                 await _upsert_automation(client, trigger.as_automation())
         registered.append(f"{control_flow.name}/{entry['name']}")
     return registered
+
+
+def _control_schedules(entry: dict[str, Any], settings: Settings) -> list[DeploymentScheduleCreate]:
+    if not entry.get("schedules"):
+        return []
+    # The reconcile interval is a setting; prefect.yaml holds its default.
+    seconds = settings.reconcile_interval_seconds
+    if not seconds:
+        return []
+    return [
+        DeploymentScheduleCreate(schedule=IntervalSchedule(interval=timedelta(seconds=seconds)))
+    ]
 
 
 async def _upsert_automation(client: PrefectClient, automation: AutomationCore) -> None:
@@ -224,6 +302,7 @@ async def check_health() -> str | None:
 
 __all__ = [
     "MANAGED_TAG",
+    "actual",
     "DeploymentSpec",
     "check_health",
     "apply",
@@ -232,5 +311,7 @@ __all__ = [
     "deploy_control_flows",
     "desired",
     "ensure_work_pool",
+    "list_managed",
+    "read_by_name",
     "run_now",
 ]

@@ -21,6 +21,7 @@ from models.connector import (
     ConnectorPublic,
     ConnectorsPublic,
     ConnectorUpdate,
+    DriftPublic,
     TriggerRequest,
     TriggerResult,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "ConnectorUpdate",
     "ConnectorsPublic",
     "DefinedDestination",
+    "DriftPublic",
     "DefinedSource",
     "EndpointCreate",
     "EndpointPublic",

@@ -149,3 +149,10 @@ class TriggerResult(ApiModel):
     status: str = "success"
     result: str = "Flow execution started"
     flow_run_id: UUID
+
+
+class DriftPublic(ApiModel):
+    connector_id: int
+    in_sync: bool
+    action: Literal["create", "update", "delete", "relink"] | None = None
+    differences: list[str] = Field(default_factory=list)

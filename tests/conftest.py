@@ -137,7 +137,9 @@ def stack(prefect_api_url: str, database_url: str, tmp_path_factory) -> Iterator
 @pytest.fixture(scope="session")
 def control_deployments(stack: Stack, tmp_path_factory) -> Iterator[list[str]]:
     """prefect.yaml's control deployments and automations, and a worker of their pool."""
-    registered = asyncio.run(deployments.deploy_control_flows())
+    # No scheduled reconcile here: tests make drift on purpose and check it themselves.
+    settings = Settings(reconcile_interval_seconds=0)
+    registered = asyncio.run(deployments.deploy_control_flows(settings=settings))
     [pool] = {entry["work_pool"]["name"] for entry in deployments.control_deployments()}
     log = tmp_path_factory.mktemp("control-worker") / "worker.log"
     with running(worker(stack.env, pool, log)):

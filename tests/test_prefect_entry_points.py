@@ -14,6 +14,7 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from control_plane import deployments
+from control_plane.settings import Settings
 from tests.helpers import Catalog, created, trigger_and_wait, unique
 from tests.stack import wait_for
 
@@ -47,7 +48,9 @@ class TestControlDeployments:
             return ids, automations
 
         before = snapshot()
-        asyncio.run(deployments.deploy_control_flows())
+        asyncio.run(
+            deployments.deploy_control_flows(settings=Settings(reconcile_interval_seconds=0))
+        )
         assert snapshot() == before
         assert {"auto-deactivate-failing-connectors", "first-sync-on-create"} <= before[1].keys()
 

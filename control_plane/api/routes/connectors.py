@@ -6,7 +6,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query, status
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from control_plane import crud, runs
+from control_plane import crud, deployments, reconcile, runs
 from control_plane.api.deps import (
     CallerDep,
     ConnectorDep,
@@ -27,6 +27,7 @@ from models import (
     ConnectorPublic,
     ConnectorsPublic,
     ConnectorUpdate,
+    DriftPublic,
     RunPublic,
     RunsPublic,
     SyncRun,
@@ -130,6 +131,19 @@ async def cancel_run(connector: ConnectorDep, flow_run_id: UUID, caller: CallerD
         connector_id=connector.id, flow_run_id=flow_run_id, actor=caller.actor
     )
     return {"flowRunId": flow_run_id, "state": state}
+
+
+@router.get("/{connector_id}/drift", response_model=DriftPublic)
+async def drift(connector: ConnectorDep):
+    """How the connector's deployment in Prefect differs from the row; nothing is repaired."""
+    deployment = await deployments.read_by_name(deployments.deployment_name(connector.id))
+    found = reconcile.compare(connector, deployment)
+    return DriftPublic(
+        connector_id=connector.id,
+        in_sync=found is None,
+        action=found.action if found else None,
+        differences=found.differences if found else [],
+    )
 
 
 @router.post("/{connector_id}/reset", status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,36 @@
+"""The `reconcile-connectors` flow: make Prefect agree with the database again."""
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_table_artifact
+
+from control_plane import reconcile
+from control_plane.audit import label_run
+from control_plane.db import session_scope
+
+SCHEDULE_ACTOR = "schedule"
+
+
+@flow(name="reconcile-connectors", flow_run_name="reconcile connectors")
+async def reconcile_connectors(
+    dry_run: bool = False, actor: str = SCHEDULE_ACTOR
+) -> list[dict[str, str]]:
+    """Compare every connector with Prefect's managed deployments and repair what differs.
+
+    Missing deployments are created, differing ones patched in place (the schedule keeps its
+    identity), orphans deleted with their scheduled runs. With `dry_run`, only report.
+    """
+    await label_run(actor=actor, name="reconcile connectors" + (" (dry run)" if dry_run else ""))
+    async with session_scope() as session:
+        drift = await reconcile.find_drift(session=session)
+    logger = get_run_logger()
+    for item in drift:
+        logger.info("%s %s: %s", item.action, item.deployment, "; ".join(item.differences))
+        if not dry_run:
+            await reconcile.repair(item)
+    rows = [item.as_row() for item in drift]
+    await create_table_artifact(
+        key="reconcile-connectors",
+        table=rows or [{"action": "none", "deployment": "", "connector": "", "differences": ""}],
+        description=("Drift found" if dry_run else "Drift repaired") + f": {len(rows)}",
+    )
+    return rows
