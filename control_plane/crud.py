@@ -5,15 +5,17 @@ flow can keep the database change and the Prefect change in one unit.
 """
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import delete, func, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane.connectors import Kind, TypeConfig, deep_merge, keep_secrets, validate_config
-from control_plane.errors import Conflict, InvalidInput, NotFound
+from control_plane.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from models import (
     Connector,
     ConnectorCreate,
@@ -22,6 +24,7 @@ from models import (
     DefinedSource,
     EndpointCreate,
     EndpointUpdate,
+    IdempotencyKey,
     Project,
     ProjectCreate,
     ProjectUpdate,
@@ -215,6 +218,15 @@ async def _connectors_where(session: AsyncSession, condition: Any) -> Sequence[C
     ).all()
 
 
+def check_version(connector: Connector, expected: int | None) -> None:
+    """412 when a caller's If-Match names a version the connector has moved past."""
+    if expected is not None and expected != connector.version:
+        raise PreconditionFailed(
+            f"connector {connector.id} is at version {connector.version}, not {expected}; "
+            "read it again and retry with its new ETag"
+        )
+
+
 async def get_connector(
     *, session: AsyncSession, connector_id: int, for_update: bool = False
 ) -> Connector:
@@ -298,7 +310,7 @@ async def change_connector(
             values[field] = keep_secrets(kind, values[field], getattr(connector, field))
     if values.get("is_active") is True:
         values["status_reason"] = None
-    _touch(connector, values)
+    _touch(connector, {**values, "version": connector.version + 1})
     await _check_connector(session, connector)
     await session.flush()
     return connector
@@ -306,7 +318,9 @@ async def change_connector(
 
 def deactivate(*, connector: Connector, reason: str) -> None:
     """Switch the connector off, saying why; the caller applies the deployment and commits."""
-    _touch(connector, {"is_active": False, "status_reason": reason})
+    _touch(
+        connector, {"is_active": False, "status_reason": reason, "version": connector.version + 1}
+    )
 
 
 async def remove_connector(*, session: AsyncSession, connector: Connector) -> None:
@@ -374,3 +388,41 @@ async def finish_sync_run(
 async def sync_runs(*, session: AsyncSession, flow_run_ids: Sequence[UUID]) -> dict[UUID, SyncRun]:
     query = select(SyncRun).where(col(SyncRun.flow_run_id).in_(flow_run_ids))
     return {run.flow_run_id: run for run in (await session.exec(query)).all()}
+
+
+# Idempotency keys
+
+
+async def reserve_idempotency_key(
+    *, session: AsyncSession, scope: str, key: str, request_hash: str, expired_before: datetime
+) -> IdempotencyKey | None:
+    """Reserve the key for this request (None), or the row of the request that holds it."""
+    await session.exec(
+        delete(IdempotencyKey).where(col(IdempotencyKey.created_at) < expired_before)
+    )
+    await session.commit()
+    session.add(IdempotencyKey(scope=scope, key=key, request_hash=request_hash))
+    try:
+        await session.commit()
+        return None
+    except IntegrityError:
+        await session.rollback()
+    return await session.get(IdempotencyKey, (scope, key))
+
+
+async def answer_idempotency_key(
+    *, session: AsyncSession, scope: str, key: str, status_code: int, body: Any
+) -> None:
+    await session.exec(
+        update(IdempotencyKey)
+        .where(col(IdempotencyKey.scope) == scope, col(IdempotencyKey.key) == key)
+        .values(status_code=status_code, body=body)
+    )
+
+
+async def release_idempotency_key(*, session: AsyncSession, scope: str, key: str) -> None:
+    await session.exec(
+        delete(IdempotencyKey).where(
+            col(IdempotencyKey.scope) == scope, col(IdempotencyKey.key) == key
+        )
+    )

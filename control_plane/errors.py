@@ -7,6 +7,7 @@ ControlPlaneError
 ├── NotFound            404  an id that does not exist
 ├── Conflict            409  the request clashes with what is stored
 │   └── DeploymentMissing    409  Prefect lost a deployment the database points to
+├── PreconditionFailed  412  If-Match names a version the connector no longer has
 ├── InvalidInput        422  a value that cannot be used, naming the field
 └── Unavailable         503  a dependency is down
     ├── PrefectUnavailable   503  Prefect's API cannot be reached or keeps failing
@@ -46,6 +47,10 @@ class DeploymentMissing(Conflict):
     pass
 
 
+class PreconditionFailed(ControlPlaneError):
+    status_code = 412
+
+
 class InvalidInput(ControlPlaneError):
     status_code = 422
 
@@ -78,6 +83,7 @@ __all__ = [
     "Forbidden",
     "InvalidInput",
     "NotFound",
+    "PreconditionFailed",
     "PrefectRejected",
     "PrefectUnavailable",
     "Unauthorized",

@@ -133,13 +133,20 @@ async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> Conn
 
 @flow(name="update-connector", flow_run_name="update connector {connector_id}")
 async def update_connector(
-    connector_id: int, changes: ConnectorUpdate, actor: str = UI_ACTOR
+    connector_id: int,
+    changes: ConnectorUpdate,
+    actor: str = UI_ACTOR,
+    expected_version: int | None = None,
 ) -> ConnectorPublic:
-    """Change any field; reschedules, activates or deactivates the deployment to match."""
+    """Change any field; reschedules, activates or deactivates the deployment to match.
+
+    With `expected_version` (a caller's If-Match), only if the connector is still at it.
+    """
     async with session_scope() as session:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
         )
+        crud.check_version(connector, expected_version)
         await label_run(
             actor=actor, name=_describe_update(connector, changes), connector_id=connector_id
         )
@@ -233,12 +240,15 @@ async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
 
 
 @flow(name="delete-connector", flow_run_name="delete connector {connector_id}")
-async def delete_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
+async def delete_connector(
+    connector_id: int, actor: str = UI_ACTOR, expected_version: int | None = None
+) -> None:
     """Remove the connector with its deployment and scheduled runs."""
     async with session_scope() as session:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
         )
+        crud.check_version(connector, expected_version)
         await label_run(
             actor=actor,
             name=f"delete connector {connector_id}: {connector.name}",

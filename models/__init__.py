@@ -25,7 +25,7 @@ from models.connector import (
     TriggerRequest,
     TriggerResult,
 )
-from models.sync import RunPublic, RunsPublic, SyncRun, SyncState
+from models.sync import IdempotencyKey, RunPublic, RunsPublic, SyncRun, SyncState
 
 __all__ = [
     "Connector",
@@ -40,6 +40,7 @@ __all__ = [
     "EndpointPublic",
     "EndpointUpdate",
     "EndpointsPublic",
+    "IdempotencyKey",
     "Project",
     "ProjectCreate",
     "ProjectPublic",

@@ -90,6 +90,8 @@ class Connector(ConnectorBase, ConnectorStatus, table=True):
     last_success_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     last_failure_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     consecutive_failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    # Counts the changes made through the control flows; the ETag of the connector.
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     created_at: datetime = timestamp_field()
     updated_at: datetime = timestamp_field()
 
@@ -118,6 +120,7 @@ class ConnectorUpdate(UpdateModel):
 
 class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):
     id: int
+    version: int = Field(description="Grows with every change; the ETag of the connector.")
     prefect_deployment_id: UUID | None = None
 
     @computed_field  # type: ignore[prop-decorator]

@@ -59,3 +59,15 @@ class RunPublic(ApiModel):
 class RunsPublic(ApiModel):
     data: list[RunPublic]
     count: int
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """The first answer to a request sent with an Idempotency-Key, replayed to its retries."""
+
+    __tablename__ = "idempotency_key"
+    scope: str = Field(primary_key=True, max_length=300)
+    key: str = Field(primary_key=True, max_length=200)
+    request_hash: str = Field(max_length=64)
+    status_code: int | None = None  # None while the first request is still running
+    body: Any | None = Field(default=None, sa_type=JSON)
+    created_at: datetime = timestamp_field()

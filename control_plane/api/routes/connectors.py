@@ -3,7 +3,7 @@
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Header, Query, Response, status
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from control_plane import crud, deployments, reconcile, runs
@@ -14,6 +14,8 @@ from control_plane.api.deps import (
     SessionDep,
     check_project_reference,
 )
+from control_plane.api.idempotency import IdempotencyDep
+from control_plane.errors import PreconditionFailed
 from flows.lifecycle import (
     cancel_connector_run,
     create_connector,
@@ -38,11 +40,42 @@ from models import (
 router = APIRouter(prefix="/connectors", tags=["connectors"])
 
 
+def _etag(version: int) -> str:
+    return f'"{version}"'
+
+
+IfMatch = Annotated[
+    str | None,
+    Header(
+        alias="If-Match",
+        description="The ETag the change is based on; 412 when the connector changed since.",
+    ),
+]
+
+
+def _expected_version(if_match: str | None) -> int | None:
+    if if_match is None or if_match.strip() == "*":
+        return None
+    tag = if_match.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise PreconditionFailed(f"If-Match {if_match!r} is no ETag of a connector")
+    return int(tag)
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ConnectorPublic)
-async def create(spec: ConnectorCreate, caller: CallerDep):
+async def create(
+    spec: ConnectorCreate, caller: CallerDep, idempotency: IdempotencyDep, response: Response
+):
     """Store the connector and create its Prefect deployment (when active)."""
     check_project_reference(caller, spec.project_id)
-    return await create_connector(spec=spec, actor=caller.actor)
+    connector = await idempotency.run(
+        lambda: create_connector(spec=spec, actor=caller.actor),
+        body=spec.model_dump(),
+        status_code=status.HTTP_201_CREATED,
+    )
+    if isinstance(connector, ConnectorPublic):
+        response.headers["ETag"] = _etag(connector.version)
+    return connector
 
 
 @router.get("", response_model=ConnectorsPublic)
@@ -65,28 +98,48 @@ async def list_all(
 
 
 @router.get("/{connector_id}", response_model=ConnectorPublic)
-async def read(connector: ConnectorDep):
+async def read(connector: ConnectorDep, response: Response):
+    response.headers["ETag"] = _etag(connector.version)
     return connector
 
 
 @router.patch("/{connector_id}", response_model=ConnectorPublic)
-async def update(connector: ConnectorDep, changes: ConnectorUpdate, caller: CallerDep):
+async def update(
+    connector: ConnectorDep,
+    changes: ConnectorUpdate,
+    caller: CallerDep,
+    response: Response,
+    if_match: IfMatch = None,
+):
     """Change any field; the deployment follows (reschedule, activate, deactivate)."""
     check_project_reference(caller, changes.project_id)
-    return await update_connector(connector_id=connector.id, changes=changes, actor=caller.actor)
+    updated = await update_connector(
+        connector_id=connector.id,
+        changes=changes,
+        actor=caller.actor,
+        expected_version=_expected_version(if_match),
+    )
+    response.headers["ETag"] = _etag(updated.version)
+    return updated
 
 
 @router.post("/{connector_id}/trigger", response_model=TriggerResult)
 async def trigger(
-    connector: ConnectorDep, caller: CallerDep, request: TriggerRequest | None = None
+    connector: ConnectorDep,
+    caller: CallerDep,
+    idempotency: IdempotencyDep,
+    request: TriggerRequest | None = None,
 ):
     """Run the connector now, bypassing its schedule; the body is optional."""
-    flow_run_id = await trigger_connector(
-        connector_id=connector.id,
-        on_conflict=(request or TriggerRequest()).on_conflict,
-        actor=caller.actor,
-    )
-    return TriggerResult(flow_run_id=flow_run_id)
+    request = request or TriggerRequest()
+
+    async def start() -> TriggerResult:
+        flow_run_id = await trigger_connector(
+            connector_id=connector.id, on_conflict=request.on_conflict, actor=caller.actor
+        )
+        return TriggerResult(flow_run_id=flow_run_id)
+
+    return await idempotency.run(start, body=request.model_dump(), status_code=status.HTTP_200_OK)
 
 
 @router.get("/{connector_id}/runs", response_model=RunsPublic)
@@ -153,6 +206,8 @@ async def reset(connector: ConnectorDep, caller: CallerDep) -> None:
 
 
 @router.delete("/{connector_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete(connector: ConnectorDep, caller: CallerDep) -> None:
+async def delete(connector: ConnectorDep, caller: CallerDep, if_match: IfMatch = None) -> None:
     """Remove the connector, its deployment and its scheduled runs."""
-    await delete_connector(connector_id=connector.id, actor=caller.actor)
+    await delete_connector(
+        connector_id=connector.id, actor=caller.actor, expected_version=_expected_version(if_match)
+    )
