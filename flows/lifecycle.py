@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from pydantic.alias_generators import to_camel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -17,6 +18,7 @@ from control_plane.audit import actor_tag, label_run
 from control_plane.db import session_scope
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import Conflict
+from control_plane.faults import pause_point
 from control_plane.sync import failure_threshold
 from models import Connector, ConnectorCreate, ConnectorPublic, ConnectorUpdate
 from models.connector import OnConflict
@@ -36,6 +38,7 @@ async def _commit(
     previous: DeploymentSpec | None,
 ) -> None:
     """Commit the row after Prefect was changed; if that fails, put Prefect back."""
+    await pause_point(f"{flow_run.get_flow_name()}:before-commit")
     try:
         await session.commit()
     except BaseException:

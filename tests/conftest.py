@@ -86,12 +86,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[s
     url = _postgres_database(name)
     try:
         migrate(url)
-        # Both databases share the session's Prefect server: keep their connector ids (and so
-        # their deployment names and tags) apart.
-        with psycopg.connect(
-            make_url(url).set(drivername="postgresql").render_as_string(False)
-        ) as db:
-            db.execute("ALTER SEQUENCE connector_id_seq RESTART WITH 1000000")
+        # Both databases share the session's Prefect server: keep their connector and project
+        # ids (and so their deployment names and tags) apart.
+        with psycopg.connect(_libpq_url(name)) as db:
+            for table in ("connector", "project"):
+                db.execute(f"ALTER SEQUENCE {table}_id_seq RESTART WITH 1000000")
         yield url
     finally:
         _drop_postgres_database(name)

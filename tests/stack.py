@@ -74,6 +74,12 @@ class Process:
 
         wait_for(healthy, timeout=timeout, what=f"{self.name} at {url}")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: nothing gets to clean up."""
+        assert self.popen is not None
+        os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
     def stop(self) -> None:
         if self.popen is None or self.popen.poll() is not None:
             return
