@@ -1,9 +1,11 @@
 """The control plane's database: one async engine per URL, sessions, and migrations."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from pathlib import Path
+from weakref import WeakValueDictionary
 
 from alembic import command
 from alembic.config import Config
@@ -54,6 +56,26 @@ async def session_scope() -> AsyncIterator[AsyncSession]:
         yield session
 
 
+_locks: WeakValueDictionary[tuple[int, str], asyncio.Lock] = WeakValueDictionary()
+
+
+@asynccontextmanager
+async def write_lock(key: str) -> AsyncIterator[None]:
+    """Run one write unit at a time per key in this process (per database on SQLite, which has
+    one writer), so requests queued behind a row lock hold no database connection meanwhile.
+
+    Row locks in the database still order writers across processes.
+    """
+    if make_url(get_settings().resolved_database_url).get_backend_name() == "sqlite":
+        key = "sqlite"
+    loop_key = (id(asyncio.get_running_loop()), key)
+    lock = _locks.get(loop_key)
+    if lock is None:
+        lock = _locks[loop_key] = asyncio.Lock()
+    async with lock:
+        yield
+
+
 def migrate(database_url: str | None = None) -> None:
     """Bring the database schema to the newest Alembic revision."""
     url = _url(database_url or get_settings().resolved_database_url, asynchronous=False)
@@ -63,4 +85,4 @@ def migrate(database_url: str | None = None) -> None:
     command.upgrade(config, "head")
 
 
-__all__ = ["get_engine", "migrate", "session_scope"]
+__all__ = ["get_engine", "migrate", "session_scope", "write_lock"]

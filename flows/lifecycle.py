@@ -15,7 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import crud, deployments, events, runs
 from control_plane.audit import actor_tag, label_run
-from control_plane.db import session_scope
+from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import Conflict
 from control_plane.faults import pause_point
@@ -115,7 +115,7 @@ def _emit_update(
 @flow(name="create-connector", flow_run_name="create connector {spec.name}")
 async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> ConnectorPublic:
     """Store a new connector and, when active, create its scheduled deployment."""
-    async with session_scope() as session:
+    async with write_lock(f"create:{spec.project_id}:{spec.name}"), session_scope() as session:
         connector = await crud.add_connector(session=session, spec=spec)
         await label_run(
             actor=actor,
@@ -145,7 +145,7 @@ async def update_connector(
 
     With `expected_version` (a caller's If-Match), only if the connector is still at it.
     """
-    async with session_scope() as session:
+    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
         )
@@ -169,7 +169,7 @@ async def deactivate_connector(
     With `only_if_failing` (as the auto-deactivate automation asks), it checks first that the
     connector still fails at least its threshold of runs in a row; a success in between wins.
     """
-    async with session_scope() as session:
+    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
         )
@@ -247,7 +247,7 @@ async def delete_connector(
     connector_id: int, actor: str = UI_ACTOR, expected_version: int | None = None
 ) -> None:
     """Remove the connector with its deployment and scheduled runs."""
-    async with session_scope() as session:
+    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
         )

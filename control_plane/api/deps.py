@@ -62,8 +62,11 @@ async def visible_project(project_id: int, session: SessionDep, caller: CallerDe
     return project
 
 
-async def visible_connector(connector_id: int, session: SessionDep, caller: CallerDep) -> Connector:
-    connector = await crud.get_connector(session=session, connector_id=connector_id)
+async def visible_connector(connector_id: int, caller: CallerDep) -> Connector:
+    # A session of its own, closed at once: a change then waits in its control flow, which
+    # opens another, so a request never holds two connections.
+    async with session_scope() as session:
+        connector = await crud.get_connector(session=session, connector_id=connector_id)
     if not caller.sees(connector.project_id):
         raise NotFound(f"connector {connector_id} does not exist")
     return connector

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from control_plane.errors import ControlPlaneError, InvalidInput, Unauthorized
 from control_plane.orchestrator import translate_error
@@ -64,5 +65,6 @@ def add_error_handlers(app: FastAPI) -> None:
     for prefect_error in (PrefectHTTPStatusError, ObjectNotFound, httpx.HTTPError):
         app.add_exception_handler(prefect_error, _prefect_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(PoolTimeout, _database_error)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

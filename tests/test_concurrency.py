@@ -1,0 +1,103 @@
+"""Bursts of concurrent requests against Prefect on PostgreSQL (its SQLite backend serves one
+writer): the row and the deployment agree afterwards, and a name exists once."""
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from uuid import UUID
+
+import httpx
+import psycopg
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from control_plane import deployments
+from tests.conftest import POSTGRES_ADMIN_URL, stack_env, start_prefect_server
+from tests.helpers import control_runs, created, make_catalog
+from tests.stack import api_server, free_port, running
+
+REQUESTS = 50
+
+
+@pytest.fixture(scope="session")
+def prefect_on_postgres(tmp_path_factory) -> Iterator[str]:
+    """A Prefect server of its own, on a fresh PostgreSQL database."""
+    name = f"prefect_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    port = free_port()
+    server = start_prefect_server(tmp_path_factory.mktemp("prefect-pg"), port)
+    server.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
+        f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        with running(server, f"{url}/health"):
+            with temporary_settings({PREFECT_API_URL: url}):
+                asyncio.run(deployments.ensure_work_pool("concurrency"))
+            yield url
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass
+class Burst:
+    api: httpx.Client
+    prefect: SyncPrefectClient
+    url: str
+
+    def all_at_once(self, method: str, path: str, bodies: list[dict]) -> list[httpx.Response]:
+        def send(body: dict) -> httpx.Response:
+            return httpx.request(method, f"{self.url}/api/v1{path}", json=body, timeout=120)
+
+        with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+            return list(pool.map(send, bodies))
+
+
+@pytest.fixture
+def burst(prefect_on_postgres: str, database_url: str, tmp_path) -> Iterator[Burst]:
+    env = stack_env(prefect_on_postgres, database_url, "concurrency", tmp_path)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (
+        running(api_server(env, port, tmp_path / "api.log"), f"{url}/health"),
+        httpx.Client(base_url=f"{url}/api/v1", timeout=60) as api,
+        SyncPrefectClient(prefect_on_postgres) as prefect,
+    ):
+        yield Burst(api, prefect, url)
+
+
+class TestBursts:
+    def test_concurrent_reschedules_end_with_one_writer_winning_whole(self, burst: Burst, tmp_path):
+        catalog = make_catalog(burst.api, tmp_path)
+        connector = created(burst.api.post("/connectors", json=catalog.connector()))
+        crons = [f"{minute} 3 * * *" for minute in range(REQUESTS)]
+        answers = burst.all_at_once(
+            "PATCH", f"/connectors/{connector['id']}", [{"schedule": c} for c in crons]
+        )
+        assert Counter(a.status_code for a in answers) == {200: REQUESTS}
+        row = burst.api.get(f"/connectors/{connector['id']}").json()
+        assert row["schedule"] in crons
+        [schedule] = burst.prefect.read_deployment(UUID(row["prefectDeploymentId"])).schedules
+        assert schedule.schedule.cron == row["schedule"]
+        assert burst.api.get(f"/connectors/{connector['id']}/drift").json()["inSync"] is True
+        runs = control_runs(burst.prefect, connector["id"])
+        assert len(runs) == REQUESTS + 1
+        assert all(run.state.is_completed() for run in runs)
+
+    def test_concurrent_creates_of_one_name_make_one_connector(self, burst: Burst, tmp_path):
+        catalog = make_catalog(burst.api, tmp_path)
+        body = catalog.connector()
+        answers = burst.all_at_once("POST", "/connectors", [body] * REQUESTS)
+        assert Counter(a.status_code for a in answers) == {201: 1, 409: REQUESTS - 1}
+        listed = burst.api.get("/connectors", params={"projectId": catalog.project_id}).json()
+        assert [c["name"] for c in listed["data"]] == [body["name"]]
+        tag = DeploymentFilterTags(all_=[f"project:{catalog.project_id}"])
+        found = burst.prefect.read_deployments(deployment_filter=DeploymentFilter(tags=tag))
+        assert [d.id for d in found] == [UUID(listed["data"][0]["prefectDeploymentId"])]
