@@ -133,6 +133,17 @@ class TestCsvSource:
         with pytest.raises(ValueError, match=rf"{path.name}, line 3: more fields"):
             _read(CsvSource(CsvSource.Config(path=str(path))))
 
+    def test_missing_trailing_fields_are_none_and_blank_lines_skipped(self, tmp_path: Path) -> None:
+        path = tmp_path / f"short-{_suffix()}.csv"
+        path.write_text('id,name,note\n1,a\n\n2,"b\nc",\n')
+
+        records = _records(_read(CsvSource(CsvSource.Config(path=str(path)))))
+
+        assert records == [
+            {"id": "1", "name": "a", "note": None},
+            {"id": "2", "name": "b\nc", "note": ""},
+        ]
+
     def test_a_path_matching_nothing_is_an_error(self, tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError, match="no file matches"):
             _read(CsvSource(CsvSource.Config(path=str(tmp_path / "missing-*.csv"))))
@@ -243,6 +254,32 @@ class TestSqlSource:
         assert _read(source, batch_size=2) == [[{"id": 2}, {"id": 1}], [{"id": 0}]]
         assert source.cursor_field is None
 
+    def test_values_json_cannot_hold_come_as_strings(self, postgres_url: str) -> None:
+        name = f"events_{_suffix()}"
+        _events_table(postgres_url, name, _events(range(3), datetime(2026, 3, 1)))
+        # A % in the query: SQLAlchemy doubles it for psycopg, which must take it back.
+        query = f"""
+            SELECT id, 1.50::numeric AS amount, DATE '2026-03-01' AS day, TIME '12:30' AS at,
+                   '5c0ae7f5-55b4-4b6a-9cbf-6c4d3c36e1a3'::uuid AS ref,
+                   '{{"a": [1]}}'::jsonb AS doc, updated_at
+            FROM {name} WHERE name LIKE 'event %'
+        """
+        source = SqlSource(SqlSource.Config(url=postgres_url, query=query, cursor_field="id"))
+
+        records = _records(_read(source, cursor=1))
+
+        assert records == [
+            {
+                "id": 2,
+                "amount": "1.50",
+                "day": "2026-03-01",
+                "at": "12:30:00",
+                "ref": "5c0ae7f5-55b4-4b6a-9cbf-6c4d3c36e1a3",
+                "doc": {"a": [1]},
+                "updated_at": "2026-03-01T00:02:00",
+            }
+        ]
+
 
 class TestSqlDestination:
     def _destination(self, url: str, table: str, mode: Mode, **config: Any) -> SqlDestination:
@@ -323,6 +360,102 @@ class TestSqlDestination:
 
         with _database(database_url) as engine, engine.connect() as connection:
             assert not inspect(connection).has_table(name)
+
+    def test_merge_keeps_the_last_record_of_a_key_within_a_run(self, database_url: str) -> None:
+        name = f"customers_{_suffix()}"
+        destination = self._destination(database_url, name, "merge", primary_key=["id"])
+
+        written = destination.write(
+            [
+                [
+                    {"id": 1, "name": "Ann"},
+                    {"id": 2, "name": "Bob"},
+                    {"id": 1, "name": "Ann B."},
+                    {"id": 3, "name": "Cy"},
+                ],
+                [{"id": 2, "name": "Bob C."}, {"id": 3, "name": "Cy D."}],
+            ]
+        )
+
+        assert written == 6
+        assert _rows(database_url, name, "id") == [
+            {"id": 1, "name": "Ann B."},
+            {"id": 2, "name": "Bob C."},
+            {"id": 3, "name": "Cy D."},
+        ]
+
+
+class TestSqlDestinationCopy:
+    """PostgreSQL takes the batches by COPY, values as executemany would have sent them."""
+
+    def test_json_columns_take_any_value_and_text_columns_a_dict(self, postgres_url: str) -> None:
+        name = f"docs_{_suffix()}"
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(
+                sql.SQL("CREATE TABLE {} (id bigint, doc jsonb, raw json, note text)").format(
+                    sql.Identifier(name)
+                )
+            )
+        destination = SqlDestination(SqlDestination.Config(url=postgres_url, table=name))
+
+        written = destination.write(
+            [
+                [
+                    {"id": 1, "doc": {"a": [1, "x"]}, "raw": [{"b": None}], "note": {"c": 1}},
+                    {"id": 2, "doc": "plain", "raw": True, "note": ["not", "json"]},
+                ]
+            ]
+        )
+
+        assert written == 2
+        with psycopg.connect(postgres_url) as db:
+            rows = db.execute(
+                sql.SQL("SELECT id, doc, raw, note FROM {} ORDER BY id").format(
+                    sql.Identifier(name)
+                )
+            ).fetchall()
+        assert rows == [
+            (1, {"a": [1, "x"]}, [{"b": None}], '{"c": 1}'),
+            (2, "plain", True, "{not,json}"),  # a list into TEXT: an array, as executemany did
+        ]
+
+    def test_a_quoted_schema_and_table_take_append_and_merge(self, postgres_url: str) -> None:
+        schema, name = f"Sales {_suffix()}", f"Orders {_suffix()}"
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            # A default under NOT NULL that the records leave out: the merge must not trip on it.
+            db.execute(
+                sql.SQL(
+                    'CREATE TABLE {} (id bigint PRIMARY KEY, "Name" text,'
+                    " loaded_at timestamptz NOT NULL DEFAULT now())"
+                ).format(sql.Identifier(schema, name))
+            )
+        config = {"url": postgres_url, "table": f"{schema}.{name}"}
+        append = SqlDestination(SqlDestination.Config(**config, mode="append"))
+        merge = SqlDestination(SqlDestination.Config(**config, mode="merge", primary_key=["id"]))
+
+        assert append.write([[{"id": 1, "Name": "Ann"}]]) == 1
+        assert merge.write([[{"id": 1, "Name": "Ann B."}, {"id": 2, "Name": "Bob"}]]) == 2
+
+        with psycopg.connect(postgres_url) as db:
+            rows = db.execute(
+                sql.SQL('SELECT id, "Name", loaded_at IS NOT NULL FROM {} ORDER BY id').format(
+                    sql.Identifier(schema, name)
+                )
+            ).fetchall()
+        assert rows == [(1, "Ann B.", True), (2, "Bob", True)]
+
+    def test_a_value_the_column_refuses_undoes_the_whole_run(self, postgres_url: str) -> None:
+        name = f"orders_{_suffix()}"
+        config = {"url": postgres_url, "table": name, "mode": "merge", "primary_key": ["id"]}
+        destination = SqlDestination(SqlDestination.Config(**config))
+        destination.write([[{"id": 1, "count": 1}]])
+
+        batches = [[{"id": 1, "count": 2}], [{"id": 2, "count": "many"}]]
+        with pytest.raises(psycopg.DataError, match="many"):
+            destination.write(batches)
+
+        assert _rows(postgres_url, name, "id") == [{"id": 1, "count": 1}]
 
 
 class _Pages(BaseHTTPRequestHandler):

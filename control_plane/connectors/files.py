@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 from collections.abc import Iterable, Iterator
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,17 @@ class CsvSource(Source):
             # utf-8-sig drops the byte-order mark spreadsheets write, which would stick to the
             # first column's name.
             with path.open(newline="", encoding="utf-8-sig") as file:
-                reader = csv.DictReader(file, delimiter=self.config.delimiter)
+                # csv.reader and zip, as csv.DictReader does but faster: blank lines are skipped
+                # and missing trailing fields are None.
+                reader = csv.reader(file, delimiter=self.config.delimiter)
+                header = next(reader, [])
                 for row in reader:
-                    if None in row:  # DictReader's key for fields beyond the header
+                    if len(row) > len(header):
                         raise ValueError(
                             f"{path}, line {reader.line_num}: more fields than the header"
                         )
-                    yield row
+                    if row:
+                        yield dict(zip_longest(header, row))
 
 
 class JsonlSource(Source):
