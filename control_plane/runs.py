@@ -42,15 +42,27 @@ def _filters(connector_id: int, states: Sequence[StateType] | None) -> dict:
     }
 
 
+PREFECT_PAGE = 200
+
+
 async def list_runs(
     connector_id: int, *, states: Sequence[StateType] | None, limit: int, offset: int
 ) -> tuple[list[FlowRun], int]:
     """The connector's sync runs, newest first, and how many there are."""
     filters = _filters(connector_id, states)
     async with prefect_client() as client:
-        runs = await client.read_flow_runs(
-            **filters, sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=limit, offset=offset
-        )
+        runs: list[FlowRun] = []
+        while len(runs) < limit:  # Prefect's API serves at most PREFECT_PAGE runs a request
+            size = min(PREFECT_PAGE, limit - len(runs))
+            page = await client.read_flow_runs(
+                **filters,
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=size,
+                offset=offset + len(runs),
+            )
+            runs += page
+            if len(page) < size:
+                break
         return runs, await client.count_flow_runs(**filters)
 
 

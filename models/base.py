@@ -1,14 +1,22 @@
 """What every model shares: camelCase on the wire, UTC timestamps, validators of the edge."""
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from annotated_types import Interval
+from croniter import CroniterBadDateError, croniter
 from pydantic import AfterValidator, ConfigDict, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
+
+MAX_JSON_DEPTH = 32
+
+# Ids, counts and offsets are INTEGER columns: PostgreSQL's int4.
+MAX_INT = 2**31 - 1
+Id = Annotated[int, Interval(ge=1, le=MAX_INT)]
 
 
 def utcnow() -> datetime:
@@ -33,6 +41,12 @@ def check_cron(value: str | None) -> str | None:
             f"{value!r} is not a cron expression of five fields "
             "(minute hour day-of-month month day-of-week), e.g. '0 */4 * * *'"
         )
+    try:
+        croniter(value, utcnow()).get_next(datetime)
+    except CroniterBadDateError:
+        raise ValueError(
+            f"{value!r} never fires: no month has that day (e.g. 30 February)"
+        ) from None
     return value
 
 
@@ -62,6 +76,11 @@ class InputModel(ApiModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return check_json_value(value)
+
 
 class UpdateModel(InputModel):
     """A PATCH body: every field optional; an explicit null only where `nullable` allows it."""
@@ -74,3 +93,51 @@ class UpdateModel(InputModel):
         if value is None and info.field_name not in cls.nullable:
             raise ValueError("cannot be null; leave the field out to keep its value")
         return value
+
+
+def check_json_value(value: Any, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """A field's value, unchanged, if it nests at most `max_depth` levels and every string in
+    it, keys too, can be stored: no NUL, no lone surrogate (JSON's `\\ud800` escapes allow
+    both; PostgreSQL refuses NUL and neither database can encode a surrogate).
+
+    Meant as a pydantic validator of request bodies (`mode="after"`), so the 422 names the
+    field; a dict or list counts one level, a string or number none.
+
+    Raises:
+        ValueError: saying what is wrong and where in the value.
+    """
+    stack: list[tuple[Any, int, str]] = [(value, 0, "")]
+    while stack:
+        item, depth, where = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, "contains", where)
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                raise ValueError(
+                    f"nested deeper than {max_depth} levels{_at(where)}; flatten the value"
+                )
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in pairs:
+                if isinstance(key, str):
+                    _check_text(key, "has a key with", where)
+                stack.append((child, depth + 1, f"{where}.{key}" if where else str(key)))
+    return value
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _check_text(text: str, verb: str, where: str) -> None:
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return
+    if found.group() == "\x00":
+        raise ValueError(f"{verb} a NUL character (\\u0000){_at(where)}; remove it")
+    character = f"\\u{ord(found.group()):04x}"
+    raise ValueError(f"{verb} a lone surrogate ({character}){_at(where)}; send valid Unicode text")
+
+
+def _at(where: str) -> str:
+    if not where:
+        return ""
+    return f" at {where if len(where) <= 80 else where[:77] + '...'}"

@@ -7,7 +7,7 @@ from pydantic import StringConstraints
 from sqlalchemy import JSON, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from models.base import ApiModel, InputModel, UpdateModel, UtcDatetime, timestamp_field
+from models.base import MAX_INT, ApiModel, InputModel, UpdateModel, UtcDatetime, timestamp_field
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Description = Annotated[str, StringConstraints(max_length=2000)]
@@ -57,7 +57,7 @@ class EndpointBase(ApiModel):
     name: Name
     type: str = Field(max_length=100)
     config: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
-    project_id: int = Field(foreign_key="project.id", index=True)
+    project_id: int = Field(foreign_key="project.id", index=True, ge=1, le=MAX_INT)
 
 
 class EndpointCreate(EndpointBase, InputModel):

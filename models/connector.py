@@ -13,7 +13,9 @@ from sqlmodel import Field
 
 from control_plane.connectors import mask_secrets
 from models.base import (
+    MAX_INT,
     ApiModel,
+    Id,
     InputModel,
     UpdateModel,
     UtcDatetime,
@@ -39,9 +41,11 @@ DestinationOverride = Annotated[
 class ConnectorBase(ApiModel):
     name: Name = Field(description="Unique within the project.")
     description: Description | None = None
-    project_id: int = Field(foreign_key="project.id", index=True)
-    defined_source_id: int = Field(foreign_key="defined_source.id", index=True)
-    defined_destination_id: int = Field(foreign_key="defined_destination.id", index=True)
+    project_id: int = Field(foreign_key="project.id", index=True, ge=1, le=MAX_INT)
+    defined_source_id: int = Field(foreign_key="defined_source.id", index=True, ge=1, le=MAX_INT)
+    defined_destination_id: int = Field(
+        foreign_key="defined_destination.id", index=True, ge=1, le=MAX_INT
+    )
     schedule: Cron | None = Field(
         default=None,
         description="Five-field cron expression, e.g. '0 */4 * * *'; null for manual runs only.",
@@ -63,6 +67,7 @@ class ConnectorBase(ApiModel):
     max_consecutive_failures: int | None = Field(
         default=None,
         ge=0,
+        le=MAX_INT,
         description=(
             "Failed runs in a row after which the connector deactivates itself; "
             "null: the setting's default; 0: never."
@@ -107,15 +112,15 @@ class ConnectorUpdate(UpdateModel):
 
     name: Name | None = None
     description: Description | None = None
-    project_id: int | None = None
-    defined_source_id: int | None = None
-    defined_destination_id: int | None = None
+    project_id: Id | None = None
+    defined_source_id: Id | None = None
+    defined_destination_id: Id | None = None
     schedule: Cron | None = None
     timezone: Timezone | None = None
     is_active: bool | None = None
     source_config_override: SourceOverride | None = None
     destination_config_override: DestinationOverride | None = None
-    max_consecutive_failures: int | None = Field(default=None, ge=0)
+    max_consecutive_failures: int | None = Field(default=None, ge=0, le=MAX_INT)
 
 
 class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):

@@ -26,7 +26,7 @@ def _claims(**overrides) -> dict:
     claims = {
         "sub": "mallory",
         "scope": f"{READ} {WRITE}",
-        "exp": datetime.now(UTC) + timedelta(minutes=5),
+        "exp": datetime.now(UTC) + timedelta(hours=1),
         "iss": "control-plane-tests",
         "aud": "control-plane",
     }

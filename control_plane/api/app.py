@@ -8,6 +8,7 @@ from prefect.settings import PREFECT_API_URL
 
 from control_plane.api.deps import current_caller
 from control_plane.api.errors import add_error_handlers
+from control_plane.api.limits import BodyLimit
 from control_plane.api.routes import connectors, endpoints, health, projects
 from control_plane.db import get_engine
 
@@ -39,6 +40,8 @@ def create_app() -> FastAPI:
     app.include_router(api)
     app.include_router(health.router)
     add_error_handlers(app)
+    # Outside the routes, so an oversized or undecodable body is refused before it is parsed.
+    app.add_middleware(BodyLimit)
     return app
 
 

@@ -12,6 +12,7 @@ from control_plane.api.auth import Caller, bearer, caller_of
 from control_plane.db import session_scope
 from control_plane.errors import Forbidden, InvalidInput, NotFound
 from models import Connector, Project
+from models.base import MAX_INT, Id
 
 
 async def get_session() -> AsyncIterator[AsyncSession]:
@@ -33,7 +34,7 @@ class Page:
     def __init__(
         self,
         limit: Annotated[int, Query(ge=1, le=1000, description="Most items to return.")] = 100,
-        offset: Annotated[int, Query(ge=0, description="Items to skip.")] = 0,
+        offset: Annotated[int, Query(ge=0, le=MAX_INT, description="Items to skip.")] = 0,
     ) -> None:
         self.limit = limit
         self.offset = offset
@@ -55,14 +56,14 @@ def check_may_create_projects(caller: Caller) -> None:
         raise Forbidden("a token limited to some projects cannot create projects")
 
 
-async def visible_project(project_id: int, session: SessionDep, caller: CallerDep) -> Project:
+async def visible_project(project_id: Id, session: SessionDep, caller: CallerDep) -> Project:
     project = await crud.get_project(session=session, project_id=project_id)
     if not caller.sees(project_id):
         raise NotFound(f"project {project_id} does not exist")
     return project
 
 
-async def visible_connector(connector_id: int, caller: CallerDep) -> Connector:
+async def visible_connector(connector_id: Id, caller: CallerDep) -> Connector:
     # A session of its own, closed at once: a change then waits in its control flow, which
     # opens another, so a request never holds two connections.
     async with session_scope() as session:

@@ -1,9 +1,13 @@
 """Every error the API answers, mapped in one place to `{"detail": ...}` with its status."""
 
+import json
 import logging
+from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -60,7 +64,21 @@ async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
     )
 
 
+class _AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped, so an echoed lone surrogate (a valid JSON
+    escape that UTF-8 cannot encode) cannot turn a 422 into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode()
+
+
+async def _request_validation_error(_: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return _AsciiJSONResponse({"detail": jsonable_encoder(error.errors())}, status_code=422)
+
+
 def add_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _request_validation_error)
     app.add_exception_handler(ControlPlaneError, _control_plane_error)
     for prefect_error in (PrefectHTTPStatusError, ObjectNotFound, httpx.HTTPError):
         app.add_exception_handler(prefect_error, _prefect_error)

@@ -36,6 +36,7 @@ from models import (
     TriggerRequest,
     TriggerResult,
 )
+from models.base import Id
 
 router = APIRouter(prefix="/connectors", tags=["connectors"])
 
@@ -83,7 +84,7 @@ async def list_all(
     session: SessionDep,
     page: PageDep,
     caller: CallerDep,
-    project_id: Annotated[int | None, Query(alias="projectId")] = None,
+    project_id: Annotated[Id | None, Query(alias="projectId")] = None,
     is_active: Annotated[bool | None, Query(alias="isActive")] = None,
 ):
     connectors, count = await crud.list_connectors(

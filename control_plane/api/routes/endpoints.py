@@ -18,15 +18,16 @@ from models import (
     TypePublic,
     TypesPublic,
 )
+from models.base import Id
 
-ProjectFilter = Annotated[int | None, Query(alias="projectId", description="Only this project's.")]
+ProjectFilter = Annotated[Id | None, Query(alias="projectId", description="Only this project's.")]
 
 
 def endpoint_router(kind: Kind) -> APIRouter:
     """CRUD routes of the defined sources or the defined destinations."""
     router = APIRouter(prefix=f"/defined-{kind}s", tags=[f"defined {kind}s"])
 
-    async def visible_endpoint(endpoint_id: int, session: SessionDep, caller: CallerDep):
+    async def visible_endpoint(endpoint_id: Id, session: SessionDep, caller: CallerDep):
         endpoint = await crud.get_endpoint(session=session, kind=kind, endpoint_id=endpoint_id)
         if not caller.sees(endpoint.project_id):
             raise NotFound(f"defined {kind} {endpoint_id} does not exist")
