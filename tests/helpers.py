@@ -25,7 +25,15 @@ from prefect.client.schemas.sorting import FlowRunSort
 
 from tests.stack import wait_for
 
-CONTROL_FLOWS = ["create-connector", "update-connector", "trigger-connector", "delete-connector"]
+CONTROL_FLOWS = [
+    "create-connector",
+    "update-connector",
+    "deactivate-connector",
+    "trigger-connector",
+    "cancel-connector-run",
+    "reset-connector",
+    "delete-connector",
+]
 
 
 def unique(prefix: str) -> str:
