@@ -8,27 +8,15 @@ bench/results/actions.json.
 """
 
 import argparse
-import asyncio
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from control_plane import deployments
-from control_plane.cli import prefect_server_env
-from control_plane.db import migrate
-from control_plane.settings import Settings
+from bench._stack import local_stack, percentile, write_results
 from tests.helpers import make_catalog, unique
-from tests.stack import api_server, free_port, prefect_server, running
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _measure(api: httpx.Client, directory: Path, rounds: int) -> dict[str, list[float]]:
@@ -54,41 +42,16 @@ def _measure(api: httpx.Client, directory: Path, rounds: int) -> dict[str, list[
     return timings
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
-        port, api_port = free_port(), free_port()
-        prefect_url = f"http://127.0.0.1:{port}/api"
-        database_url = f"sqlite:///{home / 'control-plane.db'}"
-        migrate(database_url)
-        server = prefect_server(home / "prefect", port, prefect_server_env(Settings(), home))
-        env = {
-            "PREFECT_API_URL": prefect_url,
-            "PREFECT_HOME": str(home),
-            "CONTROL_PLANE_DATABASE_URL": database_url,
-            "CONTROL_PLANE_WORK_POOL": "bench",
-        }
-        with running(server, f"{prefect_url}/health"):
-            with temporary_settings({PREFECT_API_URL: prefect_url}):
-                asyncio.run(deployments.ensure_work_pool("bench"))
-            api_url = f"http://127.0.0.1:{api_port}"
-            with (
-                running(api_server(env, api_port, home / "api.log"), f"{api_url}/health"),
-                httpx.Client(base_url=f"{api_url}/api/v1", timeout=60) as api,
-            ):
-                timings = _measure(api, home, args.rounds)
+    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp)) as api:
+        timings = _measure(api, Path(tmp), args.rounds)
     rows = {
         action: {
             "p50_ms": round(statistics.median(values) * 1000, 1),
-            "p95_ms": round(_percentile(values, 0.95) * 1000, 1),
+            "p95_ms": round(percentile(values, 0.95) * 1000, 1),
             "n": len(values),
         }
         for action, values in timings.items()
@@ -96,16 +59,9 @@ def main() -> None:
     print(f"{'action':<12}{'p50 ms':>10}{'p95 ms':>10}{'n':>6}")
     for action, row in rows.items():
         print(f"{action:<12}{row['p50_ms']:>10}{row['p95_ms']:>10}{row['n']:>6}")
-    RESULTS.mkdir(exist_ok=True)
-    result = {
-        "benchmark": "actions",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-        "prefect_database": "sqlite",
-        "control_plane_database": "sqlite",
-        "actions": rows,
-    }
-    (RESULTS / "actions.json").write_text(json.dumps(result, indent=2))
+    write_results(
+        "actions", prefect_database="sqlite", control_plane_database="sqlite", actions=rows
+    )
 
 
 if __name__ == "__main__":
