@@ -30,4 +30,5 @@ test: $(VENV)/.test java
 
 bench: $(VENV)/.test
 	$(PYTHON) -m bench.actions
+	$(PYTHON) -m bench.trigger
 	$(PYTHON) -m bench.data_plane

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
         ),
     )
     worker_poll_seconds: float = Field(
-        default=2.0,
+        default=1.0,
         description="How often the worker that `up` starts asks Prefect for runs (Prefect: 10 s).",
     )
 

@@ -1,0 +1,69 @@
+"""Trigger to running: from `POST /trigger` to the sync run's Running state (and to its end),
+with a process worker polling as `make up` starts it (CONTROL_PLANE_WORKER_POLL_SECONDS).
+
+    .venv/bin/python -m bench.trigger [--rounds 10]
+
+Prints a table and writes bench/results/trigger.json.
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import get_client
+
+from bench._stack import local_stack, percentile, write_results
+from control_plane.settings import get_settings
+from tests.helpers import make_catalog
+
+
+def _time_runs(api: httpx.Client, directory: Path, rounds: int) -> dict[str, list[float]]:
+    catalog = make_catalog(api, directory)
+    connector = api.post("/connectors", json=catalog.connector(schedule=None)).json()
+    timings: dict[str, list[float]] = {"running": [], "completed": []}
+    with get_client(sync_client=True) as prefect:
+        for _ in range(rounds):
+            start = time.perf_counter()
+            answer = api.post(f"/connectors/{connector['id']}/trigger").json()
+            run_id, seen_running = UUID(answer["flowRunId"]), False
+            while True:
+                state = prefect.read_flow_run(run_id).state
+                if not seen_running and (state.is_running() or state.is_final()):
+                    timings["running"].append(time.perf_counter() - start)
+                    seen_running = True
+                if state.is_final():
+                    assert state.is_completed(), state
+                    timings["completed"].append(time.perf_counter() - start)
+                    break
+                time.sleep(0.05)
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), with_worker=True) as api:
+        timings = _time_runs(api, Path(tmp), args.rounds)
+    rows = {
+        until: {
+            "p50_s": round(statistics.median(values), 2),
+            "p95_s": round(percentile(values, 0.95), 2),
+            "n": len(values),
+        }
+        for until, values in timings.items()
+    }
+    poll = get_settings().worker_poll_seconds
+    print(f"trigger -> state (worker polls every {poll} s)")
+    print(f"{'until':<12}{'p50 s':>8}{'p95 s':>8}{'n':>5}")
+    for until, row in rows.items():
+        print(f"{until:<12}{row['p50_s']:>8}{row['p95_s']:>8}{row['n']:>5}")
+    write_results("trigger", worker_poll_seconds=poll, until=rows)
+
+
+if __name__ == "__main__":
+    main()
