@@ -1,5 +1,8 @@
 """Small helpers the tests share: unique names, catalog bodies, Prefect look-ups."""
 
+import os
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -129,6 +132,19 @@ def wait_final(prefect: SyncPrefectClient, flow_run_id: str | UUID, timeout: flo
         timeout=timeout,
         what=f"flow run {flow_run_id} to end",
     )
+
+
+def reconcile_cli(env: dict[str, str], *args: str) -> str:
+    """Run `control-plane reconcile` as a user would, against the stack `env` describes."""
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "control-plane"), "reconcile", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
 
 
 def trigger_and_wait(api: httpx.Client, prefect: SyncPrefectClient, connector_id: int):

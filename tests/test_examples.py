@@ -17,7 +17,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 
 from tests.conftest import AuthApi, Stack
-from tests.helpers import control_runs, unique
+from tests.helpers import control_runs, unique, wait_final
 from tests.stack import api_server, free_port, running, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -102,11 +102,7 @@ def _assert_whole_lifecycle(
     # /runs to the end (without that route it would only wait 5 s, and might delete the
     # connector under a run that has yet to start).
     assert f"flowRunId={transcript.flow_run_id}  state=COMPLETED" in transcript.stdout
-    sync_run = wait_for(
-        lambda: (sync := prefect.read_flow_run(transcript.flow_run_id)).state.is_final() and sync,
-        timeout=60,
-        what="the triggered run to finish",
-    )
+    sync_run = wait_final(prefect, transcript.flow_run_id, timeout=60)
     assert sync_run.state.type == StateType.COMPLETED, sync_run.state
     response = api.get(f"/connectors/{connector_id}")
     assert response.status_code == 404, response.text

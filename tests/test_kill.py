@@ -3,8 +3,6 @@ Prefect changed and before the database committed: reconcile makes them agree ag
 nothing the database holds is lost."""
 
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from uuid import UUID
@@ -14,10 +12,9 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
 from control_plane import deployments
-from tests.helpers import created, make_catalog
+from tests.helpers import created, make_catalog, reconcile_cli
 from tests.stack import api_server, free_port, wait_for
 
-CONTROL_PLANE = str(Path(sys.executable).parent / "control-plane")
 CREATE, UPDATE, DELETE = (
     f"{flow}-connector:before-commit" for flow in ("create", "update", "delete")
 )
@@ -53,14 +50,6 @@ def _quietly(method: str, url: str, body) -> None:
         pass  # the process dies under the request
 
 
-def _reconcile(stack) -> str:
-    done = subprocess.run(
-        [CONTROL_PLANE, "reconcile"], env=stack.env, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
 def _project_deployments(prefect: SyncPrefectClient, project_id: int):
     tag = DeploymentFilterTags(all_=[f"project:{project_id}"])
     return prefect.read_deployments(deployment_filter=DeploymentFilter(tags=tag))
@@ -84,7 +73,7 @@ class TestKilledHalfway:
         # Prefect has the deployment, the database has no row.
         assert len(_project_deployments(prefect, catalog.project_id)) == 1
         assert api.get("/connectors", params={"projectId": catalog.project_id}).json()["count"] == 0
-        _reconcile(stack)
+        reconcile_cli(stack.env)
         assert _project_deployments(prefect, catalog.project_id) == []
         # Nothing is lost: the same create works now.
         created(api.post("/connectors", json=body))
@@ -101,7 +90,7 @@ class TestKilledHalfway:
             {"schedule": "0 2 * * *"},
         )
         assert api.get(f"{path}/drift").json()["action"] == "update"
-        _reconcile(stack)
+        reconcile_cli(stack.env)
         row = _agrees(api, prefect, connector["id"])
         assert row["schedule"] == "0 1 * * *"
 
@@ -110,6 +99,6 @@ class TestKilledHalfway:
         path = f"/connectors/{connector['id']}"
         _killed_during(stack, tmp_path, DELETE, "DELETE", path)
         assert api.get(f"{path}/drift").json()["action"] == "create"
-        _reconcile(stack)
+        reconcile_cli(stack.env)
         _agrees(api, prefect, connector["id"])
         assert api.delete(path).status_code == 204

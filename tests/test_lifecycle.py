@@ -8,7 +8,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
-from tests.helpers import Catalog, all_match, control_runs, created, scheduled_runs
+from tests.helpers import Catalog, all_match, control_runs, created, scheduled_runs, wait_final
 from tests.stack import wait_for
 
 OLD_CRON = "15 */4 * * *"
@@ -73,11 +73,7 @@ class TestSeedLifecycle:
         run = prefect.read_flow_run(UUID(body["flowRunId"]))
         assert str(run.deployment_id) == deployment_id
         assert {"trigger:manual", f"connector:{connector_id}"} <= set(run.tags)
-        finished = wait_for(
-            lambda: (r := prefect.read_flow_run(run.id)).state.is_final() and r,
-            timeout=90,
-            what="the worker to finish the triggered run",
-        )
+        finished = wait_final(prefect, run.id)
         assert finished.state.type == StateType.COMPLETED, finished.state
 
         # 4. Deactivate: the deployment and its scheduled runs are gone.

@@ -2,9 +2,6 @@
 reconcile, whose second run changes nothing."""
 
 import asyncio
-import subprocess
-import sys
-from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -18,21 +15,7 @@ from sqlalchemy import create_engine, text
 
 from control_plane import deployments
 from control_plane.deployments import DeploymentSpec
-from tests.helpers import Catalog, created, scheduled_runs
-
-CONTROL_PLANE = str(Path(sys.executable).parent / "control-plane")
-
-
-def _reconcile(stack, *args: str) -> str:
-    done = subprocess.run(
-        [CONTROL_PLANE, "reconcile", *args],
-        env={**stack.env, "PATH": str(Path(sys.executable).parent)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
+from tests.helpers import Catalog, created, reconcile_cli, scheduled_runs
 
 
 def _sql(stack, statement: str, **params) -> None:
@@ -84,7 +67,7 @@ class TestReconcile:
         )
         assert any(d.startswith("paused: True") for d in drift[changed["id"]]["differences"])
 
-        found = _reconcile(stack, "--dry-run")
+        found = reconcile_cli(stack.env, "--dry-run")
         for name, action in [
             (deployments.deployment_name(lost["id"]), "create"),
             (deployments.deployment_name(changed["id"]), "update"),
@@ -99,7 +82,7 @@ class TestReconcile:
             )
         assert api.get(f"/connectors/{lost['id']}/drift").json()["inSync"] is False
 
-        _reconcile(stack)
+        reconcile_cli(stack.env)
         for connector in (lost, changed, relinked):
             path = f"/connectors/{connector['id']}"
             assert api.get(f"{path}/drift").json() == {
@@ -121,10 +104,10 @@ class TestReconcile:
             assert scheduled_runs(prefect, gone) == []
         assert api.get(f"/connectors/{stale['id']}").json()["prefectDeploymentId"] is None
 
-        assert _reconcile(stack).strip().splitlines()[-1] == "0 repaired"
+        assert reconcile_cli(stack.env).strip().splitlines()[-1] == "0 repaired"
 
     def test_a_reconcile_run_is_audited(self, prefect: SyncPrefectClient, stack):
-        _reconcile(stack, "--dry-run")
+        reconcile_cli(stack.env, "--dry-run")
         [run] = prefect.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=["reconcile-connectors"])),
             sort=FlowRunSort.START_TIME_DESC,

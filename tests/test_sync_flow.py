@@ -7,17 +7,12 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from sqlalchemy import create_engine, text
 
-from tests.helpers import Catalog, created
-from tests.stack import wait_for
+from tests.helpers import Catalog, created, wait_final
 
 
 def _run_deployment(prefect: SyncPrefectClient, deployment_id: str):
     run = prefect.create_flow_run_from_deployment(UUID(deployment_id))
-    return wait_for(
-        lambda: (r := prefect.read_flow_run(run.id)).state.is_final() and r,
-        timeout=90,
-        what="the worker to finish the sync run",
-    )
+    return wait_final(prefect, run.id)
 
 
 class TestSyncRefusesStaleRuns:
