@@ -4,8 +4,10 @@ import asyncio
 import json
 import os
 import platform
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,40 +19,76 @@ from control_plane import deployments
 from control_plane.cli import prefect_server_env
 from control_plane.db import migrate
 from control_plane.settings import Settings
-from tests.stack import api_server, free_port, prefect_server, running, worker
+from tests.stack import (
+    Process,
+    api_server,
+    free_port,
+    postgres_database,
+    prefect_server,
+    running,
+    worker,
+)
 
 RESULTS = Path(__file__).parent / "results"
 WORK_POOL = "bench"
 
 
+@dataclass
+class LocalStack:
+    api: httpx.Client  # of the API's /api/v1
+    api_process: Process
+    prefect_url: str
+    database_url: str  # the control plane's
+    env: dict[str, str]  # of the API and worker processes
+
+
 @contextmanager
-def local_stack(home: Path, *, with_worker: bool = False) -> Iterator[httpx.Client]:
-    """Prefect (SQLite, `make up`'s settings), the API and optionally a worker, on free ports;
-    yields an HTTP client of the API's /api/v1."""
+def local_stack(
+    home: Path,
+    *,
+    with_worker: bool = False,
+    postgres: bool = False,
+    prefect_env: Mapping[str, str] | None = None,
+) -> Iterator[LocalStack]:
+    """Prefect (`make up`'s settings), the API and optionally a worker, on free ports.
+
+    Both databases are SQLite under `home`, or with `postgres` fresh databases on the
+    machine's PostgreSQL (Prefect's through asyncpg, as its docs advise for load).
+    """
     settings = Settings()
     port, api_port = free_port(), free_port()
     prefect_url = f"http://127.0.0.1:{port}/api"
-    database_url = f"sqlite:///{home / 'control-plane.db'}"
-    migrate(database_url)
-    env = {
-        "PREFECT_API_URL": prefect_url,
-        "PREFECT_HOME": str(home),
-        "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds),
-        "CONTROL_PLANE_DATABASE_URL": database_url,
-        "CONTROL_PLANE_WORK_POOL": WORK_POOL,
-    }
-    server = prefect_server(home / "prefect", port, prefect_server_env(settings, home))
     api_url = f"http://127.0.0.1:{api_port}"
     with ExitStack() as stack:
+        if postgres:
+            suffix = uuid.uuid4().hex[:12]
+            database_url = stack.enter_context(postgres_database(f"bench_cp_{suffix}"))
+            prefect_database = stack.enter_context(
+                postgres_database(f"bench_prefect_{suffix}", "postgresql+asyncpg")
+            )
+            settings.prefect_database_url = prefect_database
+        else:
+            database_url = f"sqlite:///{home / 'control-plane.db'}"
+        migrate(database_url)
+        env = {
+            "PREFECT_API_URL": prefect_url,
+            "PREFECT_HOME": str(home),
+            "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds),
+            "CONTROL_PLANE_DATABASE_URL": database_url,
+            "CONTROL_PLANE_WORK_POOL": WORK_POOL,
+        }
+        server_env = {**prefect_server_env(settings, home), **(prefect_env or {})}
+        server = prefect_server(home / "prefect", port, server_env)
         stack.enter_context(running(server, f"{prefect_url}/health"))
         stack.enter_context(temporary_settings({PREFECT_API_URL: prefect_url}))
         asyncio.run(deployments.ensure_work_pool(WORK_POOL))
         if with_worker:
             stack.enter_context(running(worker(env, WORK_POOL, home / "worker.log")))
-        stack.enter_context(
+        api_process = stack.enter_context(
             running(api_server(env, api_port, home / "api.log"), f"{api_url}/health")
         )
-        yield stack.enter_context(httpx.Client(base_url=f"{api_url}/api/v1", timeout=60))
+        api = stack.enter_context(httpx.Client(base_url=f"{api_url}/api/v1", timeout=60))
+        yield LocalStack(api, api_process, prefect_url, database_url, env)
 
 
 def percentile(values: list[float], fraction: float) -> float:

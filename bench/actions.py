@@ -46,8 +46,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp)) as api:
-        timings = _measure(api, Path(tmp), args.rounds)
+    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp)) as stack:
+        timings = _measure(stack.api, Path(tmp), args.rounds)
     rows = {
         action: {
             "p50_ms": round(statistics.median(values) * 1000, 1),

@@ -36,9 +36,9 @@ import psycopg
 
 from control_plane.connectors import get_type
 from control_plane.sync import SyncPlan, move
+from tests.stack import postgres_database
 
 RESULTS = Path(__file__).parent / "results"
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # The csv source yields every field as a string, so the sql destination creates TEXT columns;
 # COPY writes into a table of that same shape.
 CSV_COLUMNS = "id text, name text, amount text, created_at text"
@@ -176,21 +176,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--batch-size", type=int, default=10_000)
     args = parser.parse_args()
-    database = f"bench_data_plane_{uuid.uuid4().hex[:12]}"
-    dsn = f"postgresql://postgres@127.0.0.1:5432/{database}"
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{database}"
-    with tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        postgres_database(f"bench_data_plane_{uuid.uuid4().hex[:12]}", "postgresql") as dsn,
+    ):
         csv_path = Path(tmp) / "rows.csv"
         _write_csv(csv_path, args.rows)
         csv_bytes = csv_path.stat().st_size
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{database}"')
-            server_version = admin.info.server_version
-        try:
-            results = _measure(dsn, url, csv_path, args.rows, args.batch_size)
-        finally:
-            with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        url = dsn.replace("postgresql://", "postgresql+psycopg://")
+        with psycopg.connect(dsn) as db:
+            server_version = db.info.server_version
+        results = _measure(dsn, url, csv_path, args.rows, args.batch_size)
     print(f"{args.rows:,} rows, CSV of {csv_bytes / 1e6:.1f} MB")
     header = f"{'path':<28}{'rows':>11}{'seconds':>9}{'rows/s':>10}{'% of COPY':>11}"
     print(f"{header}{'peak RSS MB':>13}{'growth MB':>11}")

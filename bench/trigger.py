@@ -47,8 +47,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), with_worker=True) as api:
-        timings = _time_runs(api, Path(tmp), args.rounds)
+    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), with_worker=True) as stack:
+        timings = _time_runs(stack.api, Path(tmp), args.rounds)
     rows = {
         until: {
             "p50_s": round(statistics.median(values), 2),

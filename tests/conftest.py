@@ -5,6 +5,7 @@ import asyncio
 import secrets
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +22,15 @@ from control_plane.cli import prefect_server_env
 from control_plane.db import migrate
 from control_plane.settings import Settings
 from tests.helpers import Catalog, make_catalog
-from tests.stack import api_server, free_port, prefect_server, running, worker
-
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+from tests.stack import (
+    PostgresMissing,
+    api_server,
+    free_port,
+    postgres_database,
+    prefect_server,
+    running,
+    worker,
+)
 
 # Prefect's scheduler looks every second here (60 s by default), so runs appear quickly.
 TEST_PREFECT_ENV = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1"}
@@ -52,26 +58,14 @@ def prefect(prefect_api_url: str) -> Iterator[SyncPrefectClient]:
         yield client
 
 
-def _libpq_url(database: str) -> str:
-    return make_url(POSTGRES_ADMIN_URL).set(database=database).render_as_string(False)
-
-
-def _postgres_database(name: str) -> str:
+@contextmanager
+def fresh_postgres(name: str, driver: str = "postgresql+psycopg") -> Iterator[str]:
+    """A database of its own on the machine's PostgreSQL; fails the test saying how to start it."""
     try:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as error:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({error}). "
-            f"Start it with: {START_POSTGRES}",
-            pytrace=False,
-        )
-    return str(make_url(POSTGRES_ADMIN_URL).set(drivername="postgresql+psycopg", database=name))
-
-
-def _drop_postgres_database(name: str) -> None:
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        with postgres_database(name, driver) as url:
+            yield url
+    except PostgresMissing as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -82,18 +76,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[s
         migrate(url)
         yield url
         return
-    name = f"control_plane_test_{uuid.uuid4().hex[:12]}"
-    url = _postgres_database(name)
-    try:
+    with fresh_postgres(f"control_plane_test_{uuid.uuid4().hex[:12]}") as url:
         migrate(url)
         # Both databases share the session's Prefect server: keep their connector and project
         # ids (and so their deployment names and tags) apart.
-        with psycopg.connect(_libpq_url(name)) as db:
+        with psycopg.connect(url.replace("+psycopg", "")) as db:
             for table in ("connector", "project"):
                 db.execute(f"ALTER SEQUENCE {table}_id_seq RESTART WITH 1000000")
         yield url
-    finally:
-        _drop_postgres_database(name)
 
 
 @dataclass

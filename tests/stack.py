@@ -12,8 +12,39 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import psycopg
+from sqlalchemy.engine import make_url
 
 T = TypeVar("T")
+
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+
+class PostgresMissing(RuntimeError):
+    """The machine's PostgreSQL does not answer; the message says how to start it."""
+
+
+@contextmanager
+def postgres_database(name: str, driver: str = "postgresql+psycopg") -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL, dropped afterwards; yields its URL."""
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as error:
+        raise PostgresMissing(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({error}). "
+            f"Start it with: {START_POSTGRES}"
+        ) from error
+    try:
+        yield (
+            make_url(POSTGRES_ADMIN_URL)
+            .set(drivername=driver, database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:

@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import httpx
-import psycopg
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from control_plane import deployments
-from tests.conftest import POSTGRES_ADMIN_URL, stack_env, start_prefect_server
+from tests.conftest import fresh_postgres, stack_env, start_prefect_server
 from tests.helpers import control_runs, created, make_catalog
 from tests.stack import api_server, free_port, running
 
@@ -27,23 +26,15 @@ REQUESTS = 50
 @pytest.fixture(scope="session")
 def prefect_on_postgres(tmp_path_factory) -> Iterator[str]:
     """A Prefect server of its own, on a fresh PostgreSQL database."""
-    name = f"prefect_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
     port = free_port()
     server = start_prefect_server(tmp_path_factory.mktemp("prefect-pg"), port)
-    server.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
-        f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    )
     url = f"http://127.0.0.1:{port}/api"
-    try:
+    with fresh_postgres(f"prefect_{uuid.uuid4().hex[:12]}", "postgresql+asyncpg") as database:
+        server.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database
         with running(server, f"{url}/health"):
             with temporary_settings({PREFECT_API_URL: url}):
                 asyncio.run(deployments.ensure_work_pool("concurrency"))
             yield url
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass

@@ -38,9 +38,7 @@ from control_plane.connectors.builtin import (
     SqlDestination,
     SqlSource,
 )
-
-POSTGRES_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
-START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+from tests.conftest import fresh_postgres
 
 Mode = Literal["append", "replace", "merge"]
 
@@ -60,24 +58,9 @@ def _records(batches: list[Batch]) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A database of this module's own on the local PostgreSQL, dropped at the end."""
-    name = f"connector_types_{uuid.uuid4().hex[:12]}"
-    try:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
-            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.OperationalError as error:
-        pytest.fail(
-            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({error}). "
-            f"Start it with: {START_POSTGRES}",
-            pytrace=False,
-        )
-    try:
-        # A plain postgresql:// URL, as users write it: the connectors pick psycopg themselves.
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+    # A plain postgresql:// URL, as users write it: the connectors pick psycopg themselves.
+    with fresh_postgres(f"connector_types_{uuid.uuid4().hex[:12]}", "postgresql") as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

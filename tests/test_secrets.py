@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from sqlalchemy import create_engine, text
 
-from tests.conftest import POSTGRES_ADMIN_URL
 from tests.helpers import created, trigger_and_wait, unique
+from tests.stack import POSTGRES_ADMIN_URL
 
 MASK = "********"
 
