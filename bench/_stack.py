@@ -37,6 +37,7 @@ WORK_POOL = "bench"
 class LocalStack:
     api: httpx.Client  # of the API's /api/v1
     api_process: Process
+    prefect_process: Process
     prefect_url: str
     database_url: str  # the control plane's
     env: dict[str, str]  # of the API and worker processes
@@ -79,7 +80,7 @@ def local_stack(
         }
         server_env = {**prefect_server_env(settings, home), **(prefect_env or {})}
         server = prefect_server(home / "prefect", port, server_env)
-        stack.enter_context(running(server, f"{prefect_url}/health"))
+        prefect_process = stack.enter_context(running(server, f"{prefect_url}/health"))
         stack.enter_context(temporary_settings({PREFECT_API_URL: prefect_url}))
         asyncio.run(deployments.ensure_work_pool(WORK_POOL))
         if with_worker:
@@ -88,7 +89,7 @@ def local_stack(
             running(api_server(env, api_port, home / "api.log"), f"{api_url}/health")
         )
         api = stack.enter_context(httpx.Client(base_url=f"{api_url}/api/v1", timeout=60))
-        yield LocalStack(api, api_process, prefect_url, database_url, env)
+        yield LocalStack(api, api_process, prefect_process, prefect_url, database_url, env)
 
 
 def percentile(values: list[float], fraction: float) -> float:

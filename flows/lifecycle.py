@@ -3,6 +3,10 @@
 Each flow keeps the database row and the connector's Prefect deployment in one unit: the row
 is flushed, Prefect is changed, then the row is committed. If Prefect fails, the transaction
 rolls back; if the commit fails, the Prefect change is undone.
+
+`label_run` names and tags each run as soon as it knows what the run acts on (a name template
+would cost one more Prefect call per run), and no run keeps a result: the database is the
+record, and Prefect's engine skips a result-storage lookup.
 """
 
 from dataclasses import dataclass
@@ -112,7 +116,7 @@ def _emit_update(
         events.emit(events.UPDATED, connector, actor=actor, fields=sorted(map(to_camel, others)))
 
 
-@flow(name="create-connector", flow_run_name="create connector {spec.name}")
+@flow(name="create-connector", persist_result=False)
 async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> ConnectorPublic:
     """Store a new connector and, when active, create its scheduled deployment."""
     async with write_lock(f"create:{spec.project_id}:{spec.name}"), session_scope() as session:
@@ -134,7 +138,7 @@ async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> Conn
     return public
 
 
-@flow(name="update-connector", flow_run_name="update connector {connector_id}")
+@flow(name="update-connector", persist_result=False)
 async def update_connector(
     connector_id: int,
     changes: ConnectorUpdate,
@@ -160,7 +164,7 @@ async def update_connector(
     return public
 
 
-@flow(name="deactivate-connector", flow_run_name="deactivate connector {connector_id}")
+@flow(name="deactivate-connector", persist_result=False)
 async def deactivate_connector(
     connector_id: int, reason: str, actor: str = UI_ACTOR, only_if_failing: bool = False
 ) -> ConnectorPublic:
@@ -192,7 +196,7 @@ async def deactivate_connector(
     return public
 
 
-@flow(name="trigger-connector", flow_run_name="trigger connector {connector_id}")
+@flow(name="trigger-connector", persist_result=False)
 async def trigger_connector(
     connector_id: int, on_conflict: OnConflict = "queue", actor: str = UI_ACTOR
 ) -> UUID:
@@ -220,7 +224,7 @@ async def trigger_connector(
     return flow_run_id
 
 
-@flow(name="cancel-connector-run", flow_run_name="cancel run {flow_run_id}")
+@flow(name="cancel-connector-run", persist_result=False)
 async def cancel_connector_run(connector_id: int, flow_run_id: UUID, actor: str = UI_ACTOR) -> str:
     """Cancel a scheduled or running sync run of the connector."""
     await label_run(
@@ -232,7 +236,7 @@ async def cancel_connector_run(connector_id: int, flow_run_id: UUID, actor: str 
     return run.state.name if run.state else "unknown"
 
 
-@flow(name="reset-connector", flow_run_name="reset connector {connector_id}")
+@flow(name="reset-connector", persist_result=False)
 async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
     """Forget the connector's incremental state: its next run reads everything again."""
     await label_run(actor=actor, name=f"reset connector {connector_id}", connector_id=connector_id)
@@ -242,7 +246,7 @@ async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
         await session.commit()
 
 
-@flow(name="delete-connector", flow_run_name="delete connector {connector_id}")
+@flow(name="delete-connector", persist_result=False)
 async def delete_connector(
     connector_id: int, actor: str = UI_ACTOR, expected_version: int | None = None
 ) -> None:

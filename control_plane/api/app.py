@@ -8,19 +8,21 @@ from prefect.settings import PREFECT_API_URL
 
 from control_plane.api.deps import current_caller
 from control_plane.api.errors import add_error_handlers
+from control_plane.api.flow_context import FlowContext, SharedFlowContext, flow_context
 from control_plane.api.limits import BodyLimit
 from control_plane.api.routes import connectors, endpoints, health, projects
 from control_plane.db import get_engine
 
 
 @asynccontextmanager
-async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(_: FastAPI) -> AsyncIterator[dict[str, FlowContext]]:
     if not PREFECT_API_URL.value():
         raise RuntimeError(
             "PREFECT_API_URL is not set: start the stack with `control-plane up`, "
             "or point PREFECT_API_URL at your Prefect server"
         )
-    yield
+    async with flow_context() as state:
+        yield state
     await get_engine().dispose()
 
 
@@ -40,6 +42,7 @@ def create_app() -> FastAPI:
     app.include_router(api)
     app.include_router(health.router)
     add_error_handlers(app)
+    app.add_middleware(SharedFlowContext)
     # Outside the routes, so an oversized or undecodable body is refused before it is parsed.
     app.add_middleware(BodyLimit)
     return app

@@ -1,0 +1,128 @@
+"""Bulk onboarding: connectors created through the API one at a time, then by concurrent clients.
+
+    .venv/bin/python -m bench.throughput [--connectors 1000] [--clients 16] [--sequential 100]
+
+Prefect's server and the control plane's database both run on fresh PostgreSQL databases, as
+for a production load. The sequential run measures creates per second with one client; the
+concurrent run creates `--connectors` with `--clients` clients at once. Prints a table and
+writes bench/results/throughput.json.
+"""
+
+import argparse
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from bench._stack import LocalStack, local_stack, percentile, write_results
+from tests.helpers import Catalog, make_catalog
+
+
+def _process_tree(root: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree = [root]
+    for pid in tree:
+        tree += [child for child, parent in parents.items() if parent == pid]
+    return tree
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """CPU seconds the processes used so far, with those of their children that ended."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(map(int, fields[11:15]))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_pids() -> list[int]:
+    postmaster = Path("/var/run/postgresql").glob("*.pid")
+    return _process_tree(int(next(postmaster).read_text().split()[0]))
+
+
+def _create_all(
+    stack: LocalStack, api: httpx.Client, catalog: Catalog, names: list[str], clients: int
+) -> dict:
+    latencies: list[float] = []
+    processes = {
+        "api": _process_tree(stack.api_process.popen.pid),
+        "prefect": _process_tree(stack.prefect_process.popen.pid),
+        "postgres": _postgres_pids(),
+        "clients": [os.getpid()],
+    }
+    cpu_before = {name: _cpu_seconds(pids) for name, pids in processes.items()}
+
+    def create(name: str) -> None:
+        start = time.perf_counter()
+        response = api.post("/connectors", json=catalog.connector(name=name))
+        latencies.append(time.perf_counter() - start)
+        assert response.status_code == 201, response.text
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(create, names))
+    seconds = time.perf_counter() - start
+    cpu = {name: _cpu_seconds(pids) - cpu_before[name] for name, pids in processes.items()}
+    return {
+        "cpu_ms_per_create": {name: round(1000 * used / len(names)) for name, used in cpu.items()},
+        "clients": clients,
+        "creates": len(names),
+        "seconds": round(seconds, 1),
+        "per_second": round(len(names) / seconds, 1),
+        "p50_ms": round(percentile(latencies, 0.5) * 1000),
+        "p95_ms": round(percentile(latencies, 0.95) * 1000),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connectors", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--sequential", type=int, default=100)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), postgres=True) as stack:
+        limits = httpx.Limits(max_connections=args.clients)
+        with httpx.Client(base_url=stack.api.base_url, timeout=120, limits=limits) as api:
+            catalog = make_catalog(api, Path(tmp))
+            runs = {
+                "sequential": _create_all(
+                    stack, api, catalog, [f"seq-{i}" for i in range(args.sequential)], 1
+                ),
+                "concurrent": _create_all(
+                    stack, api, catalog, [f"bulk-{i}" for i in range(args.connectors)], args.clients
+                ),
+            }
+    speedup = round(runs["concurrent"]["per_second"] / runs["sequential"]["per_second"], 1)
+    print(f"{'run':<12}{'clients':>8}{'creates':>9}{'seconds':>9}{'per s':>8}{'p50 ms':>8}", end="")
+    print(f"{'p95 ms':>8}")
+    for name, run in runs.items():
+        print(
+            f"{name:<12}{run['clients']:>8}{run['creates']:>9}{run['seconds']:>9}"
+            f"{run['per_second']:>8}{run['p50_ms']:>8}{run['p95_ms']:>8}"
+        )
+    print("CPU ms per create:", {name: run["cpu_ms_per_create"] for name, run in runs.items()})
+    print(f"speed-up with {args.clients} clients: {speedup}x (target >= 3x, 1,000 in < 60 s)")
+    write_results(
+        "throughput",
+        prefect_database="postgresql",
+        control_plane_database="postgresql",
+        target=">= 3x sequential, 1,000 creates in < 60 s",
+        speedup=speedup,
+        runs=runs,
+    )
+
+
+if __name__ == "__main__":
+    main()
