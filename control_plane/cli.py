@@ -35,8 +35,13 @@ def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: flo
 
 
 def prefect_server_env(settings: Settings, home: Path) -> dict[str, str]:
-    """Environment of a Prefect server with a bounded scheduler, on SQLite under `home`."""
-    database = settings.prefect_database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+    """Environment of a Prefect server with a bounded scheduler, on its database: ours, or
+    Prefect's own setting, or SQLite under `home`."""
+    database = (
+        settings.prefect_database_url
+        or os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL")
+        or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+    )
     return {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
