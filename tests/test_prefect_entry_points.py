@@ -24,11 +24,11 @@ def _run(name: str, **parameters) -> FlowRun:
     return run_deployment(name=f"{name}/{name}", parameters=parameters, timeout=120)
 
 
-def _events(prefect_api_url: str, connector_id: int, since: datetime) -> list[dict]:
+def _events(prefect_api_url: str, resource_id: str, since: datetime) -> list[dict]:
     body = {
         "filter": {
             "occurred": {"since": since.isoformat()},
-            "resource": {"id": [f"connector.{connector_id}"]},
+            "resource": {"id": [resource_id]},
             "order": "ASC",
         },
         "limit": 50,
@@ -135,7 +135,7 @@ class TestAutoDeactivate:
         events = wait_for(
             lambda: [
                 e
-                for e in _events(prefect_api_url, connector["id"], since)
+                for e in _events(prefect_api_url, f"connector.{connector['id']}", since)
                 if e["event"] == "connector.auto-deactivated"
             ],
             timeout=30,
@@ -171,7 +171,9 @@ class TestEvents:
             "connector.deleted",
         ]
         events = wait_for(
-            lambda: len(e := _events(prefect_api_url, connector["id"], since)) >= 7 and e,
+            lambda: (
+                len(e := _events(prefect_api_url, f"connector.{connector['id']}", since)) >= 7 and e
+            ),
             timeout=60,
             what="the lifecycle's events to be stored",
         )
@@ -188,3 +190,7 @@ class TestEvents:
         assert rescheduled["payload"]["after"]["schedule"] == "0 */6 * * *"
         assert events[4]["payload"]["fields"] == ["description", "name"]
         assert all(e["payload"]["actor"] == "anonymous" for e in events)
+        # The API runs its control flows in-process without heartbeats (api/flow_context.py).
+        run_events = {e["event"] for e in _events(prefect_api_url, roles["flow-run"], since)}
+        assert "prefect.flow-run.Completed" in run_events
+        assert "prefect.flow-run.heartbeat" not in run_events
