@@ -2,6 +2,7 @@
 
 import re
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Annotated, Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -31,6 +32,7 @@ def as_utc(value: datetime) -> datetime:
 UtcDatetime = Annotated[datetime, AfterValidator(as_utc)]
 
 
+@lru_cache(maxsize=4096)  # connectors share few schedules, and answers validate them too
 def check_cron(value: str | None) -> str | None:
     """A five-field cron expression (minute hour day-of-month month day-of-week), or None."""
     if value is None:
@@ -48,6 +50,14 @@ def check_cron(value: str | None) -> str | None:
             f"{value!r} never fires: no month has that day (e.g. 30 February)"
         ) from None
     return value
+
+
+@lru_cache(maxsize=4096)
+def next_fire(schedule: str, timezone: str, after: datetime) -> datetime:
+    """When the schedule fires next after `after`, in UTC. Callers pass `after` rounded down to
+    the minute, cron's resolution, so connectors sharing a schedule share the answer."""
+    start = after.astimezone(ZoneInfo(timezone))
+    return croniter(schedule, start).get_next(datetime).astimezone(UTC)
 
 
 def check_timezone(value: str) -> str:

@@ -1,12 +1,10 @@
 """The connector: a schedule that moves data from a defined source to a defined destination."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Annotated, Any, Literal
 from uuid import UUID
-from zoneinfo import ZoneInfo
 
-from croniter import croniter
 from pydantic import AfterValidator, PlainSerializer, computed_field
 from sqlalchemy import JSON, DateTime, UniqueConstraint
 from sqlmodel import Field
@@ -21,6 +19,7 @@ from models.base import (
     UtcDatetime,
     check_cron,
     check_timezone,
+    next_fire,
     timestamp_field,
     utcnow,
 )
@@ -134,8 +133,7 @@ class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):
         """When the schedule fires next (UTC); null when inactive or manual only."""
         if not (self.is_active and self.schedule):
             return None
-        now = utcnow().astimezone(ZoneInfo(self.timezone))
-        return croniter(self.schedule, now).get_next(datetime).astimezone(UTC)
+        return next_fire(self.schedule, self.timezone, utcnow().replace(second=0, microsecond=0))
 
 
 class ConnectorsPublic(ApiModel):
