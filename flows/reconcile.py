@@ -10,14 +10,15 @@ from control_plane.db import session_scope
 SCHEDULE_ACTOR = "schedule"
 
 
-@flow(name="reconcile-connectors", flow_run_name="reconcile connectors")
+@flow(name="reconcile-connectors", persist_result=False)
 async def reconcile_connectors(
     dry_run: bool = False, actor: str = SCHEDULE_ACTOR
 ) -> list[dict[str, str]]:
     """Compare every connector with Prefect's managed deployments and repair what differs.
 
     Missing deployments are created, differing ones patched in place (the schedule keeps its
-    identity), orphans deleted with their scheduled runs. With `dry_run`, only report.
+    identity), orphans deleted with their scheduled runs, a few at a time, each under its
+    connector's row lock. With `dry_run`, only report.
     """
     await label_run(actor=actor, name="reconcile connectors" + (" (dry run)" if dry_run else ""))
     async with session_scope() as session:
@@ -25,8 +26,8 @@ async def reconcile_connectors(
     logger = get_run_logger()
     for item in drift:
         logger.info("%s %s: %s", item.action, item.deployment, "; ".join(item.differences))
-        if not dry_run:
-            await reconcile.repair(item)
+    if not dry_run:
+        await reconcile.repair_all(drift)
     rows = [item.as_row() for item in drift]
     await create_table_artifact(
         key="reconcile-connectors",

@@ -1,0 +1,560 @@
+"""Scale: 10,000 connectors on one Prefect server, both databases on PostgreSQL.
+
+    .venv/bin/python -m bench.scale [--connectors 10000] [--create-all]
+
+Seeds the connector rows straight into the control plane's database. A fortieth of them get
+their deployments from a reconcile pass (full drift); the others' are cloned from one of those
+in Prefect's database, as Prefect's server spends about 50 ms of CPU on each deployment it
+creates (`--create-all`: reconcile creates them all, about 10 minutes at 10,000). Prefect then
+schedules their runs under `make up`'s scheduler settings (minutes of its CPU at 10,000), while
+`GET /connectors?limit=100` is timed at random offsets and filters and the API's memory read.
+Then a reconcile pass with 10% drift (a twentieth of the deployments deleted in Prefect, a
+twentieth of the rows rescheduled in the database) and one with none, counting their Prefect
+API calls, the scheduled runs per connector, and the lists again with Prefect quiet. Prints a
+table and writes bench/results/scale.json.
+"""
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import copy_context
+from dataclasses import dataclass
+from math import ceil
+from pathlib import Path
+from random import Random
+from typing import Any
+from uuid import UUID
+
+import httpx
+import psycopg
+from prefect.client.base import PrefectHttpxAsyncClient
+from prefect.client.orchestration import get_client
+from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
+from sqlalchemy import create_engine, insert, text
+from sqlalchemy.engine import make_url
+
+from bench._stack import LocalStack, local_stack, percentile, write_results
+from control_plane import deployments
+from control_plane.cli import prefect_server_env
+from control_plane.db import get_engine
+from control_plane.settings import Settings, get_settings
+from flows.reconcile import reconcile_connectors
+from models import Connector
+from models.base import utcnow
+from tests.helpers import Catalog, make_catalog
+from tests.stack import wait_for
+
+PROJECTS = 10
+# Row i is inactive when i % 20 == 0. The rows cycle through 21 schedules (so inactive ones
+# have all kinds): every minute and every five minutes (where the scheduler's bound matters),
+# hourly, every four hours, and manual only.
+SCHEDULES = ["* * * * *", "*/5 * * * *", "*/5 * * * *", *["0 * * * *"] * 12]
+SCHEDULES += ["0 */4 * * *"] * 4 + [None] * 2
+DRIFT_SCHEDULE = "30 2 * * *"
+PAGE = 200  # deployments per page of reconcile's listing (Prefect's most)
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_BY_NAME = re.compile(r"/deployments/name/[^/]+/[^/]+")
+
+
+def _schedule(index: int) -> str | None:
+    return SCHEDULES[index % len(SCHEDULES)]
+
+
+def _active(index: int) -> bool:
+    return index % 20 != 0
+
+
+class _CallCounter:
+    """Counts the Prefect API calls of this process (any thread), by method and path."""
+
+    def __init__(self) -> None:
+        self._calls: Counter[str] = Counter()
+        self._seconds: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        original = PrefectHttpxAsyncClient.send
+        counter = self
+
+        async def send(client, request, *args, **kwargs):
+            path = _UUID.sub("{id}", request.url.path.removeprefix("/api"))
+            key = f"{request.method} {_BY_NAME.sub('/deployments/name/{flow}/{name}', path)}"
+            start = time.perf_counter()
+            try:
+                return await original(client, request, *args, **kwargs)
+            finally:
+                with counter._lock:
+                    counter._calls[key] += 1
+                    counter._seconds[key] += time.perf_counter() - start
+
+        PrefectHttpxAsyncClient.send = send  # type: ignore[method-assign]
+
+    @contextmanager
+    def counting(self) -> Iterator[dict[str, dict[str, float]]]:
+        """Yields a dict that holds, once the block ends, each call's count and mean ms."""
+        with self._lock:
+            self._calls, self._seconds = Counter(), Counter()
+        found: dict[str, dict[str, float]] = {}
+        try:
+            yield found
+        finally:
+            # Flow run logs leave in the background; send them now so they count here.
+            APILogWorker.drain_all(timeout=30)
+            with self._lock:
+                for key, count in self._calls.most_common():
+                    mean = self._seconds[key] / count * 1000
+                    found[key] = {"n": count, "mean_ms": round(mean, 1)}
+
+
+@dataclass
+class Pass:
+    label: str
+    connectors: int
+    deployments: int  # managed deployments in Prefect when the pass started
+    seconds: float
+    repaired: Counter[str]
+    calls: dict[str, dict[str, float]]
+    server_cpu_s: float = 0.0  # CPU time of Prefect's server during the pass
+
+    def as_row(self) -> dict[str, Any]:
+        return {
+            "pass": self.label,
+            "connectors": self.connectors,
+            "deployments": self.deployments,
+            "seconds": round(self.seconds, 1),
+            "prefect_server_cpu_s": round(self.server_cpu_s, 1),
+            "repaired": dict(self.repaired),
+            "prefect_calls": sum(int(c["n"]) for c in self.calls.values()),
+            "list_pages": int(self.calls.get("POST /deployments/filter", {}).get("n", 0)),
+            "pages_expected": ceil((self.deployments + 1) / PAGE),
+            "calls": self.calls,
+        }
+
+
+def _use_stack(stack: LocalStack) -> None:
+    """Point this process's control plane at the stack, as the `control-plane` CLI would be."""
+    os.environ["CONTROL_PLANE_DATABASE_URL"] = stack.database_url
+    os.environ["CONTROL_PLANE_WORK_POOL"] = stack.env["CONTROL_PLANE_WORK_POOL"]
+    get_settings.cache_clear()
+    get_engine.cache_clear()
+
+
+def _prefect_database(stack: LocalStack) -> str:
+    url = make_url(stack.prefect_process.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"])
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _seed(
+    database_url: str,
+    catalogs: list[Catalog],
+    indexes: range,
+    deployment_ids: dict[int, UUID] | None = None,
+) -> None:
+    """Insert the connector rows of `indexes` (row i gets id i + 1 in a fresh database)."""
+    now = utcnow()
+    rows = [
+        {
+            "name": f"scale-{index:06d}",
+            "project_id": catalogs[index % len(catalogs)].project_id,
+            "defined_source_id": catalogs[index % len(catalogs)].source_id,
+            "defined_destination_id": catalogs[index % len(catalogs)].destination_id,
+            "schedule": _schedule(index),
+            "timezone": "UTC",
+            "is_active": _active(index),
+            "source_config_override": {},
+            "destination_config_override": {},
+            "consecutive_failures": 0,
+            "version": 1,
+            "prefect_deployment_id": (deployment_ids or {}).get(index),
+            "created_at": now,
+            "updated_at": now,
+        }
+        for index in indexes
+    ]
+    engine = create_engine(database_url)
+    with engine.begin() as db:
+        for start in range(0, len(rows), 5000):
+            db.execute(insert(Connector), rows[start : start + 5000])
+        first = db.scalar(
+            text("SELECT min(id) FROM connector WHERE name = :n"), {"n": rows[0]["name"]}
+        )
+    engine.dispose()
+    assert first == indexes[0] + 1, "the bench needs a fresh database: row i has id i + 1"
+
+
+# Clones a template row with some columns replaced, without naming the others: what Prefect's
+# server itself writes for a deployment, its concurrency limit and its schedule.
+_CLONE = """
+INSERT INTO {table}
+SELECT (jsonb_populate_record(NULL::{table}, to_jsonb(t) || n.value || jsonb_build_object(
+    'created', now(), 'updated', now()))).*
+FROM {table} t, jsonb_array_elements(%(rows)s::jsonb) n
+WHERE t.id = %(template)s
+"""
+
+
+def _clone_deployments(
+    prefect_database: str, catalogs: list[Catalog], indexes: range
+) -> dict[int, UUID]:
+    """Give the active connectors of `indexes` deployments cloned from one reconcile created."""
+    with psycopg.connect(prefect_database) as db:
+        template = db.execute(
+            "SELECT d.id, d.concurrency_limit_id, s.id, s.schedule FROM deployment d "
+            "JOIN deployment_schedule s ON s.deployment_id = d.id "
+            "WHERE d.name LIKE 'connector-%' ORDER BY d.created LIMIT 1"
+        ).fetchone()
+        assert template, "no reconcile-created deployment to clone"
+        deployment, limit, schedule, cron = template
+        ids = {index: uuid.uuid4() for index in indexes if _active(index)}
+        limits, clones, schedules = [], [], []
+        for index, deployment_id in ids.items():
+            connector_id = index + 1
+            limits.append({"id": str(uuid.uuid4()), "name": f"deployment:{deployment_id}"})
+            clones.append(
+                {
+                    "id": str(deployment_id),
+                    "name": deployments.deployment_name(connector_id),
+                    "tags": sorted(
+                        [
+                            deployments.MANAGED_TAG,
+                            f"connector:{connector_id}",
+                            f"project:{catalogs[index % len(catalogs)].project_id}",
+                        ]
+                    ),
+                    "parameters": {"connector_id": connector_id},
+                    "concurrency_limit_id": limits[-1]["id"],
+                }
+            )
+            if _schedule(index):
+                schedules.append(
+                    {
+                        "id": str(uuid.uuid4()),
+                        "deployment_id": str(deployment_id),
+                        "schedule": {**cron, "cron": _schedule(index)},
+                    }
+                )
+        for table, rows, source in (
+            ("concurrency_limit_v2", limits, limit),
+            ("deployment", clones, deployment),
+            ("deployment_schedule", schedules, schedule),
+        ):
+            db.execute(_CLONE.format(table=table), {"rows": json.dumps(rows), "template": source})
+    return ids
+
+
+async def _schedule_runs(prefect_database: str) -> None:
+    """Have Prefect schedule every connector deployment's runs now, 8 at a time: its scheduler's
+    own code with the server's settings (POST /deployments/{id}/schedule). Its scheduler visits
+    deployments in the order of their ids, so these go the other way round to meet it."""
+    with psycopg.connect(prefect_database) as db:
+        ids = db.execute(
+            "SELECT DISTINCT d.id FROM deployment d JOIN deployment_schedule s "
+            "ON s.deployment_id = d.id AND s.active WHERE d.name LIKE 'connector-%' "
+            "ORDER BY d.id DESC"
+        ).fetchall()
+    limit = asyncio.Semaphore(8)
+    async with get_client() as client:
+
+        async def schedule(deployment_id: UUID) -> None:
+            async with limit:
+                response = await client.request(
+                    "POST", "/deployments/{id}/schedule", path_params={"id": deployment_id}, json={}
+                )
+                response.raise_for_status()
+
+        await asyncio.gather(*(schedule(deployment_id) for (deployment_id,) in ids))
+
+
+async def _reconcile_once() -> list[dict[str, str]]:
+    try:
+        return await reconcile_connectors(actor="bench")
+    finally:
+        # The engine's pooled connections belong to this event loop; the next pass has another.
+        await get_engine().dispose()
+
+
+def _reconcile(
+    counter: _CallCounter, label: str, connectors: int, deployments: int, *, expect_drift: bool
+) -> Pass:
+    with counter.counting() as calls:
+        start = time.perf_counter()
+        rows = asyncio.run(_reconcile_once())
+        seconds = time.perf_counter() - start
+    repaired = Counter(row["action"] for row in rows)
+    assert expect_drift or not rows, f"{label}: unexpected drift {rows[:5]}"
+    print(f"  {label}: {seconds:.1f} s, repaired {dict(repaired)}", flush=True)
+    return Pass(label, connectors, deployments, seconds, repaired, calls)
+
+
+async def _delete_deployments(deployment_ids: list[UUID]) -> None:
+    limit = asyncio.Semaphore(8)
+    async with get_client() as client:
+
+        async def delete(deployment_id: UUID) -> None:
+            async with limit:
+                await client.delete_deployment(deployment_id)
+
+        await asyncio.gather(*(delete(deployment_id) for deployment_id in deployment_ids))
+
+
+def _make_drift(database_url: str) -> dict[str, int]:
+    """Delete every twentieth connector's deployment in Prefect, reschedule every twentieth row."""
+    engine = create_engine(database_url)
+    with engine.begin() as db:
+        doomed = db.scalars(
+            text("SELECT prefect_deployment_id FROM connector WHERE id % 20 = 2 AND is_active")
+        ).all()
+        rescheduled = db.execute(
+            text("UPDATE connector SET schedule = :cron WHERE id % 20 = 3 AND is_active"),
+            {"cron": DRIFT_SCHEDULE},
+        ).rowcount
+    engine.dispose()
+    asyncio.run(_delete_deployments(list(doomed)))
+    return {"deleted": len(doomed), "rescheduled": rescheduled}
+
+
+_RUNS_PER_DEPLOYMENT = """
+SELECT d.name,
+       count(r.id) FILTER (WHERE r.next_scheduled_start_time >= now()) AS ahead,
+       count(r.id) AS scheduled
+FROM deployment d
+JOIN deployment_schedule s ON s.deployment_id = d.id AND s.active
+LEFT JOIN flow_run r ON r.deployment_id = d.id AND r.state_type = 'SCHEDULED'
+WHERE d.name LIKE 'connector-%'
+GROUP BY d.name
+"""
+
+
+def _scheduled_runs(prefect_database: str, expected: int, min_runs: int) -> dict[str, Any]:
+    """Scheduled runs per connector deployment, once the scheduler has visited every one."""
+
+    def counts() -> list[tuple[str, int, int]] | None:
+        with psycopg.connect(prefect_database) as db:
+            rows = db.execute(_RUNS_PER_DEPLOYMENT).fetchall()
+        done = len(rows) >= expected and all(ahead >= min_runs for _, ahead, _ in rows)
+        return rows if done else None
+
+    start = time.perf_counter()
+    rows = wait_for(counts, timeout=600, interval=2, what="the scheduler to visit every deployment")
+    ahead = Counter(ahead for _, ahead, _ in rows)
+    return {
+        "deployments": len(rows),
+        "waited_s": round(time.perf_counter() - start, 1),
+        "max": max(ahead),
+        "mean": round(sum(n * c for n, c in ahead.items()) / len(rows), 2),
+        "total": sum(n * c for n, c in ahead.items()),
+        "late": sum(late - ahead for _, ahead, late in rows),
+        "deployments_by_runs": dict(sorted(ahead.items())),
+    }
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _time_lists(
+    api: httpx.Client, catalogs: list[Catalog], rounds: int, meanwhile: Future[Any] | None = None
+) -> dict[str, dict[str, float]]:
+    """`GET /connectors?limit=100` at random offsets, unfiltered and filtered: `rounds` rounds,
+    or as many more as it takes `meanwhile` to end."""
+    projects = [{"projectId": catalog.project_id} for catalog in catalogs]
+    variants: dict[str, list[dict[str, Any]]] = {
+        "all": [{}],
+        "projectId": projects,
+        "isActive": [{"isActive": "true"}],
+        "projectId+isActive": [{**project, "isActive": "true"} for project in projects],
+    }
+    counts = {
+        json.dumps(params): api.get("/connectors", params={**params, "limit": 1}).json()["count"]
+        for choices in variants.values()
+        for params in choices
+    }
+    random = Random(42)
+    timings: dict[str, list[float]] = {name: [] for name in variants}
+    done = 0
+    while done < rounds or (meanwhile is not None and not meanwhile.done()):
+        done += 1
+        for name, choices in variants.items():
+            params = random.choice(choices)
+            offset = random.randrange(max(1, counts[json.dumps(params)] - 100))
+            start = time.perf_counter()
+            response = api.get("/connectors", params={**params, "limit": 100, "offset": offset})
+            timings[name].append(time.perf_counter() - start)
+            assert response.status_code == 200, response.text
+            found, count = response.json()["data"], counts[json.dumps(params)]
+            assert len(found) == min(100, count - offset), (params, offset, count)
+    return {
+        name: {
+            "p50_ms": round(statistics.median(values) * 1000, 1),
+            "p95_ms": round(percentile(values, 0.95) * 1000, 1),
+            "n": len(values),
+        }
+        for name, values in timings.items()
+    }
+
+
+def _read_everything(api: httpx.Client, total: int) -> float:
+    """Page through every connector 1,000 at a time; returns the seconds it took."""
+    start = time.perf_counter()
+    for offset in range(0, total, 1000):
+        response = api.get("/connectors", params={"limit": 1000, "offset": offset})
+        assert response.status_code == 200, response.text
+    return time.perf_counter() - start
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run(
+    stack: LocalStack, home: Path, total: int, requests: int, create_all: bool
+) -> dict[str, Any]:
+    counter = _CallCounter()
+    _use_stack(stack)
+    prefect_database = _prefect_database(stack)
+    server = stack.prefect_process.popen.pid  # type: ignore[union-attr]
+    api = stack.api_process.popen.pid  # type: ignore[union-attr]
+    catalogs = [make_catalog(stack.api, home / f"catalog-{i}") for i in range(PROJECTS)]
+    active = lambda n: sum(1 for i in range(n) if _active(i))  # noqa: E731
+    first = total if create_all else max(total // 40, 1)
+    passes: list[Pass] = []
+    figures: dict[str, Any] = {"created_by_reconcile": first}
+
+    def reconcile(label: str, connectors: int, deployments: int, *, drift: bool) -> None:
+        cpu = _cpu_seconds(server)
+        passes.append(_reconcile(counter, label, connectors, deployments, expect_drift=drift))
+        passes[-1].server_cpu_s = _cpu_seconds(server) - cpu
+
+    def lists(label: str, meanwhile: Future[Any] | None = None) -> None:
+        cpu, start = _cpu_seconds(server), time.perf_counter()
+        variants = _time_lists(stack.api, catalogs, requests, meanwhile)
+        busy = (_cpu_seconds(server) - cpu) / (time.perf_counter() - start)
+        figures[label] = {"variants": variants, "prefect_server_busy": round(busy, 2)}
+        print(f"  {figures[label]}", flush=True)
+
+    print(f"{first} connectors, deployments by reconcile", flush=True)
+    _seed(stack.database_url, catalogs, range(first))
+    reconcile("full drift", first, 0, drift=True)
+    reconcile("no drift", first, active(first), drift=False)
+    if first < total:
+        print(f"{total - first} more connectors, deployments cloned in Prefect", flush=True)
+        start = time.perf_counter()
+        ids = _clone_deployments(prefect_database, catalogs, range(first, total))
+        _seed(stack.database_url, catalogs, range(first, total), ids)
+        figures["cloned"] = {"deployments": len(ids), "s": round(time.perf_counter() - start, 1)}
+
+    # Prefect's scheduler spends about 25 ms of CPU on each new deployment, one after the other
+    # (minutes at 10,000). Have Prefect schedule them now, 8 at a time, and time the API's lists
+    # meanwhile: they need the control plane's database only.
+    print("scheduling runs; GET /connectors meanwhile", flush=True)
+    rss = {"before_mb": _rss_mb(api)}
+    with ThreadPoolExecutor(1) as pool:
+        start = time.perf_counter()
+        scheduling = pool.submit(copy_context().run, asyncio.run, _schedule_runs(prefect_database))
+        lists("list_while_scheduling", meanwhile=scheduling)
+        figures["scheduling_s"] = round(time.perf_counter() - start, 1)
+        scheduling.result()
+    figures["read_everything_s"] = [round(_read_everything(stack.api, total), 2) for _ in range(3)]
+    rss["after_lists_mb"] = _rss_mb(api)
+    min_runs = prefect_server_env(Settings(), home)["PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS"]
+    scheduled = sum(1 for i in range(total) if _active(i) and _schedule(i))
+    figures["scheduled_runs"] = _scheduled_runs(prefect_database, scheduled, int(min_runs))
+    print(f"  {figures['scheduled_runs']}", flush=True)
+
+    figures["drift"] = _make_drift(stack.database_url)
+    reconcile("10% drift", total, active(total) - figures["drift"]["deleted"], drift=True)
+    # Exactly the drift made: so the cloned deployments were in sync with their rows.
+    assert passes[-1].repaired == {
+        "create": figures["drift"]["deleted"],
+        "update": figures["drift"]["rescheduled"],
+    }, passes[-1].repaired
+    reconcile("no drift", total, active(total), drift=False)
+
+    print("GET /connectors", flush=True)
+    lists("list")
+    rss["after_mb"] = _rss_mb(api)
+    figures["api_rss"] = rss
+    figures["passes"] = [p.as_row() for p in passes]
+    return figures
+
+
+def _print_table(figures: dict[str, Any]) -> None:
+    print(
+        f"\n{'reconcile pass':<16}{'connectors':>11}{'repaired':>9}{'s':>7}"
+        f"{'Prefect calls':>15}{'pages':>7}{'Prefect CPU s':>15}"
+    )
+    for row in figures["passes"]:
+        print(
+            f"{row['pass']:<16}{row['connectors']:>11}{sum(row['repaired'].values()):>9}"
+            f"{row['seconds']:>7}{row['prefect_calls']:>15}{row['list_pages']:>7}"
+            f"{row['prefect_server_cpu_s']:>15}"
+        )
+    quiet, busy = figures["list"]["variants"], figures["list_while_scheduling"]["variants"]
+    print(
+        f"\n{'GET /connectors?limit=100':<26}{'p50 ms':>8}{'p95 ms':>8}"
+        f"{'while Prefect schedules: p50':>30}{'p95':>7}{'n':>6}"
+    )
+    for name, row in quiet.items():
+        print(
+            f"{name:<26}{row['p50_ms']:>8}{row['p95_ms']:>8}"
+            f"{busy[name]['p50_ms']:>30}{busy[name]['p95_ms']:>7}{busy[name]['n']:>6}"
+        )
+    runs = figures["scheduled_runs"]
+    print(
+        f"\nscheduled runs ahead per scheduled connector: max {runs['max']}, mean {runs['mean']}, "
+        f"total {runs['total']} ({runs['deployments']} deployments)"
+    )
+    rss = figures["api_rss"]
+    lists = sum(v["n"] for v in quiet.values()) + sum(v["n"] for v in busy.values())
+    print(
+        f"API RSS: {rss['before_mb']} MB before the lists, {rss['after_mb']} MB after {lists} "
+        f"and reading all {len(figures['read_everything_s'])} times, 1,000 at a time"
+    )
+    print(f"bench: {figures['bench_s']} s")
+
+
+def _quiet_console() -> None:
+    """Keep reconcile's line per repair off the terminal (it still goes to Prefect)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler):
+            handler.setLevel(logging.WARNING)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connectors", type=int, default=10_000)
+    parser.add_argument(
+        "--requests", type=int, default=50, help="list requests per filter, Prefect quiet"
+    )
+    parser.add_argument(
+        "--create-all", action="store_true", help="reconcile creates every deployment (slow)"
+    )
+    args = parser.parse_args()
+    _quiet_console()
+    start = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        local_stack(Path(tmp), postgres=True) as stack,
+    ):
+        figures = _run(stack, Path(tmp), args.connectors, args.requests, args.create_all)
+    figures["bench_s"] = round(time.perf_counter() - start, 1)
+    _print_table(figures)
+    write_results("scale", connectors=args.connectors, **figures)
+
+
+if __name__ == "__main__":
+    main()
