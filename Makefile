@@ -28,7 +28,10 @@ test: $(VENV)/.test java
 	$(VENV)/bin/ruff format --check .
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
+# The five benchmarks of the README's Performance section, one after the other (about 20 min).
 bench: $(VENV)/.test
 	$(PYTHON) -m bench.actions
+	$(PYTHON) -m bench.throughput
+	$(PYTHON) -m bench.scale
 	$(PYTHON) -m bench.trigger
 	$(PYTHON) -m bench.data_plane

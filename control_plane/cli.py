@@ -47,6 +47,10 @@ def prefect_server_env(settings: Settings, home: Path) -> dict[str, str]:
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
         "PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": str(settings.scheduler_max_runs),
         "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS": str(min(3, settings.scheduler_max_runs)),
+        # Cover only what MAX_RUNS runs of an every-minute connector cover. Prefect's default,
+        # an hour, is more than MAX_RUNS runs of anything up to every 6 minutes reach, so its
+        # scheduler would revisit each of those connectors on every loop.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": f"PT{settings.scheduler_max_runs}M",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
     }
