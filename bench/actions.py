@@ -1,6 +1,6 @@
 """Latency of each connector action through HTTP, next to what it cannot cost less than.
 
-    .venv/bin/python -m bench.actions [--rounds 30] [--postgres]
+    .venv/bin/python -m bench.actions [--rounds 10] [--postgres]
 
 Starts a Prefect server and the API (uvicorn, loopback) on free ports with fresh databases
 (SQLite, or the local PostgreSQL with --postgres), then times each action `rounds` times three
@@ -336,7 +336,7 @@ def _print(report: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
         "--postgres", action="store_true", help="both databases on the local PostgreSQL"
     )
