@@ -1,68 +1,82 @@
 """What the control flows that the API runs in-process share across requests.
 
-Prefect's engine opens a new API client for every flow run that finds none in its context
-(each one builds a TLS context and fetches a CSRF token) and starts a heartbeat thread that
-emits an event. For sub-second flows awaited inside a request, that is most of their cost:
-here every request runs with the process's one client pair, and without heartbeats (they
-detect crashed long runs; a request's flow ends with the request).
+Prefect's engine opens a new API client for every flow run that finds none in its context,
+and each builds a TLS context from certifi's bundle; it also starts a heartbeat thread that
+emits an event. For sub-second flows awaited inside a request, that is most of their cost. Here
+each write request gets one client pair, built on the process's one TLS context, and runs
+without heartbeats (they detect crashed long runs; a request's flow ends with the request).
+
+The clients are per request, not per process: Prefect's client retries connection errors with
+backoff once it has connected, so a long-lived one would hold a request for minutes while
+Prefect is down, where a fresh one fails at once and the request answers 503.
 """
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from prefect.client.orchestration import PrefectClient, SyncPrefectClient, get_client
+import certifi
+from prefect.client.orchestration import get_client
 from prefect.context import AsyncClientContext, SettingsContext, SyncClientContext
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, Settings
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 STATE_KEY = "control_flow_context"
+READS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
 class FlowContext:
     settings: SettingsContext
-    client: PrefectClient
-    sync_client: SyncPrefectClient
+    httpx_settings: dict[str, Any]
+
+
+def _tls_context(settings: SettingsContext) -> ssl.SSLContext:
+    """The TLS context Prefect's client would build for itself, built once."""
+    api = settings.settings.api
+    if api.tls_insecure_skip_verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=api.ssl_cert_file or certifi.where())
 
 
 @asynccontextmanager
 async def flow_context() -> AsyncIterator[dict[str, FlowContext]]:
-    """For the app's lifespan: the clients and settings, as lifespan state for the requests."""
+    """For the app's lifespan: what the requests share, as lifespan state."""
     current = SettingsContext.get()
     assert current is not None
-    settings: Settings = current.settings.copy_with_update(
-        updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-    )
-    with get_client(sync_client=True) as sync_client:
-        async with get_client() as client:
-            yield {
-                STATE_KEY: FlowContext(
-                    SettingsContext(profile=current.profile, settings=settings),
-                    client,
-                    sync_client,
-                )
-            }
+    settings = current.settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    yield {
+        STATE_KEY: FlowContext(
+            SettingsContext(profile=current.profile, settings=settings),
+            {"verify": _tls_context(current)},
+        )
+    }
 
 
 class SharedFlowContext:
-    """ASGI middleware: each request's control flows use the lifespan's `FlowContext`."""
+    """ASGI middleware: each write request's control flows run in the lifespan's context."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         shared: FlowContext | None = scope.get("state", {}).get(STATE_KEY)
-        if shared is None:
+        if shared is None or scope["type"] != "http" or scope["method"] in READS:
             await self.app(scope, receive, send)
             return
-        # Fresh context objects per request (each keeps its own reset token), shared clients.
-        with (
-            SettingsContext(profile=shared.settings.profile, settings=shared.settings.settings),
-            AsyncClientContext.model_construct(client=shared.client),
-            SyncClientContext.model_construct(client=shared.sync_client),
-        ):
-            await self.app(scope, receive, send)
+        with SettingsContext(profile=shared.settings.profile, settings=shared.settings.settings):
+            async with get_client(httpx_settings=shared.httpx_settings) as client:
+                with (
+                    get_client(sync_client=True, httpx_settings=shared.httpx_settings) as sync,
+                    AsyncClientContext.model_construct(client=client),
+                    SyncClientContext.model_construct(client=sync),
+                ):
+                    await self.app(scope, receive, send)
 
 
 __all__ = ["FlowContext", "SharedFlowContext", "flow_context"]
