@@ -45,7 +45,14 @@ from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
-from bench._stack import LocalStack, local_stack, percentile, write_results
+from bench._stack import (
+    LocalStack,
+    cpu_seconds,
+    local_stack,
+    percentile,
+    process_tree,
+    write_results,
+)
 from control_plane import deployments
 from control_plane.cli import prefect_server_env
 from control_plane.db import get_engine
@@ -415,18 +422,13 @@ def _read_everything(api: httpx.Client, total: int) -> float:
     return time.perf_counter() - start
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _run(
     stack: LocalStack, home: Path, total: int, requests: int, create_all: bool
 ) -> dict[str, Any]:
     counter = _CallCounter()
     _use_stack(stack)
     prefect_database = _prefect_database(stack)
-    server = stack.prefect_process.popen.pid  # type: ignore[union-attr]
+    server = process_tree(stack.prefect_process.popen.pid)  # type: ignore[union-attr]
     api = stack.api_process.popen.pid  # type: ignore[union-attr]
     catalogs = [make_catalog(stack.api, home / f"catalog-{i}") for i in range(PROJECTS)]
     active = lambda n: sum(1 for i in range(n) if _active(i))  # noqa: E731
@@ -435,14 +437,14 @@ def _run(
     figures: dict[str, Any] = {"created_by_reconcile": first}
 
     def reconcile(label: str, connectors: int, deployments: int, *, drift: bool) -> None:
-        cpu = _cpu_seconds(server)
+        cpu = cpu_seconds(server)
         passes.append(_reconcile(counter, label, connectors, deployments, expect_drift=drift))
-        passes[-1].server_cpu_s = _cpu_seconds(server) - cpu
+        passes[-1].server_cpu_s = cpu_seconds(server) - cpu
 
     def lists(label: str, meanwhile: Future[Any] | None = None) -> None:
-        cpu, start = _cpu_seconds(server), time.perf_counter()
+        cpu, start = cpu_seconds(server), time.perf_counter()
         variants = _time_lists(stack.api, catalogs, requests, meanwhile)
-        busy = (_cpu_seconds(server) - cpu) / (time.perf_counter() - start)
+        busy = (cpu_seconds(server) - cpu) / (time.perf_counter() - start)
         figures[label] = {"variants": variants, "prefect_server_busy": round(busy, 2)}
         print(f"  {figures[label]}", flush=True)
 

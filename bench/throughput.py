@@ -17,39 +17,20 @@ from pathlib import Path
 
 import httpx
 
-from bench._stack import LocalStack, local_stack, percentile, write_results
+from bench._stack import (
+    LocalStack,
+    cpu_seconds,
+    local_stack,
+    percentile,
+    process_tree,
+    write_results,
+)
 from tests.helpers import Catalog, make_catalog
-
-
-def _process_tree(root: int) -> list[int]:
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    tree = [root]
-    for pid in tree:
-        tree += [child for child, parent in parents.items() if parent == pid]
-    return tree
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """CPU seconds the processes used so far, with those of their children that ended."""
-    ticks = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ticks += sum(map(int, fields[11:15]))
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _postgres_pids() -> list[int]:
     postmaster = Path("/var/run/postgresql").glob("*.pid")
-    return _process_tree(int(next(postmaster).read_text().split()[0]))
+    return process_tree(int(next(postmaster).read_text().split()[0]))
 
 
 def _create_all(
@@ -57,12 +38,12 @@ def _create_all(
 ) -> dict:
     latencies: list[float] = []
     processes = {
-        "api": _process_tree(stack.api_process.popen.pid),
-        "prefect": _process_tree(stack.prefect_process.popen.pid),
+        "api": process_tree(stack.api_process.popen.pid),
+        "prefect": process_tree(stack.prefect_process.popen.pid),
         "postgres": _postgres_pids(),
         "clients": [os.getpid()],
     }
-    cpu_before = {name: _cpu_seconds(pids) for name, pids in processes.items()}
+    cpu_before = {name: cpu_seconds(pids) for name, pids in processes.items()}
 
     def create(name: str) -> None:
         start = time.perf_counter()
@@ -74,7 +55,7 @@ def _create_all(
     with ThreadPoolExecutor(max_workers=clients) as pool:
         list(pool.map(create, names))
     seconds = time.perf_counter() - start
-    cpu = {name: _cpu_seconds(pids) - cpu_before[name] for name, pids in processes.items()}
+    cpu = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in processes.items()}
     return {
         "cpu_ms_per_create": {name: round(1000 * used / len(names)) for name, used in cpu.items()},
         "clients": clients,
