@@ -4,6 +4,7 @@ A connector's deployment is derived from its row (`desired`), so creating, patch
 comparing deployments all start from the same spec.
 """
 
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from prefect.events.schemas.automations import AutomationCore
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
+from prefect.utilities.processutils import command_to_string
 from prefect.workers.process import ProcessWorker
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
@@ -44,6 +46,10 @@ MANAGED_TAG = "control-plane"
 _PAGE = 200  # the most Prefect's read_deployments answers at once
 SCHEDULE_SLUG = "primary"
 SYNC_ENTRYPOINT = "flows.sync:sync_connector"
+# A run's process starts Prefect's engine directly: without a command, Prefect's process worker
+# (3.9) starts a workspace supervisor that imports Prefect and then execs the engine, which
+# imports it again, 1.4 s more from trigger to Running.
+_ENGINE_COMMAND = command_to_string([sys.executable, "-m", "prefect.engine"])
 _PARAMETER_SCHEMA = parameter_schema(sync_connector).model_dump()
 
 
@@ -214,10 +220,13 @@ async def run_now(deployment_id: UUID, *, tags: list[str]) -> UUID:
 
 
 async def ensure_work_pool(name: str) -> None:
-    """Create the process work pool the deployments run on, unless it exists."""
-    pool = WorkPoolCreate(
-        name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
-    )
+    """Create the process work pool the deployments run on, unless it exists.
+
+    Its runs start with this interpreter's Prefect engine (the pool's `command` default).
+    """
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["command"]["default"] = _ENGINE_COMMAND
+    pool = WorkPoolCreate(name=name, type="process", base_job_template=template)
     async with prefect_client() as client:
         try:
             await client.create_work_pool(pool)

@@ -58,7 +58,7 @@ class Settings(BaseSettings):
         ),
     )
     worker_poll_seconds: float = Field(
-        default=1.0,
+        default=0.5,
         description="How often the worker that `up` starts asks Prefect for runs (Prefect: 10 s).",
     )
 

@@ -1,5 +1,6 @@
 """The seed's lifecycle end to end through HTTP, checking Prefect itself after every step."""
 
+import sys
 from uuid import UUID
 
 import httpx
@@ -65,7 +66,11 @@ class TestSeedLifecycle:
         )
         assert all_match(new_runs, NEW_CRON)
 
-        # 3. Trigger: a run of the deployment now, which the worker executes.
+        # 3. Trigger: a run of the deployment now, which the worker executes, starting Prefect's
+        # engine directly (the pool's command) rather than Prefect's workspace supervisor first.
+        pool = prefect.read_work_pool(stack.work_pool)
+        command = pool.base_job_template["variables"]["properties"]["command"]["default"]
+        assert command == f"{sys.executable} -m prefect.engine"
         response = api.post(f"/connectors/{connector_id}/trigger")
         assert response.status_code == 200, response.text
         body = response.json()
