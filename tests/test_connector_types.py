@@ -279,12 +279,15 @@ class TestSqlDestination:
             ]
         )
         assert written == 2
-        assert destination.write([[{"id": 3, "price": 1.0, "paid": False}]]) == 1
+        # Records of one batch with different fields: each gets NULL where it has none.
+        third = [{"id": 3, "price": 1.0, "paid": False}, {"id": 4, "note": "fourth"}]
+        assert destination.write([third]) == 2
 
         assert _rows(database_url, name, "id") == [
             {"id": 1, "price": 2.5, "paid": True, "note": None, "meta": {"a": 1}},
             {"id": 2, "price": None, "paid": None, "note": "second", "meta": None},
             {"id": 3, "price": 1.0, "paid": False, "note": None, "meta": None},
+            {"id": 4, "price": None, "paid": None, "note": "fourth", "meta": None},
         ]
         with _database(database_url) as engine, engine.connect() as connection:
             columns = {c["name"]: c["type"] for c in inspect(connection).get_columns(name)}
