@@ -51,6 +51,12 @@ def prefect_server_env(settings: Settings, home: Path) -> dict[str, str]:
         # an hour, is more than MAX_RUNS runs of anything up to every 6 minutes reach, so its
         # scheduler would revisit each of those connectors on every loop.
         "PREFECT_SERVER_SERVICES_SCHEDULER_MIN_SCHEDULED_TIME": f"PT{settings.scheduler_max_runs}M",
+        # Prefect keeps 5 database connections and opens and closes the rest under load: with 16
+        # clients creating connectors, its PostgreSQL spent 68 ms of CPU per create setting up
+        # new connections, 15 ms with this pool. SQLite ignores it.
+        "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": os.environ.get(
+            "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE", "30"
+        ),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
     }

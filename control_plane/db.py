@@ -15,6 +15,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from control_plane.settings import get_settings
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
+POOL_SIZE = 20
 
 
 def _url(database_url: str, *, asynchronous: bool) -> URL:
@@ -40,10 +41,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 def get_engine(database_url: str | None = None) -> AsyncEngine:
     """The async engine for a URL (default: the settings'), created once per process."""
     url = _url(database_url or get_settings().resolved_database_url, asynchronous=True)
-    engine = create_async_engine(url, pool_pre_ping=True)
     if url.get_backend_name() == "sqlite":
+        engine = create_async_engine(url, pool_pre_ping=True)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-    return engine
+        return engine
+    # SQLAlchemy keeps 5 connections and opens and closes the rest: keep what concurrent
+    # requests use, rather than pay PostgreSQL a new connection each.
+    return create_async_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE)
 
 
 @asynccontextmanager
