@@ -56,8 +56,11 @@ def _create_all(
         list(pool.map(create, names))
     seconds = time.perf_counter() - start
     cpu = {name: cpu_seconds(pids) - cpu_before[name] for name, pids in processes.items()}
+    cpu_per_create = sum(cpu.values()) / len(names)
     return {
         "cpu_ms_per_create": {name: round(1000 * used / len(names)) for name, used in cpu.items()},
+        # What the machine could do at best if every core did nothing else.
+        "cpu_bound_per_second": round((os.cpu_count() or 1) / cpu_per_create, 1),
         "clients": clients,
         "creates": len(names),
         "seconds": round(seconds, 1),
@@ -94,6 +97,11 @@ def main() -> None:
             f"{run['per_second']:>8}{run['p50_ms']:>8}{run['p95_ms']:>8}"
         )
     print("CPU ms per create:", {name: run["cpu_ms_per_create"] for name, run in runs.items()})
+    print(
+        f"all {os.cpu_count()} cores busy with nothing else would do at most",
+        {name: run["cpu_bound_per_second"] for name, run in runs.items()},
+        "creates/s",
+    )
     print(f"speed-up with {args.clients} clients: {speedup}x (target >= 3x, 1,000 in < 60 s)")
     write_results(
         "throughput",
