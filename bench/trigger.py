@@ -3,7 +3,8 @@ with a process worker polling as `make up` starts it (CONTROL_PLANE_WORKER_POLL_
 
     .venv/bin/python -m bench.trigger [--rounds 10]
 
-Prints a table and writes bench/results/trigger.json.
+Also reads the CPU Prefect's server uses at rest while the worker polls, what the short poll
+costs. Prints a table and writes bench/results/trigger.json.
 """
 
 import argparse
@@ -17,7 +18,7 @@ import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
-from bench._stack import local_stack, percentile, write_results
+from bench._stack import cpu_seconds, local_stack, percentile, process_tree, write_results
 from control_plane.settings import get_settings
 from tests.helpers import make_catalog
 
@@ -44,11 +45,20 @@ def _time_runs(api: httpx.Client, directory: Path, rounds: int) -> dict[str, lis
     return timings
 
 
+def _server_at_rest(pid: int, seconds: float = 30) -> float:
+    """Share of a core Prefect's server process tree uses over `seconds` with nothing to do."""
+    tree = process_tree(pid)
+    before = cpu_seconds(tree)
+    time.sleep(seconds)
+    return (cpu_seconds(tree) - before) / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), with_worker=True) as stack:
+        at_rest = _server_at_rest(stack.prefect_process.popen.pid)
         timings = _time_runs(stack.api, Path(tmp), args.rounds)
     rows = {
         until: {
@@ -63,7 +73,13 @@ def main() -> None:
     print(f"{'until':<12}{'p50 s':>8}{'p95 s':>8}{'n':>5}")
     for until, row in rows.items():
         print(f"{until:<12}{row['p50_s']:>8}{row['p95_s']:>8}{row['n']:>5}")
-    write_results("trigger", worker_poll_seconds=poll, until=rows)
+    print(f"Prefect's server at rest with the worker polling: {at_rest:.1%} of a core")
+    write_results(
+        "trigger",
+        worker_poll_seconds=poll,
+        until=rows,
+        prefect_server_at_rest_cores=round(at_rest, 3),
+    )
 
 
 if __name__ == "__main__":
