@@ -28,7 +28,7 @@ test: $(VENV)/.test java
 	$(VENV)/bin/ruff format --check .
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-# The five benchmarks of the README's Performance section, one after the other (about 20 min).
+# The five benchmarks of the README's Performance section, one after the other (about 13 min).
 bench: $(VENV)/.test
 	$(PYTHON) -m bench.actions
 	$(PYTHON) -m bench.throughput
