@@ -15,7 +15,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from control_plane.settings import get_settings
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
-POOL_SIZE = 20
 
 
 def _url(database_url: str, *, asynchronous: bool) -> URL:
@@ -47,7 +46,7 @@ def get_engine(database_url: str | None = None) -> AsyncEngine:
         return engine
     # SQLAlchemy keeps 5 connections and opens and closes the rest: keep what concurrent
     # requests use, rather than pay PostgreSQL a new connection each.
-    return create_async_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE)
+    return create_async_engine(url, pool_pre_ping=True, pool_size=20)
 
 
 @asynccontextmanager
