@@ -82,7 +82,7 @@ def local_stack(
         server = prefect_server(home / "prefect", port, server_env)
         prefect_process = stack.enter_context(running(server, f"{prefect_url}/health"))
         stack.enter_context(temporary_settings({PREFECT_API_URL: prefect_url}))
-        asyncio.run(deployments.ensure_work_pool(WORK_POOL))
+        asyncio.run(deployments.ensure_work_pool(WORK_POOL, command=deployments.LOCAL_ENGINE))
         if with_worker:
             stack.enter_context(running(worker(env, WORK_POOL, home / "worker.log")))
         api_process = stack.enter_context(

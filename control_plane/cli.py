@@ -98,8 +98,11 @@ def up() -> None:
         "CONTROL_PLANE_DATABASE_URL": settings.resolved_database_url,
     }
     processes: list[subprocess.Popen[bytes]] = []
+    control_pools = {d["work_pool"]["name"] for d in deployments.control_deployments()}
+    pools = sorted({settings.work_pool} | control_pools)
+    own_server = not env.get("PREFECT_API_URL")
     try:
-        if not env.get("PREFECT_API_URL"):
+        if own_server:
             home = data_dir / "prefect"
             home.mkdir(exist_ok=True)
             server = f"http://{settings.prefect_host}:{settings.prefect_port}"
@@ -111,12 +114,14 @@ def up() -> None:
             env["PREFECT_API_URL"] = f"{server}/api"
         # Prefect read its settings at import: point this process at the server explicitly.
         with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            asyncio.run(deployments.ensure_work_pool(settings.work_pool))
+            # On a server of our own, whose workers all run here, runs start the engine directly.
+            engine = deployments.LOCAL_ENGINE if own_server else None
+            for pool in pools:
+                asyncio.run(deployments.ensure_work_pool(pool, command=engine))
             for name in asyncio.run(deployments.deploy_control_flows()):
                 print(f"deployed {name}")
         worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds)}
-        control_pools = {d["work_pool"]["name"] for d in deployments.control_deployments()}
-        for pool in sorted({settings.work_pool} | control_pools):
+        for pool in pools:
             command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
             processes.append(_start([*command, "--pool", pool], worker_env))
         api = f"http://{settings.api_host}:{settings.api_port}"
@@ -129,7 +134,7 @@ def up() -> None:
             f"\nConnector control plane is up.\n"
             f"  API:        {api}/api/v1  (docs: {api}/docs)\n"
             f"  Prefect UI: {env['PREFECT_API_URL'].removesuffix('/api')}\n"
-            f"  Workers:    pools {', '.join(sorted({settings.work_pool} | control_pools))}\n"
+            f"  Workers:    pools {', '.join(pools)}\n"
             f"Ctrl-C stops everything started here.\n",
             flush=True,
         )

@@ -17,6 +17,7 @@ from prefect.client.schemas.actions import (
     DeploymentScheduleUpdate,
     DeploymentUpdate,
     WorkPoolCreate,
+    WorkPoolUpdate,
 )
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -46,10 +47,10 @@ MANAGED_TAG = "control-plane"
 _PAGE = 200  # the most Prefect's read_deployments answers at once
 SCHEDULE_SLUG = "primary"
 SYNC_ENTRYPOINT = "flows.sync:sync_connector"
-# A run's process starts Prefect's engine directly: without a command, Prefect's process worker
-# (3.9) starts a workspace supervisor that imports Prefect and then execs the engine, which
-# imports it again, 1.4 s more from trigger to Running.
-_ENGINE_COMMAND = command_to_string([sys.executable, "-m", "prefect.engine"])
+# Starts a run's process as Prefect's engine in this interpreter. Without a command, Prefect's
+# process worker (3.9) starts a workspace supervisor that imports Prefect and then execs the
+# engine, which imports it again: 1.4 s more from trigger to Running.
+LOCAL_ENGINE = command_to_string([sys.executable, "-m", "prefect.engine"])
 _PARAMETER_SCHEMA = parameter_schema(sync_connector).model_dump()
 
 
@@ -219,19 +220,22 @@ async def run_now(deployment_id: UUID, *, tags: list[str]) -> UUID:
         return flow_run.id
 
 
-async def ensure_work_pool(name: str) -> None:
+async def ensure_work_pool(name: str, *, command: str | None = None) -> None:
     """Create the process work pool the deployments run on, unless it exists.
 
-    Its runs start with this interpreter's Prefect engine (the pool's `command` default).
+    With `command` (only for a pool whose workers run here, on a Prefect server of our own), the
+    pool's runs start with it, also when the pool exists: a moved checkout moves the interpreter.
     """
     template = ProcessWorker.get_default_base_job_template()
-    template["variables"]["properties"]["command"]["default"] = _ENGINE_COMMAND
-    pool = WorkPoolCreate(name=name, type="process", base_job_template=template)
+    template["variables"]["properties"]["command"]["default"] = command
     async with prefect_client() as client:
         try:
-            await client.create_work_pool(pool)
+            await client.create_work_pool(
+                WorkPoolCreate(name=name, type="process", base_job_template=template)
+            )
         except ObjectAlreadyExists:
-            pass
+            if command:
+                await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
 
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "prefect.yaml"
@@ -310,6 +314,7 @@ async def check_health() -> str | None:
 
 
 __all__ = [
+    "LOCAL_ENGINE",
     "MANAGED_TAG",
     "actual",
     "DeploymentSpec",

@@ -112,7 +112,7 @@ def stack(prefect_api_url: str, database_url: str, tmp_path_factory) -> Iterator
     """The API and a worker on the session's Prefect server and this database."""
     home = tmp_path_factory.mktemp("stack")
     work_pool = f"connectors-{make_url(database_url).get_backend_name()}-{uuid.uuid4().hex[:6]}"
-    asyncio.run(deployments.ensure_work_pool(work_pool))
+    asyncio.run(deployments.ensure_work_pool(work_pool, command=deployments.LOCAL_ENGINE))
     env = stack_env(prefect_api_url, database_url, work_pool, home)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"

@@ -1,6 +1,7 @@
 """The seed's lifecycle end to end through HTTP, checking Prefect itself after every step."""
 
-import sys
+import asyncio
+import uuid
 from uuid import UUID
 
 import httpx
@@ -9,6 +10,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
+from control_plane import deployments
 from tests.helpers import Catalog, all_match, control_runs, created, scheduled_runs, wait_final
 from tests.stack import wait_for
 
@@ -70,7 +72,8 @@ class TestSeedLifecycle:
         # engine directly (the pool's command) rather than Prefect's workspace supervisor first.
         pool = prefect.read_work_pool(stack.work_pool)
         command = pool.base_job_template["variables"]["properties"]["command"]["default"]
-        assert command == f"{sys.executable} -m prefect.engine"
+        assert command == deployments.LOCAL_ENGINE
+        assert command.endswith("-m prefect.engine")
         response = api.post(f"/connectors/{connector_id}/trigger")
         assert response.status_code == 200, response.text
         body = response.json()
@@ -142,3 +145,24 @@ class TestManualOnly:
         assert response.status_code == 200, response.text
         assert prefect.read_deployment(UUID(deployment_id)).schedules == []
         assert scheduled_runs(prefect, deployment_id) == []
+
+
+class TestWorkPool:
+    def _command(self, prefect: SyncPrefectClient, name: str) -> str | None:
+        template = prefect.read_work_pool(name).base_job_template
+        return template["variables"]["properties"]["command"]["default"]
+
+    def test_a_command_is_set_also_on_an_existing_pool_and_kept_without_one(
+        self, prefect: SyncPrefectClient
+    ):
+        name = f"pool-{uuid.uuid4().hex[:6]}"
+        asyncio.run(deployments.ensure_work_pool(name))
+        assert self._command(prefect, name) is None  # Prefect's own way to start runs
+
+        # `up` on its own server after the checkout moved: the pool follows the interpreter.
+        asyncio.run(deployments.ensure_work_pool(name, command="/moved/python -m prefect.engine"))
+        assert self._command(prefect, name) == "/moved/python -m prefect.engine"
+
+        # `control-plane deploy` against any server leaves an existing pool as it is.
+        asyncio.run(deployments.ensure_work_pool(name))
+        assert self._command(prefect, name) == "/moved/python -m prefect.engine"
