@@ -127,6 +127,12 @@ class TestCsvSource:
             {"id": "2", "name": "b\nc", "note": ""},
         ]
 
+    def test_a_file_of_blank_lines_has_no_records(self, tmp_path: Path) -> None:
+        path = tmp_path / f"blank-{_suffix()}.csv"
+        path.write_text("\n\n\n")
+
+        assert _records(_read(CsvSource(CsvSource.Config(path=str(path))))) == []
+
     def test_a_path_matching_nothing_is_an_error(self, tmp_path: Path) -> None:
         with pytest.raises(FileNotFoundError, match="no file matches"):
             _read(CsvSource(CsvSource.Config(path=str(tmp_path / "missing-*.csv"))))

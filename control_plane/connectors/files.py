@@ -47,13 +47,15 @@ class CsvSource(Source):
                 reader = csv.reader(file, delimiter=self.config.delimiter)
                 header = next(reader, [])
                 for row in reader:
+                    if not row:
+                        continue
                     if len(row) == len(header):
                         yield dict(zip(header, row, strict=True))
                     elif len(row) > len(header):
                         raise ValueError(
                             f"{path}, line {reader.line_num}: more fields than the header"
                         )
-                    elif row:
+                    else:
                         yield dict(zip_longest(header, row))
 
 
