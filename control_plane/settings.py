@@ -1,5 +1,6 @@
 """Every setting of the control plane, read from `CONTROL_PLANE_*` variables or `.env`."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -83,6 +84,30 @@ class Settings(BaseSettings):
             "so a test can kill it there (e.g. create:after-deployment)."
         ),
     )
+    file_roots: list[Path] | None = Field(
+        default=None,
+        description=(
+            "Folders whose `<project id>` subfolders hold each project's files: a connector's "
+            "paths resolve inside its project's folder and nowhere else. JSON list. "
+            "Default: `[<data_dir>/files]`."
+        ),
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Hosts, addresses and networks that sql and http connectors may reach although they "
+            "are not public (loopback, private, link-local), each optionally with a port: "
+            '`["db.internal", "10.1.0.0/16", "127.0.0.1:5432"]`. JSON list.'
+        ),
+    )
+    secret_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "File of the Fernet keys that encrypt stored configs, newest first, mode 0600; "
+            "`up`, `migrate` and `rotate-key` create it when missing. "
+            "Default: `<data_dir>/secret.key`."
+        ),
+    )
     auth_enabled: bool = Field(
         default=False,
         description="Require `Authorization: Bearer <JWT>` on every /api/v1 route.",
@@ -103,6 +128,16 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite under `data_dir`."""
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'control-plane.db'}"
+
+    @property
+    def resolved_file_roots(self) -> list[Path]:
+        """The file roots, defaulting to `files` under `data_dir`, as absolute real paths."""
+        roots = self.file_roots or [self.data_dir / "files"]
+        return [Path(os.path.realpath(root)) for root in roots]
+
+    @property
+    def resolved_secret_key_file(self) -> Path:
+        return (self.secret_key_file or self.data_dir / "secret.key").resolve()
 
 
 @lru_cache
