@@ -12,6 +12,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from control_plane.encryption import ensure_key_file
 from control_plane.settings import get_settings
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -77,16 +78,22 @@ async def write_lock(key: str) -> AsyncIterator[None]:
         yield
 
 
-def migrate(database_url: str | None = None) -> None:
-    """Bring the database schema to the newest Alembic revision."""
+def migrate(database_url: str | None = None, *, secret_key_file: Path | None = None) -> None:
+    """Bring the database schema to the newest Alembic revision.
+
+    Creates the key file that encrypts stored configs (default: the settings') when missing:
+    revision 0005 encrypts the existing rows with it, and every process reads it.
+    """
     # Imported here: every sync run's process imports this module, and Alembic adds 0.2 s to it.
     from alembic import command
     from alembic.config import Config
 
     url = _url(database_url or get_settings().resolved_database_url, asynchronous=False)
+    key_file = ensure_key_file(secret_key_file or get_settings().resolved_secret_key_file)
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["url"] = url
+    config.attributes["secret_key_file"] = key_file
     command.upgrade(config, "head")
 
 

@@ -4,9 +4,10 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import StringConstraints
-from sqlalchemy import JSON, UniqueConstraint
+from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from control_plane.encryption import EncryptedJSON
 from models.base import MAX_INT, ApiModel, InputModel, UpdateModel, UtcDatetime, timestamp_field
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
@@ -56,7 +57,7 @@ class EndpointBase(ApiModel):
 
     name: Name
     type: str = Field(max_length=100)
-    config: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    config: dict[str, Any] = Field(default_factory=dict, sa_type=EncryptedJSON)
     project_id: int = Field(foreign_key="project.id", index=True, ge=1, le=MAX_INT)
 
 

@@ -6,10 +6,11 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, PlainSerializer, computed_field
-from sqlalchemy import JSON, DateTime, UniqueConstraint
+from sqlalchemy import DateTime, UniqueConstraint
 from sqlmodel import Field
 
 from control_plane.connectors import mask_secrets
+from control_plane.encryption import EncryptedJSON
 from models.base import (
     MAX_INT,
     ApiModel,
@@ -55,12 +56,12 @@ class ConnectorBase(ApiModel):
     )
     source_config_override: SourceOverride = Field(
         default_factory=dict,
-        sa_type=JSON,
+        sa_type=EncryptedJSON,
         description="Merged over the defined source's config for this connector's runs.",
     )
     destination_config_override: DestinationOverride = Field(
         default_factory=dict,
-        sa_type=JSON,
+        sa_type=EncryptedJSON,
         description="Merged over the defined destination's config for this connector's runs.",
     )
     max_consecutive_failures: int | None = Field(

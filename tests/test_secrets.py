@@ -3,10 +3,12 @@ reach Prefect: not in flow runs, deployments, logs, events or artifacts."""
 
 import secrets
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 from sqlalchemy import create_engine, text
 
+from control_plane.encryption import decrypt_json
 from tests.helpers import created, trigger_and_wait, unique
 from tests.stack import POSTGRES_ADMIN_URL
 
@@ -66,7 +68,7 @@ class TestSecrets:
                 json={
                     "name": unique("out"),
                     "type": "jsonl",
-                    "config": {"path": f"{stack.env['CONTROL_PLANE_DATA_DIR']}/secret.jsonl"},
+                    "config": {"path": "secret.jsonl"},  # in the project's folder
                     "projectId": project["id"],
                 },
             )
@@ -94,7 +96,10 @@ class TestSecrets:
                 text("SELECT config FROM defined_source WHERE id = :id"), {"id": source["id"]}
             ).one()
         engine.dispose()
-        assert stored in str(config)
+        # Stored encrypted (tests/test_secrets_at_rest.py), and the secret is still the one sent.
+        assert stored not in config
+        key_file = Path(stack.env["CONTROL_PLANE_SECRET_KEY_FILE"])
+        assert decrypt_json(config, key_file=key_file)["url"] == _url_with(stored)
 
         run = trigger_and_wait(api, prefect, connector["id"])
         assert run.state.is_completed(), run.state
