@@ -11,11 +11,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_SERVER_EPHEMERAL_ENABLED,
+    temporary_settings,
+)
+from sqlmodel import SQLModel
 
-from control_plane import deployments
+import models  # noqa: F401  (registers every table on SQLModel.metadata, for rotate-key)
+from control_plane import deployments, encryption
 from control_plane.api.auth import READ, WRITE, mint
-from control_plane.db import migrate
+from control_plane.db import get_engine, migrate
 from control_plane.settings import Settings, get_settings
 from flows.reconcile import reconcile_connectors
 
@@ -96,6 +102,7 @@ def up() -> None:
         **os.environ,
         "CONTROL_PLANE_DATA_DIR": str(data_dir),
         "CONTROL_PLANE_DATABASE_URL": settings.resolved_database_url,
+        "CONTROL_PLANE_SECRET_KEY_FILE": str(settings.resolved_secret_key_file),
     }
     processes: list[subprocess.Popen[bytes]] = []
     control_pools = {d["work_pool"]["name"] for d in deployments.control_deployments()}
@@ -147,11 +154,62 @@ def up() -> None:
         _stop(processes)
 
 
+def rotate_key() -> None:
+    """Put a new key first in the key file, re-encrypt every stored config under it, and keep
+    the previous key (for processes that have not read the file again yet), no older one."""
+    key_file = encryption.ensure_key_file(get_settings().resolved_secret_key_file)
+    try:
+        counts = asyncio.run(_rotate_key(key_file))
+    except encryption.SecretKeyError as error:
+        sys.exit(f"rotate-key: {error}")
+    for table, count in counts.items():
+        print(f"{table:<20} {count}")
+    print(f"{sum(counts.values())} rows re-encrypted under the new key of {key_file}")
+
+
+async def _rotate_key(key_file: Path) -> dict[str, int]:
+    engine = get_engine()
+    try:
+        return await encryption.rotate_key(
+            engine=engine, metadata=SQLModel.metadata, key_file=key_file
+        )
+    finally:
+        await engine.dispose()
+
+
+# Commands that need no Prefect server: `up` starts (or finds) its own, the others touch only the
+# database or sign tokens.
+_WITHOUT_PREFECT = {"up", "migrate", "rotate-key", "token"}
+
+
+def _prefect_api_url(settings: Settings) -> str:
+    """PREFECT_API_URL, or else the API of the Prefect server `up` starts, if it answers.
+
+    Exits with status 1, saying how to point the command at a server, when nothing answers.
+    """
+    if url := PREFECT_API_URL.value():
+        return url
+    url = f"http://{settings.prefect_host}:{settings.prefect_port}/api"
+    try:
+        if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+            return url
+    except httpx.HTTPError:
+        pass
+    sys.exit(
+        f"no Prefect server answers at {url} (PREFECT_API_URL is not set): start the stack "
+        "with `make up` in another terminal (its server listens on CONTROL_PLANE_PREFECT_HOST "
+        "and CONTROL_PLANE_PREFECT_PORT), or set PREFECT_API_URL to your Prefect server's API"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="control-plane", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up", help="start Prefect (unless PREFECT_API_URL is set), worker, API")
     commands.add_parser("migrate", help="bring the database schema up to date")
+    commands.add_parser(
+        "rotate-key", help="encrypt every stored config under a new key of the key file"
+    )
     commands.add_parser(
         "deploy", help="register prefect.yaml's control deployments and automations"
     )
@@ -167,6 +225,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     token.add_argument("--hours", type=float, default=24, help="lifetime (default: 24)")
     args = parser.parse_args(argv)
+    if args.command in _WITHOUT_PREFECT:
+        _run(args)
+        return
+    # Prefect read its settings at import. Without an API URL it would start a temporary server
+    # on ~/.prefect that knows none of the stack's deployments: point it at the stack's instead.
+    url = _prefect_api_url(get_settings())
+    with temporary_settings({PREFECT_API_URL: url, PREFECT_SERVER_EPHEMERAL_ENABLED: False}):
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     if args.command == "up":
         up()
     elif args.command == "token":
@@ -187,5 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     elif args.command == "deploy":
         for name in asyncio.run(deployments.deploy_control_flows()):
             print(f"deployed {name}")
+    elif args.command == "rotate-key":
+        rotate_key()
     else:
         migrate()

@@ -12,6 +12,7 @@ ControlPlaneError
 └── Unavailable         503  a dependency is down
     ├── PrefectUnavailable   503  Prefect's API cannot be reached or keeps failing
     ├── PrefectRejected      502  Prefect answered, but refused the request
+    │   └── WorkPoolMissing  502  the work pool the deployments run on is not in Prefect
     └── DatabaseUnavailable  503  the control plane's database cannot be reached
 ```
 """
@@ -71,6 +72,12 @@ class PrefectRejected(Unavailable):
     status_code = 502
 
 
+class WorkPoolMissing(PrefectRejected):
+    # A 5xx, not a 409 like DeploymentMissing: no request of the caller's fixes it, and no
+    # reconcile does; the operator's setup (the pool, or CONTROL_PLANE_WORK_POOL) does.
+    pass
+
+
 class DatabaseUnavailable(Unavailable):
     pass
 
@@ -88,4 +95,5 @@ __all__ = [
     "PrefectUnavailable",
     "Unauthorized",
     "Unavailable",
+    "WorkPoolMissing",
 ]

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from prefect.client.orchestration import SyncPrefectClient
 
 from control_plane.api.auth import READ, WRITE
-from tests.conftest import AuthApi
+from tests.conftest import AuthApi, Stack
 from tests.helpers import control_runs, created, make_catalog, unique
 from tests.stack import api_server, free_port, running
 
@@ -75,9 +75,9 @@ class TestAuthentication:
 
 
 class TestScopes:
-    def test_read_scope_reads_and_cannot_change(self, auth_api: AuthApi, tmp_path):
+    def test_read_scope_reads_and_cannot_change(self, auth_api: AuthApi, stack: Stack):
         with auth_api.client(auth_api.token()) as writer:
-            catalog = make_catalog(writer, tmp_path)
+            catalog = make_catalog(writer, stack.files)
             connector = created(writer.post("/connectors", json=catalog.connector()))
         path = f"/connectors/{connector['id']}"
         with auth_api.client(auth_api.token(scopes=[READ])) as reader:
@@ -93,21 +93,21 @@ class TestScopes:
             assert client.get("/connectors").status_code == 403
 
     def test_the_subject_is_the_audit_actor(
-        self, auth_api: AuthApi, prefect: SyncPrefectClient, tmp_path
+        self, auth_api: AuthApi, prefect: SyncPrefectClient, stack: Stack
     ):
         actor = unique("alice")
         with auth_api.client(auth_api.token(sub=actor)) as client:
-            catalog = make_catalog(client, tmp_path)
+            catalog = make_catalog(client, stack.files)
             connector = created(client.post("/connectors", json=catalog.connector()))
         [run] = control_runs(prefect, connector["id"])
         assert f"actor:{actor}" in run.tags
 
 
 class TestProjectsClaim:
-    def test_other_projects_do_not_exist_for_the_caller(self, auth_api: AuthApi, tmp_path):
+    def test_other_projects_do_not_exist_for_the_caller(self, auth_api: AuthApi, stack: Stack):
         with auth_api.client(auth_api.token()) as admin:
-            mine = make_catalog(admin, tmp_path / "mine")
-            theirs = make_catalog(admin, tmp_path / "theirs")
+            mine = make_catalog(admin, stack.files)
+            theirs = make_catalog(admin, stack.files)
             my_connector = created(admin.post("/connectors", json=mine.connector()))
             their_connector = created(admin.post("/connectors", json=theirs.connector()))
         with auth_api.client(auth_api.token(projects=[mine.project_id])) as client:
@@ -130,6 +130,52 @@ class TestProjectsClaim:
             )
             assert moved.status_code == 422
             assert client.post("/projects", json={"name": unique("p")}).status_code == 403
+
+    @pytest.mark.parametrize(
+        "projects", ["12", [True], ["1"], 1, [1.5], [[1]], [0], [2**31], None, {"1": 1}]
+    )
+    def test_projects_that_are_not_a_list_of_ids_are_401(self, auth_api: AuthApi, projects):
+        secret = auth_api.settings.auth_jwt_secret.get_secret_value()
+        token = jwt.encode({**_claims(), "projects": projects}, secret, algorithm="HS256")
+        with auth_api.client(token) as client:
+            response = client.get("/connectors")
+        assert response.status_code == 401, response.text
+        assert "`projects` must be a list of project ids (integers" in response.json()["detail"]
+
+    def test_a_list_of_ids_limits_the_caller(self, auth_api: AuthApi):
+        with auth_api.client(auth_api.token()) as admin:
+            mine = created(admin.post("/projects", json={"name": unique("project")}))
+        secret = auth_api.settings.auth_jwt_secret.get_secret_value()
+        claims = {**_claims(), "projects": [mine["id"]]}
+        with auth_api.client(jwt.encode(claims, secret, algorithm="HS256")) as client:
+            listed = client.get("/projects")
+        assert listed.status_code == 200, listed.text
+        assert [p["id"] for p in listed.json()["data"]] == [mine["id"]]
+
+
+def _operations(spec: dict) -> dict[str, dict]:
+    return {
+        f"{method.upper()} {path}": operation
+        for path, methods in spec["paths"].items()
+        for method, operation in methods.items()
+    }
+
+
+class TestOpenApi:
+    def test_without_auth_the_spec_declares_no_security(self, stack):
+        spec = httpx.get(f"{stack.api_url}/openapi.json").json()
+        assert "securitySchemes" not in spec.get("components", {})
+        assert "security" not in spec
+        assert [name for name, op in _operations(spec).items() if "security" in op] == []
+
+    def test_with_auth_every_api_route_declares_bearer(self, auth_api: AuthApi):
+        spec = httpx.get(f"{auth_api.url}/openapi.json").json()
+        [(name, scheme)] = spec["components"]["securitySchemes"].items()
+        assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+        operations = _operations(spec)
+        guarded = {key for key, op in operations.items() if op.get("security") == [{name: []}]}
+        assert guarded == {key for key in operations if " /api/v1/" in key}
+        assert "GET /health" not in guarded
 
 
 class TestTokenCommand:

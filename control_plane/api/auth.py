@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from control_plane.errors import Forbidden, Unauthorized
 from control_plane.settings import Settings, get_settings
+from models.base import MAX_INT
 
 READ = "connectors:read"
 WRITE = "connectors:write"
@@ -84,10 +85,17 @@ def _scopes(claims: dict[str, Any]) -> set[str]:
 def _projects(claims: dict[str, Any]) -> frozenset[int] | None:
     if "projects" not in claims:
         return None
-    try:
-        return frozenset(int(project) for project in claims["projects"])
-    except (TypeError, ValueError):
-        raise Unauthorized("invalid bearer token: `projects` must be a list of ids") from None
+    projects = claims["projects"]
+    # Exactly ints: `int()` would read "12" as projects 1 and 2, and `True` is an int too. Out
+    # of the ids' range, the database could not even compare them.
+    if not isinstance(projects, list) or not all(
+        type(project) is int and 1 <= project <= MAX_INT for project in projects
+    ):
+        raise Unauthorized(
+            "invalid bearer token: `projects` must be a list of project ids "
+            f"(integers from 1 to {MAX_INT})"
+        )
+    return frozenset(projects)
 
 
 def caller_of(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:

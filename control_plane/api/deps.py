@@ -4,7 +4,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import crud
@@ -20,12 +19,11 @@ async def get_session() -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def current_caller(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Caller:
+async def current_caller(request: Request) -> Caller:
     """Who is calling; every /api/v1 route depends on it, so auth guards them all."""
-    return caller_of(request, credentials)
+    # Read here, not as a dependency, so the OpenAPI document declares bearer auth only when it
+    # is on (`create_app` adds the scheme then).
+    return caller_of(request, await bearer(request))
 
 
 class Page:
