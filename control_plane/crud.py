@@ -4,6 +4,7 @@ Every function takes its session by keyword and leaves committing to the caller,
 flow can keep the database change and the Prefect change in one unit.
 """
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane.connectors import Kind, TypeConfig, deep_merge, keep_secrets, validate_config
 from control_plane.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
+from control_plane.policy import scope_for
 from models import (
     Connector,
     ConnectorCreate,
@@ -156,8 +158,17 @@ async def _check_endpoint_name(
         raise Conflict(f"project {project_id} has a defined {kind} named {name!r} already")
 
 
+async def _validated(
+    kind: Kind, name: str, config: dict[str, Any], *, field: str, project_id: int
+) -> TypeConfig:
+    """The config checked by its type within the project's scope, off the event loop: the
+    checks resolve host names."""
+    scope = scope_for(project_id)
+    return await asyncio.to_thread(validate_config, kind, name, config, field=field, scope=scope)
+
+
 async def create_endpoint(*, session: AsyncSession, kind: Kind, spec: EndpointCreate) -> Endpoint:
-    validate_config(kind, spec.type, spec.config, field="config")
+    await _validated(kind, spec.type, spec.config, field="config", project_id=spec.project_id)
     await _referenced_project(session, spec.project_id)
     await _check_endpoint_name(session, kind, spec.project_id, spec.name)
     endpoint = ENDPOINT_TABLES[kind].model_validate(spec)
@@ -172,16 +183,14 @@ async def update_endpoint(
     values = changes.model_dump(exclude_unset=True)
     if "config" in values:
         values["config"] = keep_secrets(kind, values["config"], endpoint.config)
-    config = values.get("config", endpoint.config)
-    validate_config(kind, values.get("type", endpoint.type), config, field="config")
+    config, type_ = values.get("config", endpoint.config), values.get("type", endpoint.type)
+    await _validated(kind, type_, config, field="config", project_id=endpoint.project_id)
     if values.get("name", endpoint.name) != endpoint.name:
         await _check_endpoint_name(session, kind, endpoint.project_id, values["name"])
     users = await _connectors_where(session, _endpoint_column(kind) == endpoint.id)
     for connector in users:
-        override = _override(connector, kind)
-        validate_config(
-            kind, values.get("type", endpoint.type), deep_merge(config, override), field="config"
-        )
+        merged = deep_merge(config, _override(connector, kind))
+        await _validated(kind, type_, merged, field="config", project_id=endpoint.project_id)
     _touch(endpoint, values)
     await session.flush()
     return endpoint
@@ -203,10 +212,13 @@ def _override(connector: Connector, kind: Kind) -> dict[str, Any]:
     return getattr(connector, f"{kind}_config_override")
 
 
-def resolve_config(*, connector: Connector, kind: Kind, endpoint: Endpoint) -> TypeConfig:
-    """The endpoint's config with the connector's override laid over it, checked by its type."""
+async def resolve_config(*, connector: Connector, kind: Kind, endpoint: Endpoint) -> TypeConfig:
+    """The endpoint's config with the connector's override laid over it, checked by its type
+    within the connector's project."""
     merged = deep_merge(endpoint.config, _override(connector, kind))
-    return validate_config(kind, endpoint.type, merged, field=f"{kind}ConfigOverride")
+    return await _validated(
+        kind, endpoint.type, merged, field=f"{kind}ConfigOverride", project_id=connector.project_id
+    )
 
 
 # Connectors
@@ -278,7 +290,7 @@ async def _check_connector_references(session: AsyncSession, connector: Connecto
                 f"defined {kind} {endpoint_id} belongs to project {endpoint.project_id}, "
                 f"not to project {connector.project_id}",
             )
-        resolve_config(connector=connector, kind=kind, endpoint=endpoint)
+        await resolve_config(connector=connector, kind=kind, endpoint=endpoint)
     query = select(Connector.id).where(
         Connector.project_id == connector.project_id,
         Connector.name == connector.name,

@@ -10,6 +10,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from control_plane import crud
 from control_plane.connectors import Batch, Destination, Source, get_type
 from control_plane.errors import Conflict
+from control_plane.policy import scope_for
 from control_plane.settings import get_settings
 from models import Connector
 
@@ -53,17 +54,20 @@ async def plan(*, session: AsyncSession, connector_id: int) -> SyncPlan:
     destination = await crud.get_endpoint(
         session=session, kind="destination", endpoint_id=connector.defined_destination_id
     )
-    source_config = crud.resolve_config(connector=connector, kind="source", endpoint=source)
-    destination_config = crud.resolve_config(
+    # Checked again here, on the worker, under its settings: a row stored before a setting
+    # changed, or written straight into the database, is refused before anything is opened.
+    source_config = await crud.resolve_config(connector=connector, kind="source", endpoint=source)
+    destination_config = await crud.resolve_config(
         connector=connector, kind="destination", endpoint=destination
     )
+    scope = scope_for(connector.project_id)
     return SyncPlan(
         connector_id=connector_id,
         connector_name=connector.name,
         source_label=f"{source.name} ({source.type})",
         destination_label=f"{destination.name} ({destination.type})",
-        source=get_type("source", source.type)(source_config),  # type: ignore[arg-type]
-        destination=get_type("destination", destination.type)(destination_config),  # type: ignore[arg-type]
+        source=get_type("source", source.type)(source_config, scope),  # type: ignore[arg-type]
+        destination=get_type("destination", destination.type)(destination_config, scope),  # type: ignore[arg-type]
         cursor=await crud.get_cursor(session=session, connector_id=connector_id),
     )
 

@@ -10,6 +10,7 @@ from prefect.runtime import flow_run
 
 from control_plane import crud, events, sync
 from control_plane.db import session_scope
+from control_plane.errors import InvalidInput
 from control_plane.settings import get_settings
 from models import Connector
 
@@ -41,35 +42,53 @@ def _warn_when_failing(connector: Connector, error: str) -> None:
         )
 
 
+async def _failed(
+    connector_id: int, run_id: UUID, *, cursor: Any, error: Exception, started: bool
+) -> None:
+    """Record the failed run in the connector's status; past its threshold, say so."""
+    message = f"{type(error).__name__}: {error}"
+    async with session_scope() as session:
+        if not started:
+            await crud.start_sync_run(
+                session=session, connector_id=connector_id, flow_run_id=run_id
+            )
+        await crud.finish_sync_run(
+            session=session,
+            connector_id=connector_id,
+            flow_run_id=run_id,
+            records_read=0,
+            records_written=0,
+            cursor=cursor,
+            error=message,
+        )
+        await session.commit()
+        connector = await crud.get_connector(session=session, connector_id=connector_id)
+    _warn_when_failing(connector, message)
+
+
 @flow(name="sync-connector", flow_run_name="sync connector {connector_id}")
 async def sync_connector(connector_id: int) -> dict[str, Any]:
     """Move the connector's new records from its defined source to its defined destination."""
     logger = get_run_logger()
     run_id = UUID(flow_run.get_id())
-    async with session_scope() as session:
-        plan = await sync.plan(session=session, connector_id=connector_id)
-        await crud.start_sync_run(session=session, connector_id=connector_id, flow_run_id=run_id)
-        await session.commit()
+    try:
+        async with session_scope() as session:
+            plan = await sync.plan(session=session, connector_id=connector_id)
+            await crud.start_sync_run(
+                session=session, connector_id=connector_id, flow_run_id=run_id
+            )
+            await session.commit()
+    except InvalidInput as refused:
+        # A config outside the project's reach: refused before anything was opened.
+        await _failed(connector_id, run_id, cursor=None, error=refused, started=False)
+        raise
     logger.info(
         "moving %s -> %s, resuming after %r", plan.source_label, plan.destination_label, plan.cursor
     )
     try:
         moved = await asyncio.to_thread(sync.move, plan, batch_size=get_settings().batch_size)
     except Exception as error:
-        message = f"{type(error).__name__}: {error}"
-        async with session_scope() as session:
-            await crud.finish_sync_run(
-                session=session,
-                connector_id=connector_id,
-                flow_run_id=run_id,
-                records_read=0,
-                records_written=0,
-                cursor=plan.cursor,
-                error=message,
-            )
-            await session.commit()
-            connector = await crud.get_connector(session=session, connector_id=connector_id)
-        _warn_when_failing(connector, message)
+        await _failed(connector_id, run_id, cursor=plan.cursor, error=error, started=True)
         raise
     # The cursor advances only now that the destination has the records.
     async with session_scope() as session:

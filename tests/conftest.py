@@ -2,6 +2,8 @@
 a worker as real processes, talking over real HTTP."""
 
 import asyncio
+import json
+import os
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from control_plane import deployments
 from control_plane.api.auth import READ, WRITE, mint
 from control_plane.cli import prefect_server_env
 from control_plane.db import migrate
+from control_plane.encryption import ensure_key_file
 from control_plane.settings import Settings
 from tests.helpers import Catalog, make_catalog
 from tests.stack import (
@@ -70,20 +73,34 @@ def fresh_postgres(name: str, driver: str = "postgresql+psycopg") -> Iterator[st
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[str]:
-    """A fresh, migrated database of the control plane: SQLite, then PostgreSQL."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'control-plane.db'}"
-        migrate(url)
-        yield url
-        return
-    with fresh_postgres(f"control_plane_test_{uuid.uuid4().hex[:12]}") as url:
-        migrate(url)
-        # Both databases share the session's Prefect server: keep their connector and project
-        # ids (and so their deployment names and tags) apart.
-        with psycopg.connect(url.replace("+psycopg", "")) as db:
-            for table in ("connector", "project"):
-                db.execute(f"ALTER SEQUENCE {table}_id_seq RESTART WITH 1000000")
-        yield url
+    """A fresh, migrated database of the control plane: SQLite, then PostgreSQL.
+
+    With a fresh key file of its own (made by `migrate`), which CONTROL_PLANE_SECRET_KEY_FILE
+    names meanwhile: every process on the database must read the same one (`stack_env`).
+    """
+    key_file = tmp_path_factory.mktemp("keys") / "secret.key"
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("CONTROL_PLANE_SECRET_KEY_FILE", str(key_file))
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'control-plane.db'}"
+            migrate(url, secret_key_file=key_file)
+            yield url
+            return
+        with fresh_postgres(f"control_plane_test_{uuid.uuid4().hex[:12]}") as url:
+            migrate(url, secret_key_file=key_file)
+            # Both databases share the session's Prefect server: keep their connector and
+            # project ids (and so their deployment names and tags) apart.
+            with psycopg.connect(url.replace("+psycopg", "")) as db:
+                for table in ("connector", "project"):
+                    db.execute(f"ALTER SEQUENCE {table}_id_seq RESTART WITH 1000000")
+            yield url
+
+
+# What the test stacks' connectors may reach besides public hosts: the machine's PostgreSQL, and
+# 127.0.0.2, where tests serve the HTTP APIs their sources read. The rest of loopback (the
+# Prefect server and the API among them) stays out of reach.
+PUBLIC_TEST_HOST = "127.0.0.2"
+ALLOWED_TEST_HOSTS = ["127.0.0.1:5432", PUBLIC_TEST_HOST]
 
 
 @dataclass
@@ -95,8 +112,17 @@ class Stack:
     work_pool: str
     env: dict[str, str]
 
+    @property
+    def files(self) -> Path:
+        """The file root: each project's connectors reach `<files>/<project id>/` only."""
+        return Path(self.env["CONTROL_PLANE_DATA_DIR"]) / "files"
+
 
 def stack_env(prefect_api_url: str, database_url: str, work_pool: str, home: Path) -> dict:
+    # The key file of `database_url` (every stack on one database shares it), else a fresh one.
+    key_file = os.environ.get("CONTROL_PLANE_SECRET_KEY_FILE") or ensure_key_file(
+        home / "secret.key"
+    )
     return {
         "PREFECT_API_URL": prefect_api_url,
         "PREFECT_HOME": str(home),
@@ -104,6 +130,8 @@ def stack_env(prefect_api_url: str, database_url: str, work_pool: str, home: Pat
         "CONTROL_PLANE_DATABASE_URL": database_url,
         "CONTROL_PLANE_WORK_POOL": work_pool,
         "CONTROL_PLANE_DATA_DIR": str(home),
+        "CONTROL_PLANE_SECRET_KEY_FILE": str(key_file),
+        "CONTROL_PLANE_ALLOWED_HOSTS": json.dumps(ALLOWED_TEST_HOSTS),
     }
 
 
@@ -183,6 +211,6 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def catalog(api: httpx.Client, tmp_path: Path) -> Catalog:
+def catalog(api: httpx.Client, stack: Stack) -> Catalog:
     """A new project with a CSV source and a JSONL destination."""
-    return make_catalog(api, tmp_path)
+    return make_catalog(api, stack.files)

@@ -53,6 +53,7 @@ class Catalog:
     project_id: int
     source_id: int
     destination_id: int
+    folder: Path  # the project's folder: its connectors' files
 
     def connector(self, **fields) -> dict:
         """A connector body for this catalog; `fields` override the defaults (camelCase)."""
@@ -69,11 +70,13 @@ class Catalog:
         }
 
 
-def make_catalog(api: httpx.Client, directory: Path) -> Catalog:
-    """A new project with a CSV source of two rows and a JSONL destination, under `directory`."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "in.csv").write_text("id,name\n1,a\n2,b\n")
+def make_catalog(api: httpx.Client, files: Path) -> Catalog:
+    """A new project with a CSV source of two rows and a JSONL destination, in the project's
+    folder under the file root `files`."""
     project = created(api.post("/projects", json={"name": unique("project")}))
+    folder = files / str(project["id"])
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "in.csv").write_text("id,name\n1,a\n2,b\n")
     ids = [
         created(
             api.post(
@@ -81,7 +84,7 @@ def make_catalog(api: httpx.Client, directory: Path) -> Catalog:
                 json={
                     "name": unique(kind),
                     "type": type_,
-                    "config": {"path": str(directory / file)},
+                    "config": {"path": file},
                     "projectId": project["id"],
                 },
             )
@@ -91,7 +94,7 @@ def make_catalog(api: httpx.Client, directory: Path) -> Catalog:
             ("destination", "jsonl", "out.jsonl"),
         )
     ]
-    return Catalog(project["id"], *ids)
+    return Catalog(project["id"], *ids, folder)
 
 
 def scheduled_runs(prefect: SyncPrefectClient, deployment_id: str | UUID) -> list[FlowRun]:
@@ -134,11 +137,15 @@ def wait_final(prefect: SyncPrefectClient, flow_run_id: str | UUID, timeout: flo
     )
 
 
-def reconcile_cli(env: dict[str, str], *args: str) -> str:
-    """Run `control-plane reconcile` as a user would, against the stack `env` describes."""
+def reconcile_cli(env: dict[str, str | None], *args: str) -> str:
+    """Run `control-plane reconcile` as a user would, against the stack `env` describes.
+
+    A variable that `env` maps to None is left out of the command's environment.
+    """
+    merged = {**os.environ, **env}
     done = subprocess.run(
         [str(Path(sys.executable).parent / "control-plane"), "reconcile", *args],
-        env={**os.environ, **env},
+        env={name: value for name, value in merged.items() if value is not None},
         capture_output=True,
         text=True,
         timeout=120,

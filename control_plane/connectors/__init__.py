@@ -9,20 +9,26 @@ cursor value of the last successful run. A destination writes the batches it is 
 unit where it can (a database transaction), and can merge on a key.
 
 Config fields declared with `secret_field()` (tokens, passwords, headers) or
-`url_field()` (a URL whose password is secret) are masked in API answers.
+`url_field()` (a URL whose password and secret-looking query parameters are secret) are masked
+in API answers.
+
+What a config names on the worker's disk or network is typed with `SourcePath`, `TargetPath`,
+`DatabaseUrl` or `HttpUrl`: they are checked against the project's scope (`control_plane.policy`)
+when the config is saved and when a run plans, and the type opens them through the same scope.
 """
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from control_plane.errors import InvalidInput
+from control_plane.policy import Scope, checked
 
 ENTRY_POINT_GROUP = "control_plane.connectors"
 
@@ -38,6 +44,12 @@ class TypeConfig(BaseModel):
 Record = dict[str, Any]
 Batch = list[Record]
 
+# What a config may name, each checked against the project's scope (see the module docstring).
+SourcePath = Annotated[str, AfterValidator(checked(Scope.pattern))]  # a file or a glob
+TargetPath = Annotated[str, AfterValidator(checked(Scope.path))]
+DatabaseUrl = Annotated[str, AfterValidator(checked(Scope.database))]
+HttpUrl = Annotated[str, AfterValidator(checked(Scope.http_url))]
+
 SECRET = "x-secret"
 
 
@@ -47,19 +59,27 @@ def secret_field(**kwargs: Any) -> Any:
 
 
 def url_field(**kwargs: Any) -> Any:
-    """A URL config field whose password (`scheme://user:password@host/...`) is secret."""
-    return Field(json_schema_extra={SECRET: "url-password"}, **kwargs)
+    """A URL config field whose password (`scheme://user:password@host/...`) and secret-looking
+    query parameters (`?api_key=...`) are secret."""
+    return Field(json_schema_extra={SECRET: "url"}, **kwargs)
 
 
 class ConnectorType(ABC):
-    """A registered source or destination type, built from its validated config."""
+    """A registered source or destination type, built from its validated config and the scope
+    of its project, through which it opens every file and connection."""
 
     kind: ClassVar[Kind]
     name: ClassVar[str]
     Config: ClassVar[type[TypeConfig]]
 
-    def __init__(self, config: TypeConfig) -> None:
+    def __init__(self, config: TypeConfig, scope: Scope) -> None:
         self.config = config
+        self.scope = scope
+
+    @classmethod
+    def configured(cls, config: dict[str, Any], scope: Scope) -> "ConnectorType":
+        """The type built from a raw config, validated within `scope`."""
+        return cls(cls.Config.model_validate(config, context=scope), scope)
 
 
 class Source(ConnectorType):
@@ -117,10 +137,13 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def validate_config(kind: Kind, name: str, config: dict[str, Any], *, field: str) -> TypeConfig:
-    """`config` checked against the type's model; a 422 naming the first bad key otherwise."""
+def validate_config(
+    kind: Kind, name: str, config: dict[str, Any], *, field: str, scope: Scope
+) -> TypeConfig:
+    """`config` checked against the type's model within the project's scope; a 422 naming
+    every bad key otherwise."""
     try:
-        return get_type(kind, name).Config.model_validate(config)
+        return get_type(kind, name).Config.model_validate(config, context=scope)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join([field, *map(str, e['loc'])])}: {e['msg']}" for e in error.errors()
@@ -148,13 +171,60 @@ def _secret_keys(kind: Kind) -> dict[str, str]:
     return keys
 
 
-def _with_password(url: str, password: str) -> str:
+# Query parameters that carry credentials by convention.
+SECRET_PARAMETERS = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "access_token",
+        "token",
+        "key",
+        "secret",
+        "client_secret",
+        "password",
+        "signature",
+        "sig",
+        "auth",
+        "code",
+    }
+)
+
+
+def _secret_parameter(name: str) -> bool:
+    return name.lower().replace("-", "_") in SECRET_PARAMETERS
+
+
+def _url_secrets(url: str) -> dict[str, str]:
+    """The secret parts of a URL: its password (key "") and secret-looking query parameters."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:{password}@{host}"))
+    found = {
+        name: value
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        if _secret_parameter(name)
+    }
+    if parts.password is not None:
+        found[""] = parts.password
+    return found
+
+
+def _with_url_secrets(url: str, secrets: dict[str, str]) -> str:
+    """The URL with its password and secret query parameters set to `secrets`' values."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None and "" in secrets:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:{secrets['']}@{host}"
+    query = [
+        (name, secrets.get(name, value))
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password and secret-looking query parameters replaced by `MASK`."""
+    secrets = _url_secrets(url)
+    return _with_url_secrets(url, dict.fromkeys(secrets, MASK)) if secrets else url
 
 
 def mask_secrets(kind: Kind, config: dict[str, Any]) -> dict[str, Any]:
@@ -164,8 +234,8 @@ def mask_secrets(kind: Kind, config: dict[str, Any]) -> dict[str, Any]:
         value = masked.get(key)
         if not value:
             continue
-        if how == "url-password" and isinstance(value, str):
-            masked[key] = _with_password(value, MASK)
+        if how == "url" and isinstance(value, str):
+            masked[key] = mask_url(value)
         elif isinstance(value, dict):
             masked[key] = dict.fromkeys(value, MASK)
         else:
@@ -180,9 +250,11 @@ def keep_secrets(kind: Kind, new: dict[str, Any], old: dict[str, Any]) -> dict[s
         value, stored = kept.get(key), old.get(key)
         if stored is None:
             continue
-        if how == "url-password" and isinstance(value, str) and isinstance(stored, str):
-            if urlsplit(value).password == MASK:
-                kept[key] = _with_password(value, urlsplit(stored).password or "")
+        if how == "url" and isinstance(value, str) and isinstance(stored, str):
+            masked = [name for name, sent in _url_secrets(value).items() if sent == MASK]
+            if masked:
+                old = _url_secrets(stored)
+                kept[key] = _with_url_secrets(value, {name: old.get(name, MASK) for name in masked})
         elif isinstance(value, dict) and isinstance(stored, dict):
             kept[key] = {k: stored.get(k, v) if v == MASK else v for k, v in value.items()}
         elif value == MASK:
@@ -193,16 +265,21 @@ def keep_secrets(kind: Kind, new: dict[str, Any], old: dict[str, Any]) -> dict[s
 __all__ = [
     "Batch",
     "ConnectorType",
+    "DatabaseUrl",
     "Destination",
+    "HttpUrl",
     "Kind",
     "MASK",
     "Record",
     "Source",
+    "SourcePath",
+    "TargetPath",
     "TypeConfig",
     "deep_merge",
     "get_type",
     "keep_secrets",
     "mask_secrets",
+    "mask_url",
     "registered_types",
     "secret_field",
     "url_field",

@@ -1,36 +1,67 @@
-"""Files on the worker's disk: CSV and JSON Lines sources, a JSON Lines destination."""
+"""Files on the worker's disk, in the project's folder: CSV and JSON Lines sources, a JSON Lines
+destination. Paths are relative to the project's folder (or absolute inside it)."""
 
 import csv
 import glob
 import json
+import os
 from collections.abc import Iterable, Iterator
-from itertools import zip_longest
+from contextlib import contextmanager
+from itertools import chain, zip_longest
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pydantic import Field
 
-from control_plane.connectors import Batch, Destination, Record, Source, TypeConfig
+from control_plane.connectors import (
+    Batch,
+    Destination,
+    Record,
+    Source,
+    SourcePath,
+    TargetPath,
+    TypeConfig,
+)
 from control_plane.connectors._batching import batched
+from control_plane.policy import Scope
+
+# A symlink as the last part of a path is never followed: the path was checked as it resolved.
+_READ = os.O_RDONLY | os.O_NOFOLLOW
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
 
 
-def _files(path: str) -> list[Path]:
-    """The file `path` names, or the files its glob matches in sorted order."""
-    if Path(path).is_file():
-        return [Path(path)]
-    files = [Path(match) for match in sorted(glob.glob(path, recursive=True))]
-    files = [file for file in files if file.is_file()]
+def _files(scope: Scope, path: str) -> list[Path]:
+    """The file `path` names, or the files its glob matches in sorted order, each checked."""
+    pattern = scope.pattern(path)
+    if Path(pattern).is_file():
+        return [Path(pattern)]
+    matches = [Path(match) for match in sorted(glob.glob(pattern, recursive=True))]
+    files = [scope.path(str(match)) for match in matches if match.is_file()]
     if not files:
         # A typo in the path would otherwise look like a source without data.
         raise FileNotFoundError(f"no file matches {path!r}")
     return files
 
 
+@contextmanager
+def _open(scope: Scope, path: Path, flags: int, **kwargs: Any) -> Iterator[IO[Any]]:
+    """`path`, opened as checked: 0o644 when created, refused if it moved since its check."""
+    descriptor = os.open(path, flags, 0o644)
+    scope.opened(path, descriptor)
+    with open(descriptor, **kwargs) as file:
+        yield file
+
+
 class CsvSource(Source):
     name = "csv"
 
     class Config(TypeConfig):
-        path: str = Field(description="A CSV file, or a glob of them; the first row is the header.")
+        path: SourcePath = Field(
+            description=(
+                "A CSV file, or a glob of them, in the project's folder; the first row is the "
+                "header."
+            )
+        )
         delimiter: str = Field(default=",", min_length=1, max_length=1)
 
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
@@ -38,10 +69,10 @@ class CsvSource(Source):
         return batched(self._records(), batch_size)
 
     def _records(self) -> Iterator[Record]:
-        for path in _files(self.config.path):
+        for path in _files(self.scope, self.config.path):
             # utf-8-sig drops the byte-order mark spreadsheets write, which would stick to the
             # first column's name.
-            with path.open(newline="", encoding="utf-8-sig") as file:
+            with _open(self.scope, path, _READ, newline="", encoding="utf-8-sig") as file:
                 # csv.reader and zip, as csv.DictReader does but faster: blank lines are skipped
                 # and missing trailing fields are None.
                 reader = csv.reader(file, delimiter=self.config.delimiter)
@@ -63,15 +94,19 @@ class JsonlSource(Source):
     name = "jsonl"
 
     class Config(TypeConfig):
-        path: str = Field(description="A file of JSON objects, one a line, or a glob of them.")
+        path: SourcePath = Field(
+            description=(
+                "A file of JSON objects, one a line, or a glob of them, in the project's folder."
+            )
+        )
 
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
         """The objects of every file; blank lines are skipped."""
         return batched(self._records(), batch_size)
 
     def _records(self) -> Iterator[Record]:
-        for path in _files(self.config.path):
-            with path.open(encoding="utf-8") as file:
+        for path in _files(self.scope, self.config.path):
+            with _open(self.scope, path, _READ, encoding="utf-8") as file:
                 for number, line in enumerate(file, start=1):
                     if not line.strip():
                         continue
@@ -88,15 +123,27 @@ class JsonlDestination(Destination):
     name = "jsonl"
 
     class Config(TypeConfig):
-        path: str = Field(description="File the records are appended to, one JSON object a line.")
+        path: TargetPath = Field(
+            description=(
+                "File in the project's folder the records are appended to, one JSON object a line."
+            )
+        )
 
     def write(self, batches: Iterable[Batch]) -> int:
-        """Append every record; values JSON cannot hold (dates, decimals) are written as str."""
-        path = Path(self.config.path)
+        """Append every record; values JSON cannot hold (dates, decimals) are written as str.
+
+        The file is opened (and created) once the first batch is read, so a source that fails
+        before it leaves nothing behind.
+        """
+        path = self.scope.path(self.config.path)
+        batches = iter(batches)
+        first = next(batches, None)
+        if first is None:
+            return 0
         path.parent.mkdir(parents=True, exist_ok=True)
         written = 0
-        with path.open("a", encoding="utf-8") as file:
-            for batch in batches:
+        with _open(self.scope, path, _APPEND, mode="a", encoding="utf-8") as file:
+            for batch in chain([first], batches):
                 file.writelines(json.dumps(record, default=str) + "\n" for record in batch)
                 written += len(batch)
         return written

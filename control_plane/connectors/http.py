@@ -1,4 +1,6 @@
-"""A JSON HTTP API as a source, read page by page."""
+"""A JSON HTTP API as a source, read page by page. Every request, next pages and redirects
+included, goes through the project's scope: its host is resolved and checked, and the request
+is sent to the address checked (`control_plane.policy`)."""
 
 from collections.abc import Iterator
 from typing import Any
@@ -6,7 +8,16 @@ from typing import Any
 import httpx
 from pydantic import Field
 
-from control_plane.connectors import Batch, Record, Source, TypeConfig, secret_field
+from control_plane.connectors import (
+    Batch,
+    HttpUrl,
+    Record,
+    Source,
+    TypeConfig,
+    mask_url,
+    secret_field,
+    url_field,
+)
 from control_plane.connectors._batching import batched
 
 
@@ -23,7 +34,7 @@ class HttpSource(Source):
     name = "http"
 
     class Config(TypeConfig):
-        url: str = Field(description="URL of the first page (GET, JSON).")
+        url: HttpUrl = url_field(description="URL of the first page (GET, JSON).")
         headers: dict[str, str] = secret_field(
             default_factory=dict, description="Headers of every request, e.g. Authorization."
         )
@@ -44,20 +55,28 @@ class HttpSource(Source):
         url: str | None = str(httpx.URL(self.config.url))
         seen: set[str] = set()
         with httpx.Client(
-            headers=self.config.headers, timeout=self.config.timeout, follow_redirects=True
+            headers=self.config.headers,
+            timeout=self.config.timeout,
+            follow_redirects=True,
+            transport=self.scope.transport(),
+            trust_env=False,  # a proxy from the environment would hide the real host
         ) as client:
             while url is not None:
                 if url in seen:
-                    raise ValueError(f"the pagination loops: {url} was already read")
+                    raise ValueError(f"the pagination loops: {mask_url(url)} was already read")
                 seen.add(url)
                 response = client.get(url)
-                # Its message names the status and the URL, never the (secret) headers.
-                response.raise_for_status()
+                if response.is_error:
+                    # The status and the URL without its secrets; never the (secret) headers.
+                    raise ValueError(
+                        f"{mask_url(str(response.url))} answered {response.status_code} "
+                        f"{response.reason_phrase}"
+                    )
                 answer = response.json()
                 records = _dig(answer, self.config.records_path)
                 if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
                     raise ValueError(
-                        f"{url}: expected a list of objects at recordsPath "
+                        f"{mask_url(url)}: expected a list of objects at recordsPath "
                         f"{self.config.records_path or '(the answer itself)'}"
                     )
                 yield from records
@@ -71,6 +90,6 @@ class HttpSource(Source):
         if not link:  # null, missing or "" on the last page
             return None
         if not isinstance(link, str):
-            raise ValueError(f"{response.url}: the next page {link!r} is not a URL")
+            raise ValueError(f"{mask_url(str(response.url))}: the next page is not a URL")
         # Next-page links may be relative to the page they are on.
         return str(response.url.join(link))

@@ -7,6 +7,7 @@ same transaction: fetched from a server-side cursor, written with COPY. Through 
 (bench/data_plane.py).
 """
 
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime, time
@@ -42,10 +43,18 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
 from sqlalchemy.types import NullType, TypeEngine
 
-from control_plane.connectors import Batch, Destination, Record, Source, TypeConfig, url_field
+from control_plane.connectors import (
+    Batch,
+    DatabaseUrl,
+    Destination,
+    Record,
+    Source,
+    TypeConfig,
+    url_field,
+)
+from control_plane.policy import Scope
 
 # The first match wins: bool before int, because a bool is an int.
 _COLUMN_TYPES = [
@@ -65,8 +74,14 @@ _STAGING = sql.Identifier("_control_plane_staging")
 _ORDINAL = sql.Identifier("_control_plane_ordinal")
 
 
-def _sqlite_no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+def _no_attach(action: int, *_: Any) -> int:
+    # ATTACH would open any file the worker can read, outside the project's folder.
+    return sqlite3.SQLITE_DENY if action == sqlite3.SQLITE_ATTACH else sqlite3.SQLITE_OK
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
+    dbapi_connection.set_authorizer(_no_attach)
 
 
 def _sqlite_begin(connection: Connection) -> None:
@@ -74,17 +89,14 @@ def _sqlite_begin(connection: Connection) -> None:
 
 
 @contextmanager
-def _engine(url: str) -> Iterator[Engine]:
-    """A sync engine for `url`, disposed on exit."""
-    parsed = make_url(url)
-    if parsed.drivername in {"postgres", "postgresql"}:
-        # SQLAlchemy's default PostgreSQL driver is psycopg2; this project ships psycopg 3.
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    engine = create_engine(parsed)
-    if parsed.get_backend_name() == "sqlite":
+def _engine(scope: Scope, url: str) -> Iterator[Engine]:
+    """A sync engine for the database `url` names, as the project's scope checked it (on
+    PostgreSQL with psycopg 3, on the address checked), disposed on exit."""
+    engine = create_engine(scope.database(url))
+    if engine.dialect.name == "sqlite":
         # Python's sqlite3 only opens a transaction before INSERT/UPDATE/DELETE, so a CREATE TABLE
         # would commit on its own; SQLAlchemy's recipe: let SQLAlchemy emit BEGIN itself.
-        event.listen(engine, "connect", _sqlite_no_implicit_transactions)
+        event.listen(engine, "connect", _sqlite_connect)
         event.listen(engine, "begin", _sqlite_begin)
     try:
         yield engine
@@ -125,8 +137,11 @@ class SqlSource(Source):
     name = "sql"
 
     class Config(TypeConfig):
-        url: str = url_field(
-            description="SQLAlchemy URL of the database to read (sqlite or postgresql)."
+        url: DatabaseUrl = url_field(
+            description=(
+                "SQLAlchemy URL of the database to read: postgresql on an allowed host, or "
+                "sqlite with a file in the project's folder."
+            )
         )
         query: str | None = Field(default=None, description="A SELECT to read; or give `table`.")
         table: str | None = Field(
@@ -148,7 +163,7 @@ class SqlSource(Source):
 
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
         """The rows, streamed from a server-side cursor; dates, decimals and UUIDs as strings."""
-        with _engine(self.config.url) as engine, engine.connect() as connection:
+        with _engine(self.scope, self.config.url) as engine, engine.connect() as connection:
             statement = self._select(cursor)
             if connection.dialect.name == "postgresql":
                 # Fetched straight from psycopg, a batch per FETCH: twice as fast as SQLAlchemy's
@@ -194,8 +209,11 @@ class SqlDestination(Destination):
     name = "sql"
 
     class Config(TypeConfig):
-        url: str = url_field(
-            description="SQLAlchemy URL of the database to write (sqlite or postgresql)."
+        url: DatabaseUrl = url_field(
+            description=(
+                "SQLAlchemy URL of the database to write: postgresql on an allowed host, or "
+                "sqlite with a file in the project's folder."
+            )
         )
         table: str = Field(description="Table (or `schema.table`) to write; created when missing.")
         mode: Literal["append", "replace", "merge"] = "append"
@@ -216,7 +234,7 @@ class SqlDestination(Destination):
         by the first non-null value, TEXT otherwise. Columns are never added later. PostgreSQL
         gets the batches by COPY (a merge through a temp table), other databases by executemany.
         """
-        with _engine(self.config.url) as engine, engine.begin() as connection:
+        with _engine(self.scope, self.config.url) as engine, engine.begin() as connection:
             checked = self._checked(connection, batches)
             if connection.dialect.name == "postgresql":
                 return self._copy(connection, checked)

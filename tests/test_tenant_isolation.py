@@ -1,0 +1,331 @@
+"""The trust boundary, attacked as a tenant would: a token scoped to one project tries to reach
+files, databases and services beyond it through the data plane, against a real stack with auth
+on. Each attack is refused when saved (422 naming the field and the rule), and the same config
+written straight into the database fails the run before anything is read or written."""
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.objects import StateType
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DatabaseError
+
+from control_plane.connectors.builtin import SqlSource
+from control_plane.encryption import encrypt_json
+from control_plane.policy import Scope
+from tests.conftest import PUBLIC_TEST_HOST, AuthApi, Stack
+from tests.helpers import Catalog, created, make_catalog, trigger_and_wait, unique
+from tests.stack import free_port
+
+OUTSIDE = "outside the project's folder"
+NOT_ALLOWED = "CONTROL_PLANE_ALLOWED_HOSTS"
+
+
+@dataclass
+class Tenant:
+    """A project of its own, and a client whose token reaches only that project."""
+
+    client: httpx.Client
+    catalog: Catalog
+
+    def source(self, type_: str, config: dict) -> httpx.Response:
+        body = {"name": unique("src"), "type": type_, "config": config}
+        return self.client.post("/defined-sources", json={**body, "projectId": self.project_id})
+
+    def destination(self, type_: str, config: dict) -> httpx.Response:
+        body = {"name": unique("dst"), "type": type_, "config": config}
+        return self.client.post(
+            "/defined-destinations", json={**body, "projectId": self.project_id}
+        )
+
+    @property
+    def project_id(self) -> int:
+        return self.catalog.project_id
+
+
+@pytest.fixture
+def tenant(auth_api: AuthApi, stack: Stack) -> Iterator[Tenant]:
+    with auth_api.client(auth_api.token()) as admin:
+        catalog = make_catalog(admin, stack.files)
+    token = auth_api.token(sub=unique("tenant"), projects=[catalog.project_id])
+    with auth_api.client(token) as client:
+        yield Tenant(client, catalog)
+
+
+def refused(response: httpx.Response, field: str, rule: str) -> str:
+    """The message of a 422 that names `field` and says `rule`."""
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"][:2] == ["body", field], error
+    assert rule in error["msg"], error["msg"]
+    return error["msg"]
+
+
+class TestFiles:
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/etc/passwd",
+            "../../../../../../etc/passwd",
+            str(Path.cwd() / ".env"),
+            str(Path.cwd() / "pyproject.toml"),
+            "/root/.bashrc",
+        ],
+    )
+    def test_a_path_outside_the_folder_is_refused(self, tenant: Tenant, path: str):
+        refused(tenant.source("csv", {"path": path, "delimiter": ":"}), "config", OUTSIDE)
+        refused(tenant.source("jsonl", {"path": path}), "config", OUTSIDE)
+        refused(tenant.destination("jsonl", {"path": path}), "config", OUTSIDE)
+
+    def test_the_stacks_own_files_are_refused(self, tenant: Tenant, stack: Stack):
+        home = Path(stack.env["CONTROL_PLANE_DATA_DIR"])
+        for path in (home, home / "prefect.db", home / "secret.key", home / "files"):
+            refused(tenant.source("csv", {"path": str(path)}), "config", OUTSIDE)
+        refused(tenant.source("csv", {"path": "../*.csv"}), "config", OUTSIDE)
+        refused(tenant.source("csv", {"path": "*/../../x.csv"}), "config", "`..`")
+
+    def test_another_projects_folder_is_refused_also_through_a_symlink(
+        self, tenant: Tenant, auth_api: AuthApi, stack: Stack
+    ):
+        with auth_api.client(auth_api.token()) as admin:
+            other = make_catalog(admin, stack.files)
+        (tenant.catalog.folder / "theirs").symlink_to(other.folder)
+        (tenant.catalog.folder / "pw.csv").symlink_to("/etc/passwd")
+        for path in (
+            f"../{other.project_id}/in.csv",
+            str(other.folder / "in.csv"),
+            "theirs/in.csv",
+            "theirs/*.csv",
+            "pw.csv",
+        ):
+            refused(tenant.source("csv", {"path": path}), "config", OUTSIDE)
+        mine = created(tenant.source("csv", {"path": "sub/../in.csv"}))
+        assert mine["config"]["path"] == "sub/../in.csv"  # stored as written
+
+    def test_an_override_outside_the_folder_is_refused_and_nothing_changes(self, tenant: Tenant):
+        client, catalog = tenant.client, tenant.catalog
+        response = client.post(
+            "/connectors", json=catalog.connector(sourceConfigOverride={"path": "/etc/passwd"})
+        )
+        refused(response, "sourceConfigOverride", OUTSIDE)
+        connector = created(client.post("/connectors", json=catalog.connector()))
+        path = f"/connectors/{connector['id']}"
+        patch = {"destinationConfigOverride": {"path": "/root/.bashrc"}}
+        refused(client.patch(path, json=patch), "destinationConfigOverride", OUTSIDE)
+        after = client.get(path).json()
+        assert (after["version"], after["destinationConfigOverride"]) == (connector["version"], {})
+        source = f"/defined-sources/{catalog.source_id}"
+        refused(client.patch(source, json={"config": {"path": "/etc"}}), "config", OUTSIDE)
+        assert client.get(source).json()["config"] == {"path": "in.csv"}
+
+    def test_a_symlink_swapped_in_after_saving_fails_the_run_before_reading(
+        self, tenant: Tenant, prefect: SyncPrefectClient
+    ):
+        folder = tenant.catalog.folder
+        (folder / "swap.csv").write_text("id\n1\n")
+        source = created(tenant.source("csv", {"path": "swap.csv", "delimiter": ":"}))
+        connector = created(
+            tenant.client.post(
+                "/connectors", json=tenant.catalog.connector(definedSourceId=source["id"])
+            )
+        )
+        (folder / "swap.csv").unlink()
+        (folder / "swap.csv").symlink_to("/etc/passwd")
+        error = _failed_run(tenant, prefect, connector["id"])
+        assert OUTSIDE in error
+        assert not (folder / "out.jsonl").exists()
+
+
+class _Server(BaseHTTPRequestHandler):
+    """Answers with a page of records, its `next` the query's `next`, or with a redirect to the
+    query's `to`; counts the requests it got."""
+
+    requests: list[str]
+
+    def do_GET(self) -> None:
+        self.requests.append(self.path)
+        query = dict(parse_qsl(urlsplit(self.path).query))
+        if "to" in query:
+            self.send_response(302)
+            self.send_header("Location", query["to"])
+            self.end_headers()
+            return
+        body = {"items": [{"secret": f"from {self.path}"}], "next": query.get("next")}
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(json.dumps(body).encode())
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def servers() -> Iterator[tuple[str, str, list[str]]]:
+    """An API on the allowed 127.0.0.2, and an internal one on 127.0.0.1 that must never be
+    reached; yields both base URLs and the internal one's requests."""
+    started = []
+    internal_requests: list[str] = []
+    for host, requests in ((PUBLIC_TEST_HOST, []), ("127.0.0.1", internal_requests)):
+        handler = type("Handler", (_Server,), {"requests": requests})
+        server = ThreadingHTTPServer((host, 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+    public, internal = (f"http://{s.server_address[0]}:{s.server_address[1]}" for s in started)
+    yield public, internal, internal_requests
+    for server in started:
+        server.shutdown()
+        server.server_close()
+
+
+class TestHttp:
+    def test_our_own_services_and_private_addresses_are_refused(
+        self, tenant: Tenant, stack: Stack, prefect_api_url: str, auth_api: AuthApi
+    ):
+        for url in (
+            f"{prefect_api_url}/block_types/slug/secret/block_documents?include_secrets=true",
+            f"{prefect_api_url.replace('127.0.0.1', 'localhost')}/health",
+            f"{stack.api_url}/api/v1/defined-sources",
+            f"{auth_api.url}/api/v1/defined-sources",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.1/",
+            "http://[::1]:4200/api/health",
+            "http://[::ffff:127.0.0.1]/",
+            "http://0.0.0.0:5432/",
+        ):
+            refused(tenant.source("http", {"url": url}), "config", "")
+
+    def test_an_open_and_a_closed_port_are_refused_alike(self, tenant: Tenant, servers):
+        _, internal, internal_requests = servers
+        closed = f"http://127.0.0.1:{free_port()}"
+        open_, shut = (
+            refused(tenant.source("http", {"url": f"{base}/x"}), "config", NOT_ALLOWED)
+            for base in (internal, closed)
+        )
+        assert open_ == shut  # nothing in the answer tells an open port from a closed one
+        assert internal_requests == []
+
+    @pytest.mark.parametrize("how", ["next page", "redirect"])
+    def test_a_run_never_follows_to_a_refused_host(
+        self, tenant: Tenant, prefect: SyncPrefectClient, servers, how: str
+    ):
+        public, internal, internal_requests = servers
+        query = "next" if how == "next page" else "to"
+        url = f"{public}/first?{query}={internal}/secret"
+        source = created(
+            tenant.source("http", {"url": url, "recordsPath": "items", "nextPagePath": "next"})
+        )
+        connector = created(
+            tenant.client.post(
+                "/connectors", json=tenant.catalog.connector(definedSourceId=source["id"])
+            )
+        )
+        error = _failed_run(tenant, prefect, connector["id"])
+        assert "127.0.0.1 is a loopback address" in error, error
+        assert internal_requests == []
+        assert not (tenant.catalog.folder / "out.jsonl").exists()
+
+
+class TestDatabases:
+    def test_the_control_planes_database_is_refused_in_every_spelling(
+        self, tenant: Tenant, stack: Stack
+    ):
+        own = make_url(stack.database_url)
+        if own.get_backend_name() == "sqlite":
+            link = tenant.catalog.folder / "db.sqlite"
+            link.symlink_to(own.database)
+            spellings = [f"sqlite:///{own.database}", "sqlite:///db.sqlite"]
+            rule = OUTSIDE
+        else:
+            name = own.database
+            spellings = [
+                f"postgresql://postgres@127.0.0.1:5432/{name}",
+                f"postgresql://postgres@localhost/{name}",
+                f"postgresql+asyncpg://postgres@127.0.0.1/{name}",
+                f"postgres://postgres:any@127.0.0.1:5432/{name}?sslmode=disable",
+            ]
+            rule = "the control plane's database"
+        for url in spellings:
+            refused(tenant.source("sql", {"url": url, "table": "connector"}), "config", rule)
+            destination = {"url": url, "table": "connector", "mode": "replace"}
+            refused(tenant.destination("sql", destination), "config", rule)
+
+    @pytest.mark.parametrize(
+        ("url", "rule"),
+        [
+            ("postgresql://postgres@127.0.0.1:5433/test", NOT_ALLOWED),
+            ("postgresql://postgres@127.0.0.3/test", NOT_ALLOWED),
+            ("postgresql:///test", "names one host"),
+            ("postgresql://postgres@8.8.8.8/test?host=/var/run/postgresql", "host is not allowed"),
+            ("postgresql://postgres@8.8.8.8/test?sslkey=/etc/shadow", "sslkey is not allowed"),
+            ("sqlite:///file:x?mode=ro&uri=true", "no query parameters"),
+            ("mysql://root@127.0.0.1/test", "not supported"),
+        ],
+    )
+    def test_hosts_and_parameters_outside_the_rules_are_refused(
+        self, tenant: Tenant, url: str, rule: str
+    ):
+        refused(tenant.source("sql", {"url": url, "table": "t"}), "config", rule)
+
+
+class TestSqliteAttach:
+    def test_a_query_cannot_attach_a_file_outside_the_folder(self, tmp_path: Path):
+        scope = Scope(folders=(tmp_path,))
+        source = SqlSource.configured(
+            {"url": "sqlite:///own.db", "query": f"ATTACH DATABASE '{tmp_path.parent}/x' AS x"},
+            scope,
+        )
+        with pytest.raises(DatabaseError, match="not authorized"):
+            list(source.read(cursor=None, batch_size=10))
+        assert not (tmp_path.parent / "x").exists()
+
+
+class TestWrittenStraightIntoTheDatabase:
+    @pytest.mark.parametrize(
+        "config",
+        [
+            {"path": "/etc/passwd", "delimiter": ":"},
+            {"path": "../../secret.key"},
+        ],
+    )
+    def test_the_run_fails_before_reading_or_writing(
+        self, tenant: Tenant, stack: Stack, prefect: SyncPrefectClient, config: dict
+    ):
+        connector = created(tenant.client.post("/connectors", json=tenant.catalog.connector()))
+        _store_source_config(stack, tenant.catalog.source_id, config)
+
+        error = _failed_run(tenant, prefect, connector["id"])
+        assert OUTSIDE in error
+        assert not (tenant.catalog.folder / "out.jsonl").exists()
+        status = tenant.client.get(f"/connectors/{connector['id']}").json()
+        assert (status["lastRunState"], status["consecutiveFailures"]) == ("FAILED", 1)
+
+
+def _store_source_config(stack: Stack, source_id: int, config: dict) -> None:
+    """Write a defined source's config behind the API's back, encrypted as every row is."""
+    token = encrypt_json(config, key_file=Path(stack.env["CONTROL_PLANE_SECRET_KEY_FILE"]))
+    engine = create_engine(stack.database_url)
+    with engine.begin() as db:
+        db.execute(
+            text("UPDATE defined_source SET config = :token WHERE id = :id"),
+            {"token": token, "id": source_id},
+        )
+    engine.dispose()
+
+
+def _failed_run(tenant: Tenant, prefect: SyncPrefectClient, connector_id: int) -> str:
+    """Trigger the connector and return the error of its failed run."""
+    run = trigger_and_wait(tenant.client, prefect, connector_id)
+    assert run.state.type == StateType.FAILED, run.state
+    page = tenant.client.get(f"/connectors/{connector_id}/runs", params={"state": "FAILED"})
+    [failed] = page.json()["data"]
+    return failed["error"]
