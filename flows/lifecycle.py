@@ -4,9 +4,12 @@ Each flow keeps the database row and the connector's Prefect deployment in one u
 is flushed, Prefect is changed, then the row is committed. If Prefect fails, the transaction
 rolls back; if the commit fails, the Prefect change is undone.
 
-`label_run` names and tags each run as soon as it knows what the run acts on (a name template
-would cost one more Prefect call per run), and no run keeps a result: the database is the
-record, and Prefect's engine skips a result-storage lookup.
+Each flow's first step is `label_run`: a name for a person and the actor and connector tags,
+from the parameters alone, so a refused attempt (404, 409, 412, 422) reads in the Prefect UI
+like one that worked (a name template would cost one more Prefect call per run). A run whose
+parameters fail Prefect's validation never reaches its body; `label_refused` names it then.
+No run keeps a result: the database is the record, and Prefect's engine skips a result-storage
+lookup.
 """
 
 from dataclasses import dataclass
@@ -18,7 +21,7 @@ from pydantic.alias_generators import to_camel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import crud, deployments, events, runs
-from control_plane.audit import actor_tag, label_run
+from control_plane.audit import actor_tag, label_refused, label_run
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import Conflict
@@ -67,20 +70,22 @@ async def _apply_and_commit(
     return ConnectorPublic.model_validate(connector)
 
 
-def _describe_update(connector: Connector, changes: ConnectorUpdate) -> str:
+def _describe_update(connector_id: int, changes: ConnectorUpdate) -> str:
+    """What the caller asked for, from the request alone: the row is not read yet."""
     values = changes.model_dump(exclude_unset=True)
-    if values.get("is_active") is False and connector.is_active:
-        return f"deactivate connector {connector.id}"
-    if values.get("is_active") is True and not connector.is_active:
-        return f"activate connector {connector.id}"
-    if {"schedule", "timezone"} & values.keys():
-        old = f"{connector.schedule or 'manual'} {connector.timezone}"
-        new = (
-            f"{values.get('schedule', connector.schedule) or 'manual'} "
-            f"{values.get('timezone', connector.timezone)}"
-        )
-        return f"reschedule connector {connector.id}: {old} -> {new}"
-    return f"update connector {connector.id}: {', '.join(sorted(values)) or 'nothing'}"
+    is_active = values.pop("is_active", None)
+    if is_active is None and values and values.keys() <= {"schedule", "timezone"}:
+        when = []
+        if "schedule" in values:
+            when.append(values["schedule"] or "manual")
+        if "timezone" in values:
+            when.append(values["timezone"])
+        return f"reschedule connector {connector_id} to {' '.join(when)}"
+    fields = ", ".join(sorted(map(to_camel, values)))
+    if is_active is None:
+        return f"update connector {connector_id}: {fields or 'nothing'}"
+    verb = "activate" if is_active else "deactivate"
+    return f"{verb} connector {connector_id}" + (f" and update {fields}" if fields else "")
 
 
 @dataclass(frozen=True)
@@ -116,11 +121,15 @@ def _emit_update(
         events.emit(events.UPDATED, connector, actor=actor, fields=sorted(map(to_camel, others)))
 
 
-@flow(name="create-connector", persist_result=False)
+@flow(name="create-connector", persist_result=False, on_failure=[label_refused("create connector")])
 async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> ConnectorPublic:
     """Store a new connector and, when active, create its scheduled deployment."""
+    await label_run(
+        actor=actor, name=f"create connector {spec.name!r} in project {spec.project_id}"
+    )
     async with write_lock(f"create:{spec.project_id}:{spec.name}"), session_scope() as session:
         connector = await crud.add_connector(session=session, spec=spec)
+        # The id exists only now: one more Prefect call, on create alone.
         await label_run(
             actor=actor,
             name=f"create connector {connector.id}: {connector.name}",
@@ -138,7 +147,7 @@ async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> Conn
     return public
 
 
-@flow(name="update-connector", persist_result=False)
+@flow(name="update-connector", persist_result=False, on_failure=[label_refused("update connector")])
 async def update_connector(
     connector_id: int,
     changes: ConnectorUpdate,
@@ -149,14 +158,14 @@ async def update_connector(
 
     With `expected_version` (a caller's If-Match), only if the connector is still at it.
     """
+    await label_run(
+        actor=actor, name=_describe_update(connector_id, changes), connector_id=connector_id
+    )
     async with write_lock(f"connector:{connector_id}"), session_scope() as session:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
         )
         crud.check_version(connector, expected_version)
-        await label_run(
-            actor=actor, name=_describe_update(connector, changes), connector_id=connector_id
-        )
         before, previous = _spec(connector), _Snapshot.of(connector)
         await crud.change_connector(session=session, connector=connector, changes=changes)
         public = await _apply_and_commit(session, connector, before)
@@ -164,7 +173,11 @@ async def update_connector(
     return public
 
 
-@flow(name="deactivate-connector", persist_result=False)
+@flow(
+    name="deactivate-connector",
+    persist_result=False,
+    on_failure=[label_refused("deactivate connector")],
+)
 async def deactivate_connector(
     connector_id: int, reason: str, actor: str = UI_ACTOR, only_if_failing: bool = False
 ) -> ConnectorPublic:
@@ -173,14 +186,14 @@ async def deactivate_connector(
     With `only_if_failing` (as the auto-deactivate automation asks), it checks first that the
     connector still fails at least its threshold of runs in a row; a success in between wins.
     """
+    await label_run(
+        actor=actor,
+        name=f"deactivate connector {connector_id}: {reason}",
+        connector_id=connector_id,
+    )
     async with write_lock(f"connector:{connector_id}"), session_scope() as session:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
-        )
-        await label_run(
-            actor=actor,
-            name=f"deactivate connector {connector_id}: {reason}",
-            connector_id=connector_id,
         )
         threshold = failure_threshold(connector)
         if not connector.is_active or (
@@ -196,7 +209,9 @@ async def deactivate_connector(
     return public
 
 
-@flow(name="trigger-connector", persist_result=False)
+@flow(
+    name="trigger-connector", persist_result=False, on_failure=[label_refused("trigger connector")]
+)
 async def trigger_connector(
     connector_id: int, on_conflict: OnConflict = "queue", actor: str = UI_ACTOR
 ) -> UUID:
@@ -224,7 +239,11 @@ async def trigger_connector(
     return flow_run_id
 
 
-@flow(name="cancel-connector-run", persist_result=False)
+@flow(
+    name="cancel-connector-run",
+    persist_result=False,
+    on_failure=[label_refused("cancel a run of connector")],
+)
 async def cancel_connector_run(connector_id: int, flow_run_id: UUID, actor: str = UI_ACTOR) -> str:
     """Cancel a scheduled or running sync run of the connector."""
     await label_run(
@@ -236,7 +255,7 @@ async def cancel_connector_run(connector_id: int, flow_run_id: UUID, actor: str 
     return run.state.name if run.state else "unknown"
 
 
-@flow(name="reset-connector", persist_result=False)
+@flow(name="reset-connector", persist_result=False, on_failure=[label_refused("reset connector")])
 async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
     """Forget the connector's incremental state: its next run reads everything again."""
     await label_run(actor=actor, name=f"reset connector {connector_id}", connector_id=connector_id)
@@ -246,21 +265,17 @@ async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
         await session.commit()
 
 
-@flow(name="delete-connector", persist_result=False)
+@flow(name="delete-connector", persist_result=False, on_failure=[label_refused("delete connector")])
 async def delete_connector(
     connector_id: int, actor: str = UI_ACTOR, expected_version: int | None = None
 ) -> None:
     """Remove the connector with its deployment and scheduled runs."""
+    await label_run(actor=actor, name=f"delete connector {connector_id}", connector_id=connector_id)
     async with write_lock(f"connector:{connector_id}"), session_scope() as session:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
         )
         crud.check_version(connector, expected_version)
-        await label_run(
-            actor=actor,
-            name=f"delete connector {connector_id}: {connector.name}",
-            connector_id=connector_id,
-        )
         before = _spec(connector)
         await crud.remove_connector(session=session, connector=connector)
         await deployments.apply(connector.prefect_deployment_id, before, None)

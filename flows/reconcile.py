@@ -4,13 +4,17 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from control_plane import reconcile
-from control_plane.audit import label_run
+from control_plane.audit import label_refused, label_run
 from control_plane.db import session_scope
 
 SCHEDULE_ACTOR = "schedule"
 
 
-@flow(name="reconcile-connectors", persist_result=False)
+@flow(
+    name="reconcile-connectors",
+    persist_result=False,
+    on_failure=[label_refused("reconcile connectors")],
+)
 async def reconcile_connectors(
     dry_run: bool = False, actor: str = SCHEDULE_ACTOR
 ) -> list[dict[str, str]]:
