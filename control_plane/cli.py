@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -68,9 +69,26 @@ def prefect_server_env(settings: Settings, home: Path) -> dict[str, str]:
     }
 
 
-def _start(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start(
+    command: Sequence[str], env: dict[str, str], cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     # Each child leads its own process group, so stopping it stops what it started too.
-    return subprocess.Popen(command, env=env, start_new_session=True)
+    return subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True)
+
+
+_AUTH = "CONTROL_PLANE_AUTH_"
+
+
+def worker_environment(env: dict[str, str], settings: Settings) -> dict[str, str]:
+    """What a worker, and every run it starts, gets: the settings as variables, since it reads
+    no `.env`, and none of the API's auth settings (a run has no use for the JWT secret)."""
+    values = settings.model_dump(mode="json", exclude_none=True)
+    variables = {
+        f"CONTROL_PLANE_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+        for name, value in values.items()
+    }
+    merged = {**variables, **env}
+    return {name: value for name, value in merged.items() if not name.startswith(_AUTH)}
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -103,6 +121,7 @@ def up() -> None:
         "CONTROL_PLANE_DATA_DIR": str(data_dir),
         "CONTROL_PLANE_DATABASE_URL": settings.resolved_database_url,
         "CONTROL_PLANE_SECRET_KEY_FILE": str(settings.resolved_secret_key_file),
+        "CONTROL_PLANE_FILE_ROOTS": json.dumps([str(r) for r in settings.resolved_file_roots]),
     }
     processes: list[subprocess.Popen[bytes]] = []
     control_pools = {d["work_pool"]["name"] for d in deployments.control_deployments()}
@@ -127,10 +146,14 @@ def up() -> None:
                 asyncio.run(deployments.ensure_work_pool(pool, command=engine))
             for name in asyncio.run(deployments.deploy_control_flows()):
                 print(f"deployed {name}")
-        worker_env = {**env, "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds)}
+        worker_env = {
+            **worker_environment(env, settings),
+            "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds),
+        }
         for pool in pools:
             command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
-            processes.append(_start([*command, "--pool", pool], worker_env))
+            # In the data dir, where no `.env` of the checkout is read.
+            processes.append(_start([*command, "--pool", pool], worker_env, cwd=data_dir))
         api = f"http://{settings.api_host}:{settings.api_port}"
         command = [sys.executable, "-m", "uvicorn", "control_plane.api.app:app"]
         command += ["--host", settings.api_host]

@@ -2,6 +2,7 @@
 starts, or says how to point it at one, and never starts a temporary server of Prefect's."""
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ import httpx
 from prefect.client.orchestration import SyncPrefectClient
 
 from control_plane import deployments
+from control_plane.cli import worker_environment
+from control_plane.settings import Settings
 from tests.conftest import Stack
 from tests.helpers import Catalog, created, reconcile_cli
 from tests.stack import free_port
@@ -113,3 +116,26 @@ class TestWithoutAServer:
         done = _control_plane(env, "migrate")
         assert done.returncode == 0, done.stderr
         assert _ephemeral_databases(home) == []
+
+
+class TestWorkerEnvironment:
+    def test_workers_get_every_setting_but_the_apis_auth(self, tmp_path: Path, monkeypatch):
+        secret = secrets.token_urlsafe(32)
+        settings = Settings(
+            data_dir=tmp_path, auth_enabled=True, auth_jwt_secret=secret, allowed_hosts=["db:5432"]
+        )
+        env = {"CONTROL_PLANE_AUTH_JWT_SECRET": secret, "CONTROL_PLANE_DATA_DIR": str(tmp_path)}
+
+        worker = worker_environment(env, settings)
+
+        assert not [name for name in worker if name.startswith("CONTROL_PLANE_AUTH_")]
+        assert secret not in repr(worker)
+        # A worker reads no `.env`: what came from it reaches the worker as variables.
+        for name, value in worker.items():
+            monkeypatch.setenv(name, value)
+        seen = Settings(_env_file=None)
+        assert (seen.allowed_hosts, seen.data_dir, seen.auth_enabled) == (
+            ["db:5432"],
+            tmp_path,
+            False,
+        )
