@@ -57,18 +57,21 @@ class Allowed:
 
     @classmethod
     def parse(cls, entry: str) -> "Allowed":
+        """`host`, `address`, `network/bits`, each optionally with `:port` (`[v6]:port`)."""
         text = entry.strip().lower()
         host, port = text, None
-        if text.startswith("["):  # [::1]:5432
+        if text.startswith("["):
             host, _, rest = text[1:].partition("]")
-            port = int(rest[1:]) if rest.startswith(":") else None
+            port = rest[1:] if rest.startswith(":") else None
         elif text.count(":") == 1:
-            host, _, number = text.partition(":")
-            port = int(number)
+            host, _, port = text.partition(":")
+        if not host or (port is not None and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise ValueError(f"{entry!r} is no host, address or network with an optional port")
+        number = int(port) if port is not None else None
         try:
-            return cls(None, ipaddress.ip_network(host, strict=False), port)
+            return cls(None, ipaddress.ip_network(host, strict=False), number)
         except ValueError:
-            return cls(host.rstrip("."), None, port)
+            return cls(host.rstrip("."), None, number)
 
     def admits(self, host: str, address: IPAddress, port: int) -> bool:
         if self.port is not None and self.port != port:

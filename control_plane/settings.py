@@ -4,7 +4,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -123,6 +123,16 @@ class Settings(BaseSettings):
     )
     auth_issuer: str | None = Field(default=None, description="Required `iss` of tokens, if set.")
     auth_audience: str | None = Field(default=None, description="Required `aud` of tokens, if set.")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_parse(cls, entries: list[str]) -> list[str]:
+        # Imported here: the policy module reads these settings.
+        from control_plane.policy import Allowed
+
+        for entry in entries:
+            Allowed.parse(entry)
+        return entries
 
     @property
     def resolved_database_url(self) -> str:
