@@ -42,6 +42,11 @@ class LocalStack:
     database_url: str  # the control plane's
     env: dict[str, str]  # of the API and worker processes
 
+    @property
+    def files(self) -> Path:
+        """The file root: each project's connectors reach `<files>/<project id>/` only."""
+        return Path(self.env["CONTROL_PLANE_DATA_DIR"]) / "files"
+
 
 @contextmanager
 def local_stack(
@@ -54,7 +59,8 @@ def local_stack(
     """Prefect (`make up`'s settings), the API and optionally a worker, on free ports.
 
     Both databases are SQLite under `home`, or with `postgres` fresh databases on the
-    machine's PostgreSQL (Prefect's through asyncpg, as its docs advise for load).
+    machine's PostgreSQL (Prefect's through asyncpg, as its docs advise for load). `home` is the
+    processes' data dir: their key file and their file root (`files`) are there.
     """
     settings = Settings()
     port, api_port = free_port(), free_port()
@@ -70,13 +76,16 @@ def local_stack(
             settings.prefect_database_url = prefect_database
         else:
             database_url = f"sqlite:///{home / 'control-plane.db'}"
-        migrate(database_url)
+        key_file = home / "secret.key"
+        migrate(database_url, secret_key_file=key_file)
         env = {
             "PREFECT_API_URL": prefect_url,
             "PREFECT_HOME": str(home),
             "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds),
             "CONTROL_PLANE_DATABASE_URL": database_url,
             "CONTROL_PLANE_WORK_POOL": WORK_POOL,
+            "CONTROL_PLANE_DATA_DIR": str(home),
+            "CONTROL_PLANE_SECRET_KEY_FILE": str(key_file),
         }
         server_env = {**prefect_server_env(settings, home), **(prefect_env or {})}
         server = prefect_server(home / "prefect", port, server_env)

@@ -349,7 +349,7 @@ def main() -> None:
         # The direct baseline and the in-process flows use the API's database and work pool.
         os.environ.update({k: v for k, v in stack.env.items() if k.startswith("CONTROL_PLANE_")})
         get_settings.cache_clear()
-        catalog = make_catalog(stack.api, Path(tmp))
+        catalog = make_catalog(stack.api, stack.files)
         timings = asyncio.run(_measure(str(stack.api.base_url), catalog, args.rounds))
         # Send this process's last run logs and events while Prefect still listens.
         APILogWorker.drain_all(timeout=5)

@@ -8,7 +8,8 @@ PostgreSQL database on 127.0.0.1:5432 (dropped at the end, also on failure). The
 - COPY of the CSV into a table, and of that table into another through the client (COPY TO
   STDOUT piped into COPY FROM STDIN), plus INSERT ... SELECT, which never leaves the server;
 - csv -> sql and sql -> sql through `control_plane.sync.move`, with the source and destination
-  built as a sync run builds them, at `batch-size` and at ten times it.
+  built as a sync run builds them (in a project's scope: the temp dir as its folder, the CSV
+  named relative to it, and 127.0.0.1:5432 allowed), at `batch-size` and at ten times it.
 
 Each path runs in a fresh process, so its peak RSS (ru_maxrss) is its own; growth is that peak
 less the RSS after the imports. Growth that follows the batch size and not the rows is memory
@@ -35,6 +36,7 @@ from typing import Any
 import psycopg
 
 from control_plane.connectors import get_type
+from control_plane.policy import Allowed, Scope
 from control_plane.sync import SyncPlan, move
 from tests.stack import postgres_database
 
@@ -100,17 +102,18 @@ def _insert_select(dsn: str, source: str, target: str) -> int:
         return cursor.rowcount
 
 
-def _sync(source_type: str, source: dict, destination: dict, batch_size: int) -> int:
-    """`move` as a sync run calls it, with a plan built by hand instead of from the database."""
-    source_class = get_type("source", source_type)
-    destination_class = get_type("destination", "sql")
+def _sync(folder: str, source_type: str, source: dict, destination: dict, batch_size: int) -> int:
+    """`move` as a sync run calls it, with a plan built by hand instead of from the database,
+    its types in the scope of a project whose folder is `folder`."""
+    # The target is a fresh database of the bench's own on the machine's PostgreSQL.
+    scope = Scope(folders=(Path(folder).resolve(),), allowed=(Allowed.parse("127.0.0.1:5432"),))
     plan = SyncPlan(
         connector_id=0,
         connector_name="bench",
         source_label=f"bench ({source_type})",
         destination_label="bench (sql)",
-        source=source_class(source_class.Config.model_validate(source)),  # type: ignore[arg-type]
-        destination=destination_class(destination_class.Config.model_validate(destination)),  # type: ignore[arg-type]
+        source=get_type("source", source_type).configured(source, scope),  # type: ignore[arg-type]
+        destination=get_type("destination", "sql").configured(destination, scope),  # type: ignore[arg-type]
         cursor=None,
     )
     moved = move(plan, batch_size=batch_size)
@@ -146,9 +149,9 @@ def _in_own_process(path: Callable[..., int], *args: Any) -> dict[str, Any]:
 def _measure(dsn: str, url: str, csv_path: Path, rows: int, batch: int) -> dict[str, dict]:
     def sync(source_type: str, source: dict, table: str, batch_size: int) -> tuple:
         destination = {"url": url, "table": table, "mode": "append"}
-        return _sync, source_type, source, destination, batch_size
+        return _sync, str(csv_path.parent), source_type, source, destination, batch_size
 
-    csv_file = {"path": str(csv_path)}
+    csv_file = {"path": csv_path.name}
     sql_table = {"url": url, "table": "sync_csv"}
     large = 10 * batch
     file_copy, table_copy = "COPY csv -> table", "COPY table -> table"

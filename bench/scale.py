@@ -151,7 +151,13 @@ class Pass:
 def _use_stack(stack: LocalStack) -> None:
     """Point this process's control plane at the stack, as the `control-plane` CLI would be."""
     os.environ["CONTROL_PLANE_DATABASE_URL"] = stack.database_url
-    os.environ["CONTROL_PLANE_WORK_POOL"] = stack.env["CONTROL_PLANE_WORK_POOL"]
+    # Its data dir and key file too: the rows it seeds are encrypted with the stack's key.
+    for name in (
+        "CONTROL_PLANE_WORK_POOL",
+        "CONTROL_PLANE_DATA_DIR",
+        "CONTROL_PLANE_SECRET_KEY_FILE",
+    ):
+        os.environ[name] = stack.env[name]
     get_settings.cache_clear()
     get_engine.cache_clear()
 
@@ -430,7 +436,7 @@ def _run(
     prefect_database = _prefect_database(stack)
     server = process_tree(stack.prefect_process.popen.pid)  # type: ignore[union-attr]
     api = stack.api_process.popen.pid  # type: ignore[union-attr]
-    catalogs = [make_catalog(stack.api, home / f"catalog-{i}") for i in range(PROJECTS)]
+    catalogs = [make_catalog(stack.api, stack.files) for _ in range(PROJECTS)]
     active = lambda n: sum(1 for i in range(n) if _active(i))  # noqa: E731
     first = total if create_all else max(total // 40, 1)
     passes: list[Pass] = []

@@ -81,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), postgres=True) as stack:
         limits = httpx.Limits(max_connections=args.clients)
         with httpx.Client(base_url=stack.api.base_url, timeout=120, limits=limits) as api:
-            catalog = make_catalog(api, Path(tmp))
+            catalog = make_catalog(api, stack.files)
             runs = {
                 "sequential": _create_all(
                     stack, api, catalog, [f"seq-{i}" for i in range(args.sequential)], 1

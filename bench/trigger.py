@@ -23,11 +23,11 @@ from control_plane.settings import get_settings
 from tests.helpers import make_catalog
 
 
-def _time_runs(api: httpx.Client, directory: Path, rounds: int) -> dict[str, list[float]]:
+def _time_runs(api: httpx.Client, files: Path, rounds: int) -> dict[str, list[float]]:
     """Seconds from each trigger to its run's Running and Completed states, by the states' own
     timestamps (one clock on this machine), so that polling for the end does not steal the CPU
     the starting run needs."""
-    catalog = make_catalog(api, directory)
+    catalog = make_catalog(api, files)
     connector = api.post("/connectors", json=catalog.connector(schedule=None)).json()
     timings: dict[str, list[float]] = {"running": [], "completed": []}
     with get_client(sync_client=True) as prefect:
@@ -59,7 +59,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), with_worker=True) as stack:
         at_rest = _server_at_rest(stack.prefect_process.popen.pid)
-        timings = _time_runs(stack.api, Path(tmp), args.rounds)
+        timings = _time_runs(stack.api, stack.files, args.rounds)
     rows = {
         until: {
             "p50_s": round(statistics.median(values), 2),

@@ -93,7 +93,7 @@ class TestBadConnectorCreate:
         assert response.status_code == 422
         assert _field_of(response) == missing
 
-    def test_a_source_of_another_project_is_refused(self, api, catalog, tmp_path):
+    def test_a_source_of_another_project_is_refused(self, api, catalog):
         other = created(api.post("/projects", json={"name": f"other-{catalog.project_id}"}))
         body = catalog.connector(projectId=other["id"])
         response = api.post("/connectors", json=body)

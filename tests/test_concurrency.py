@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from uuid import UUID
 
 import httpx
@@ -42,6 +43,7 @@ class Burst:
     api: httpx.Client
     prefect: SyncPrefectClient
     url: str
+    files: Path  # the API's file root, under its data dir
 
     def all_at_once(self, method: str, path: str, bodies: list[dict]) -> list[httpx.Response]:
         def send(body: dict) -> httpx.Response:
@@ -61,12 +63,12 @@ def burst(prefect_on_postgres: str, database_url: str, tmp_path) -> Iterator[Bur
         httpx.Client(base_url=f"{url}/api/v1", timeout=60) as api,
         SyncPrefectClient(prefect_on_postgres) as prefect,
     ):
-        yield Burst(api, prefect, url)
+        yield Burst(api, prefect, url, tmp_path / "files")
 
 
 class TestBursts:
-    def test_concurrent_reschedules_end_with_one_writer_winning_whole(self, burst: Burst, tmp_path):
-        catalog = make_catalog(burst.api, tmp_path)
+    def test_concurrent_reschedules_end_with_one_writer_winning_whole(self, burst: Burst):
+        catalog = make_catalog(burst.api, burst.files)
         connector = created(burst.api.post("/connectors", json=catalog.connector()))
         crons = [f"{minute} 3 * * *" for minute in range(REQUESTS)]
         answers = burst.all_at_once(
@@ -82,8 +84,8 @@ class TestBursts:
         assert len(runs) == REQUESTS + 1
         assert all(run.state.is_completed() for run in runs)
 
-    def test_concurrent_creates_of_one_name_make_one_connector(self, burst: Burst, tmp_path):
-        catalog = make_catalog(burst.api, tmp_path)
+    def test_concurrent_creates_of_one_name_make_one_connector(self, burst: Burst):
+        catalog = make_catalog(burst.api, burst.files)
         body = catalog.connector()
         answers = burst.all_at_once("POST", "/connectors", [body] * REQUESTS)
         assert Counter(a.status_code for a in answers) == {201: 1, 409: REQUESTS - 1}

@@ -38,7 +38,8 @@ from control_plane.connectors.builtin import (
     SqlDestination,
     SqlSource,
 )
-from tests.conftest import fresh_postgres
+from control_plane.policy import Allowed, Scope
+from tests.conftest import PUBLIC_TEST_HOST, fresh_postgres
 
 Mode = Literal["append", "replace", "merge"]
 
@@ -53,6 +54,14 @@ def _read(source: Source, *, cursor: Any = None, batch_size: int = 1000) -> list
 
 def _records(batches: list[Batch]) -> list[dict[str, Any]]:
     return [record for batch in batches for record in batch]
+
+
+@pytest.fixture
+def scope(tmp_path: Path) -> Scope:
+    """A project's scope: its folder is `tmp_path`, and it reaches the machine's PostgreSQL
+    and the test HTTP server's host besides public hosts."""
+    allowed = (Allowed.parse("127.0.0.1:5432"), Allowed.parse(PUBLIC_TEST_HOST))
+    return Scope(folders=(tmp_path,), allowed=allowed)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +100,9 @@ def _rows(url: str, table_name: str, order_by: str) -> list[dict[str, Any]]:
 
 
 class TestCsvSource:
-    def test_a_glob_reads_its_files_in_order_in_full_batches(self, tmp_path: Path) -> None:
+    def test_a_glob_reads_its_files_in_order_in_full_batches(
+        self, tmp_path: Path, scope: Scope
+    ) -> None:
         # Written out of order: the glob's files are read sorted by name.
         for part, ids in [("b", range(1000, 2500)), ("a", range(1000))]:
             with (tmp_path / f"orders-{part}.csv").open("w", newline="") as file:
@@ -100,7 +111,7 @@ class TestCsvSource:
                 writer.writerows([i, f"{i}.50"] for i in ids)
         (tmp_path / "other.csv").write_text("id;amount\nnot;matched\n")
 
-        source = CsvSource(CsvSource.Config(path=str(tmp_path / "orders-*.csv"), delimiter=";"))
+        source = CsvSource.configured({"path": "orders-*.csv", "delimiter": ";"}, scope)
         batches = _read(source, batch_size=1000)
 
         assert [len(batch) for batch in batches] == [1000, 1000, 500]
@@ -109,64 +120,68 @@ class TestCsvSource:
         assert records[7] == {"id": "7", "amount": "7.50"}  # strings, no type guessing
         assert source.cursor_field is None
 
-    def test_a_row_longer_than_the_header_names_file_and_line(self, tmp_path: Path) -> None:
+    def test_a_row_longer_than_the_header_names_file_and_line(
+        self, tmp_path: Path, scope: Scope
+    ) -> None:
         path = tmp_path / f"bad-{_suffix()}.csv"
         path.write_text("id,name\n1,a\n2,b,extra\n")
 
         with pytest.raises(ValueError, match=rf"{path.name}, line 3: more fields"):
-            _read(CsvSource(CsvSource.Config(path=str(path))))
+            _read(CsvSource.configured({"path": path.name}, scope))
 
-    def test_missing_trailing_fields_are_none_and_blank_lines_skipped(self, tmp_path: Path) -> None:
+    def test_missing_trailing_fields_are_none_and_blank_lines_skipped(
+        self, tmp_path: Path, scope: Scope
+    ) -> None:
         path = tmp_path / f"short-{_suffix()}.csv"
         path.write_text('id,name,note\n1,a\n\n2,"b\nc",\n')
 
-        records = _records(_read(CsvSource(CsvSource.Config(path=str(path)))))
+        records = _records(_read(CsvSource.configured({"path": path.name}, scope)))
 
         assert records == [
             {"id": "1", "name": "a", "note": None},
             {"id": "2", "name": "b\nc", "note": ""},
         ]
 
-    def test_a_file_of_blank_lines_has_no_records(self, tmp_path: Path) -> None:
+    def test_a_file_of_blank_lines_has_no_records(self, tmp_path: Path, scope: Scope) -> None:
         path = tmp_path / f"blank-{_suffix()}.csv"
         path.write_text("\n\n\n")
 
-        assert _records(_read(CsvSource(CsvSource.Config(path=str(path))))) == []
+        assert _records(_read(CsvSource.configured({"path": path.name}, scope))) == []
 
-    def test_a_path_matching_nothing_is_an_error(self, tmp_path: Path) -> None:
+    def test_a_path_matching_nothing_is_an_error(self, scope: Scope) -> None:
         with pytest.raises(FileNotFoundError, match="no file matches"):
-            _read(CsvSource(CsvSource.Config(path=str(tmp_path / "missing-*.csv"))))
+            _read(CsvSource.configured({"path": "missing-*.csv"}, scope))
 
 
 class TestJsonlSource:
-    def test_objects_are_read_and_blank_lines_skipped(self, tmp_path: Path) -> None:
+    def test_objects_are_read_and_blank_lines_skipped(self, tmp_path: Path, scope: Scope) -> None:
         path = tmp_path / f"events-{_suffix()}.jsonl"
         path.write_text('{"id": 1, "tags": ["a"]}\n\n   \n{"id": 2, "tags": []}\n')
 
-        batches = _read(JsonlSource(JsonlSource.Config(path=str(path))), batch_size=1)
+        batches = _read(JsonlSource.configured({"path": path.name}, scope), batch_size=1)
 
         assert batches == [[{"id": 1, "tags": ["a"]}], [{"id": 2, "tags": []}]]
 
-    def test_a_bad_line_names_file_and_line(self, tmp_path: Path) -> None:
+    def test_a_bad_line_names_file_and_line(self, tmp_path: Path, scope: Scope) -> None:
         (tmp_path / "1.jsonl").write_text('{"id": 1}\n')
         (tmp_path / "2.jsonl").write_text('{"id": 2}\n\n{"id": 3,\n')
 
-        source = JsonlSource(JsonlSource.Config(path=str(tmp_path / "*.jsonl")))
+        source = JsonlSource.configured({"path": "*.jsonl"}, scope)
         with pytest.raises(ValueError, match=r"2\.jsonl, line 3: "):
             _read(source)
 
-    def test_a_line_that_is_not_an_object_is_an_error(self, tmp_path: Path) -> None:
+    def test_a_line_that_is_not_an_object_is_an_error(self, tmp_path: Path, scope: Scope) -> None:
         path = tmp_path / f"list-{_suffix()}.jsonl"
         path.write_text("[1, 2]\n")
 
         with pytest.raises(ValueError, match="line 1: not a JSON object"):
-            _read(JsonlSource(JsonlSource.Config(path=str(path))))
+            _read(JsonlSource.configured({"path": path.name}, scope))
 
 
 class TestJsonlDestination:
-    def test_records_are_appended_one_object_a_line(self, tmp_path: Path) -> None:
+    def test_records_are_appended_one_object_a_line(self, tmp_path: Path, scope: Scope) -> None:
         path = tmp_path / "new" / "dir" / f"out-{_suffix()}.jsonl"
-        destination = JsonlDestination(JsonlDestination.Config(path=str(path)))
+        destination = JsonlDestination.configured({"path": str(path.relative_to(tmp_path))}, scope)
         at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
         assert destination.write([[{"id": 1, "at": at}], [], [{"id": 2}, {"id": 3}]]) == 3
@@ -197,13 +212,13 @@ def _events(ids: range, start: datetime) -> list[dict[str, Any]]:
 
 
 class TestSqlSource:
-    def test_a_cursor_reads_only_rows_added_since(self, database_url: str) -> None:
+    def test_a_cursor_reads_only_rows_added_since(self, database_url: str, scope: Scope) -> None:
         # Mixed case and a space: the name only works when the source quotes it.
         name = f"Events {_suffix()}"
         start = datetime(2026, 3, 1, 12, 0, 0)
         _events_table(database_url, name, _events(range(5), start))
-        source = SqlSource(
-            SqlSource.Config(url=database_url, table=name, cursor_field="updated_at")
+        source = SqlSource.configured(
+            {"url": database_url, "table": name, "cursorField": "updated_at"}, scope
         )
 
         first = _read(source, batch_size=2)
@@ -219,11 +234,13 @@ class TestSqlSource:
         assert [record["id"] for record in again] == [5, 6, 7]
         assert again[0]["name"] == "event 5"
 
-    def test_a_query_with_a_cursor_is_wrapped(self, database_url: str) -> None:
+    def test_a_query_with_a_cursor_is_wrapped(self, database_url: str, scope: Scope) -> None:
         name = f"events_{_suffix()}"
         _events_table(database_url, name, _events(range(6), datetime(2026, 3, 1)))
         query = f"SELECT id, name FROM {name} WHERE name <> 'event 4';"
-        source = SqlSource(SqlSource.Config(url=database_url, query=query, cursor_field="id"))
+        source = SqlSource.configured(
+            {"url": database_url, "query": query, "cursorField": "id"}, scope
+        )
 
         records = _records(_read(source, cursor=1))
 
@@ -233,17 +250,16 @@ class TestSqlSource:
             {"id": 5, "name": "event 5"},
         ]
 
-    def test_a_query_without_cursor_reads_everything(self, database_url: str) -> None:
+    def test_a_query_without_cursor_reads_everything(self, database_url: str, scope: Scope) -> None:
         name = f"events_{_suffix()}"
         _events_table(database_url, name, _events(range(3), datetime(2026, 3, 1)))
-        source = SqlSource(
-            SqlSource.Config(url=database_url, query=f"SELECT id FROM {name} ORDER BY id DESC")
-        )
+        query = f"SELECT id FROM {name} ORDER BY id DESC"
+        source = SqlSource.configured({"url": database_url, "query": query}, scope)
 
         assert _read(source, batch_size=2) == [[{"id": 2}, {"id": 1}], [{"id": 0}]]
         assert source.cursor_field is None
 
-    def test_values_json_cannot_hold_come_as_strings(self, postgres_url: str) -> None:
+    def test_values_json_cannot_hold_come_as_strings(self, postgres_url: str, scope: Scope) -> None:
         name = f"events_{_suffix()}"
         _events_table(postgres_url, name, _events(range(3), datetime(2026, 3, 1)))
         # A % in the query: SQLAlchemy doubles it for psycopg, which must take it back.
@@ -253,7 +269,9 @@ class TestSqlSource:
                    '{{"a": [1]}}'::jsonb AS doc, updated_at
             FROM {name} WHERE name LIKE 'event %'
         """
-        source = SqlSource(SqlSource.Config(url=postgres_url, query=query, cursor_field="id"))
+        source = SqlSource.configured(
+            {"url": postgres_url, "query": query, "cursorField": "id"}, scope
+        )
 
         records = _records(_read(source, cursor=1))
 
@@ -271,12 +289,15 @@ class TestSqlSource:
 
 
 class TestSqlDestination:
-    def _destination(self, url: str, table: str, mode: Mode, **config: Any) -> SqlDestination:
-        return SqlDestination(SqlDestination.Config(url=url, table=table, mode=mode, **config))
+    def _destination(
+        self, scope: Scope, url: str, table: str, mode: Mode, **config: Any
+    ) -> SqlDestination:
+        body = {"url": url, "table": table, "mode": mode, **config}
+        return SqlDestination.configured(body, scope)
 
-    def test_append_creates_the_table_and_adds_rows(self, database_url: str) -> None:
+    def test_append_creates_the_table_and_adds_rows(self, database_url: str, scope: Scope) -> None:
         name = f"Orders {_suffix()}"
-        destination = self._destination(database_url, name, "append")
+        destination = self._destination(scope, database_url, name, "append")
 
         written = destination.write(
             [
@@ -304,18 +325,22 @@ class TestSqlDestination:
             "note": "TEXT",
         }
 
-    def test_replace_leaves_only_the_new_rows(self, database_url: str) -> None:
+    def test_replace_leaves_only_the_new_rows(self, database_url: str, scope: Scope) -> None:
         name = f"orders_{_suffix()}"
-        self._destination(database_url, name, "append").write([[{"id": 1}, {"id": 2}]])
+        self._destination(scope, database_url, name, "append").write([[{"id": 1}, {"id": 2}]])
 
-        written = self._destination(database_url, name, "replace").write([[{"id": 3}]])
+        written = self._destination(scope, database_url, name, "replace").write([[{"id": 3}]])
 
         assert written == 1
         assert _rows(database_url, name, "id") == [{"id": 3}]
 
-    def test_merge_updates_existing_keys_and_inserts_new_ones(self, database_url: str) -> None:
+    def test_merge_updates_existing_keys_and_inserts_new_ones(
+        self, database_url: str, scope: Scope
+    ) -> None:
         name = f"customers_{_suffix()}"
-        destination = self._destination(database_url, name, "merge", primary_key=["region", "id"])
+        destination = self._destination(
+            scope, database_url, name, "merge", primaryKey=["region", "id"]
+        )
         destination.write([[{"region": "eu", "id": 1, "name": "Ann", "vip": False}]])
         destination.write([[{"region": "us", "id": 1, "name": "Bob", "vip": True}]])
 
@@ -333,29 +358,31 @@ class TestSqlDestination:
             {"region": "eu", "id": 2, "name": "Cy", "vip": True},
         ]
 
-    def test_a_failed_replace_leaves_the_old_rows(self, database_url: str) -> None:
+    def test_a_failed_replace_leaves_the_old_rows(self, database_url: str, scope: Scope) -> None:
         name = f"orders_{_suffix()}"
-        self._destination(database_url, name, "append").write([[{"id": 1}, {"id": 2}]])
+        self._destination(scope, database_url, name, "append").write([[{"id": 1}, {"id": 2}]])
 
         batches = [[{"id": 3}], [{"id": 4, "surprise": "x"}]]
         with pytest.raises(ValueError, match="has no column surprise"):
-            self._destination(database_url, name, "replace").write(batches)
+            self._destination(scope, database_url, name, "replace").write(batches)
 
         assert _rows(database_url, name, "id") == [{"id": 1}, {"id": 2}]
 
-    def test_a_failed_first_write_creates_no_table(self, database_url: str) -> None:
+    def test_a_failed_first_write_creates_no_table(self, database_url: str, scope: Scope) -> None:
         name = f"orders_{_suffix()}"
 
         batches = [[{"id": 1}], [{"id": 2, "surprise": "x"}]]
         with pytest.raises(ValueError, match="has no column surprise"):
-            self._destination(database_url, name, "append").write(batches)
+            self._destination(scope, database_url, name, "append").write(batches)
 
         with _database(database_url) as engine, engine.connect() as connection:
             assert not inspect(connection).has_table(name)
 
-    def test_merge_keeps_the_last_record_of_a_key_within_a_run(self, database_url: str) -> None:
+    def test_merge_keeps_the_last_record_of_a_key_within_a_run(
+        self, database_url: str, scope: Scope
+    ) -> None:
         name = f"customers_{_suffix()}"
-        destination = self._destination(database_url, name, "merge", primary_key=["id"])
+        destination = self._destination(scope, database_url, name, "merge", primaryKey=["id"])
 
         written = destination.write(
             [
@@ -380,7 +407,9 @@ class TestSqlDestination:
 class TestSqlDestinationCopy:
     """PostgreSQL takes the batches by COPY, values as executemany would have sent them."""
 
-    def test_json_columns_take_any_value_and_text_columns_a_dict(self, postgres_url: str) -> None:
+    def test_json_columns_take_any_value_and_text_columns_a_dict(
+        self, postgres_url: str, scope: Scope
+    ) -> None:
         name = f"docs_{_suffix()}"
         with psycopg.connect(postgres_url, autocommit=True) as db:
             db.execute(
@@ -388,7 +417,7 @@ class TestSqlDestinationCopy:
                     sql.Identifier(name)
                 )
             )
-        destination = SqlDestination(SqlDestination.Config(url=postgres_url, table=name))
+        destination = SqlDestination.configured({"url": postgres_url, "table": name}, scope)
 
         written = destination.write(
             [
@@ -411,7 +440,9 @@ class TestSqlDestinationCopy:
             (2, "plain", True, "{not,json}"),  # a list into TEXT: an array, as executemany did
         ]
 
-    def test_a_quoted_schema_and_table_take_append_and_merge(self, postgres_url: str) -> None:
+    def test_a_quoted_schema_and_table_take_append_and_merge(
+        self, postgres_url: str, scope: Scope
+    ) -> None:
         schema, name = f"Sales {_suffix()}", f"Orders {_suffix()}"
         with psycopg.connect(postgres_url, autocommit=True) as db:
             db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
@@ -423,8 +454,8 @@ class TestSqlDestinationCopy:
                 ).format(sql.Identifier(schema, name))
             )
         config = {"url": postgres_url, "table": f"{schema}.{name}"}
-        append = SqlDestination(SqlDestination.Config(**config, mode="append"))
-        merge = SqlDestination(SqlDestination.Config(**config, mode="merge", primary_key=["id"]))
+        append = SqlDestination.configured({**config, "mode": "append"}, scope)
+        merge = SqlDestination.configured({**config, "mode": "merge", "primaryKey": ["id"]}, scope)
 
         assert append.write([[{"id": 1, "Name": "Ann"}]]) == 1
         assert merge.write([[{"id": 1, "Name": "Ann B."}, {"id": 2, "Name": "Bob"}]]) == 2
@@ -437,10 +468,12 @@ class TestSqlDestinationCopy:
             ).fetchall()
         assert rows == [(1, "Ann B.", True), (2, "Bob", True)]
 
-    def test_a_value_the_column_refuses_undoes_the_whole_run(self, postgres_url: str) -> None:
+    def test_a_value_the_column_refuses_undoes_the_whole_run(
+        self, postgres_url: str, scope: Scope
+    ) -> None:
         name = f"orders_{_suffix()}"
-        config = {"url": postgres_url, "table": name, "mode": "merge", "primary_key": ["id"]}
-        destination = SqlDestination(SqlDestination.Config(**config))
+        config = {"url": postgres_url, "table": name, "mode": "merge", "primaryKey": ["id"]}
+        destination = SqlDestination.configured(config, scope)
         destination.write([[{"id": 1, "count": 1}]])
 
         batches = [[{"id": 1, "count": 2}], [{"id": 2, "count": "many"}]]
@@ -474,11 +507,11 @@ class _Pages(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def http_server() -> Iterator[str]:
     """A real HTTP server on a free local port, serving `_Pages.routes`; its base URL."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Pages)
+    server = ThreadingHTTPServer((PUBLIC_TEST_HOST, 0), _Pages)
     thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://{PUBLIC_TEST_HOST}:{server.server_address[1]}"
     finally:
         server.shutdown()
         server.server_close()
@@ -486,19 +519,20 @@ def http_server() -> Iterator[str]:
 
 
 class TestHttpSource:
-    def test_pages_follow_the_next_page_path(self, http_server: str) -> None:
+    def test_pages_follow_the_next_page_path(self, http_server: str, scope: Scope) -> None:
         base = f"/api-{_suffix()}/items"
         _Pages.routes |= {
             base: (200, {}, {"data": {"items": [{"id": 1}, {"id": 2}]}, "next": "items?page=2"}),
             f"{base}?page=2": (200, {}, {"data": {"items": [{"id": 3}]}, "next": None}),
         }
-        source = HttpSource(
-            HttpSource.Config(
-                url=http_server + base,
-                headers={"Authorization": f"Bearer {_suffix()}"},
-                records_path="data.items",
-                next_page_path="next",
-            )
+        source = HttpSource.configured(
+            {
+                "url": http_server + base,
+                "headers": {"Authorization": f"Bearer {_suffix()}"},
+                "recordsPath": "data.items",
+                "nextPagePath": "next",
+            },
+            scope,
         )
 
         batches = _read(source, batch_size=2)
@@ -506,7 +540,7 @@ class TestHttpSource:
         assert batches == [[{"id": 1}, {"id": 2}], [{"id": 3}]]
         assert _Pages.requests[-1]["authorization"] == source.config.headers["Authorization"]
 
-    def test_pages_follow_the_link_header(self, http_server: str) -> None:
+    def test_pages_follow_the_link_header(self, http_server: str, scope: Scope) -> None:
         base = f"/api-{_suffix()}/items"
         second = f"{http_server}{base}?page=2"
         _Pages.routes |= {
@@ -514,33 +548,35 @@ class TestHttpSource:
             f"{base}?page=2": (200, {"Link": f'<{base}>; rel="first"'}, [{"id": 2}]),
         }
 
-        records = _records(_read(HttpSource(HttpSource.Config(url=http_server + base))))
+        records = _records(_read(HttpSource.configured({"url": http_server + base}, scope)))
 
         assert records == [{"id": 1}, {"id": 2}]
 
-    def test_a_server_error_names_status_and_url_not_headers(self, http_server: str) -> None:
+    def test_a_server_error_names_status_and_url_not_headers(
+        self, http_server: str, scope: Scope
+    ) -> None:
         path = f"/api-{_suffix()}/broken"
         _Pages.routes[path] = (500, {}, {"error": "boom"})
         token = f"secret-{_suffix()}"
-        source = HttpSource(
-            HttpSource.Config(url=http_server + path, headers={"Authorization": token})
+        source = HttpSource.configured(
+            {"url": http_server + path, "headers": {"Authorization": token}}, scope
         )
 
-        with pytest.raises(httpx.HTTPStatusError) as error:
+        with pytest.raises(ValueError) as error:
             _read(source)
 
         assert "500" in str(error.value)
         assert http_server + path in str(error.value)
         assert token not in str(error.value)
 
-    def test_a_page_seen_twice_stops_the_loop(self, http_server: str) -> None:
+    def test_a_page_seen_twice_stops_the_loop(self, http_server: str, scope: Scope) -> None:
         path = f"/api-{_suffix()}/loop"
         _Pages.routes |= {
             path: (200, {}, {"items": [{"id": 1}], "next": f"{path}?page=2"}),
             f"{path}?page=2": (200, {}, {"items": [{"id": 2}], "next": path}),
         }
-        source = HttpSource(
-            HttpSource.Config(url=http_server + path, records_path="items", next_page_path="next")
+        source = HttpSource.configured(
+            {"url": http_server + path, "recordsPath": "items", "nextPagePath": "next"}, scope
         )
 
         with pytest.raises(ValueError, match="the pagination loops"):

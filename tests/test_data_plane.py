@@ -4,7 +4,9 @@ the destination, in the run history and in the connector's status."""
 import csv
 import json
 import threading
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from uuid import UUID
@@ -20,6 +22,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from sqlalchemy import create_engine, text
 
+from tests.conftest import PUBLIC_TEST_HOST, Stack, fresh_postgres
 from tests.helpers import created, trigger_and_wait, unique, wait_final
 from tests.stack import wait_for
 
@@ -35,21 +38,37 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _connector(api: httpx.Client, source: dict, destination: dict, **fields) -> dict:
-    """A manual-only connector in a new project between a new source and destination."""
-    project = created(api.post("/projects", json={"name": unique("data")}))
+@dataclass
+class Project:
+    id: int
+    folder: Path  # where its connectors' files are, named relative to it in their configs
+
+
+@pytest.fixture
+def project(api: httpx.Client, stack: Stack) -> Project:
+    """A new project, and its folder under the stack's file root."""
+    project_id = created(api.post("/projects", json={"name": unique("data")}))["id"]
+    folder = stack.files / str(project_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    return Project(project_id, folder)
+
+
+def _connector(
+    api: httpx.Client, project: Project, source: dict, destination: dict, **fields
+) -> dict:
+    """A manual-only connector in `project` between a new source and destination."""
     ids = [
         created(
             api.post(
                 f"/defined-{kind}s",
-                json={"name": unique(kind), **body, "projectId": project["id"]},
+                json={"name": unique(kind), **body, "projectId": project.id},
             )
         )["id"]
         for kind, body in (("source", source), ("destination", destination))
     ]
     body = {
         "name": unique("connector"),
-        "projectId": project["id"],
+        "projectId": project.id,
         "definedSourceId": ids[0],
         "definedDestinationId": ids[1],
         "schedule": None,
@@ -58,16 +77,32 @@ def _connector(api: httpx.Client, source: dict, destination: dict, **fields) -> 
     return created(api.post("/connectors", json=body))
 
 
+@pytest.fixture(scope="module")
+def postgres_warehouse() -> Iterator[str]:
+    """A database of this module's own on the machine's PostgreSQL: connectors may never reach
+    the control plane's own."""
+    with fresh_postgres(f"data_plane_{uuid.uuid4().hex[:12]}") as url:
+        yield url
+
+
+@dataclass
+class Warehouse:
+    url: str  # as the connectors' configs name it
+    local_url: str  # as the test opens it, behind the connectors' back
+
+
 @pytest.fixture
-def warehouse_url(stack, tmp_path: Path) -> str:
-    """A database to read from and write to: SQLite, or the session's PostgreSQL database."""
+def warehouse(request: pytest.FixtureRequest, stack: Stack, project: Project) -> Warehouse:
+    """A database to read from and write to: a SQLite file in the project's folder, or a
+    PostgreSQL database of its own, as the stack's database is."""
     if stack.database_url.startswith("sqlite"):
-        return f"sqlite:///{tmp_path / 'warehouse.db'}"
-    return stack.database_url
+        return Warehouse("sqlite:///warehouse.db", f"sqlite:///{project.folder / 'warehouse.db'}")
+    url = request.getfixturevalue("postgres_warehouse")
+    return Warehouse(url, url)
 
 
-def _query(url: str, sql: str) -> list[tuple]:
-    engine = create_engine(url)
+def _query(warehouse: Warehouse, sql: str) -> list[tuple]:
+    engine = create_engine(warehouse.local_url)
     try:
         with engine.begin() as db:
             result = db.execute(text(sql))
@@ -78,18 +113,19 @@ def _query(url: str, sql: str) -> list[tuple]:
 
 class TestCsvToJsonl:
     def test_every_row_arrives_and_the_run_is_recorded(
-        self, api, prefect: SyncPrefectClient, tmp_path
+        self, api, prefect: SyncPrefectClient, project: Project
     ):
-        _write_csv(tmp_path / "in.csv", range(2500))
+        _write_csv(project.folder / "in.csv", range(2500))
         connector = _connector(
             api,
-            {"type": "csv", "config": {"path": str(tmp_path / "*.csv")}},
-            {"type": "jsonl", "config": {"path": str(tmp_path / "out" / "rows.jsonl")}},
+            project,
+            {"type": "csv", "config": {"path": "*.csv"}},
+            {"type": "jsonl", "config": {"path": "out/rows.jsonl"}},
         )
         run = trigger_and_wait(api, prefect, connector["id"])
         assert run.state.type == StateType.COMPLETED, run.state
 
-        rows = _jsonl(tmp_path / "out" / "rows.jsonl")
+        rows = _jsonl(project.folder / "out" / "rows.jsonl")
         assert len(rows) == 2500
         assert rows[0] == {"id": "0", "name": "name-0"}
 
@@ -113,43 +149,45 @@ class TestCsvToJsonl:
 
 
 class TestJsonlToSql:
-    def test_rows_land_in_a_created_table(self, api, prefect, tmp_path, warehouse_url):
-        (tmp_path / "in.jsonl").write_text(
+    def test_rows_land_in_a_created_table(self, api, prefect, project, warehouse):
+        (project.folder / "in.jsonl").write_text(
             "\n".join(json.dumps({"id": i, "city": f"c{i}"}) for i in range(50))
         )
         table = unique("cities").replace("-", "_")
         connector = _connector(
             api,
-            {"type": "jsonl", "config": {"path": str(tmp_path / "in.jsonl")}},
-            {"type": "sql", "config": {"url": warehouse_url, "table": table}},
+            project,
+            {"type": "jsonl", "config": {"path": "in.jsonl"}},
+            {"type": "sql", "config": {"url": warehouse.url, "table": table}},
         )
         assert trigger_and_wait(api, prefect, connector["id"]).state.type == StateType.COMPLETED
-        assert _query(warehouse_url, f"SELECT count(*) FROM {table}") == [(50,)]
+        assert _query(warehouse, f"SELECT count(*) FROM {table}") == [(50,)]
 
 
 class TestIncrementalSql:
     def test_the_second_run_moves_only_new_rows_and_reset_starts_over(
-        self, api, prefect, tmp_path, warehouse_url
+        self, api, prefect, project, warehouse
     ):
         source_table = unique("events").replace("-", "_")
         target_table = unique("copies").replace("-", "_")
-        _query(warehouse_url, f"CREATE TABLE {source_table} (id INTEGER PRIMARY KEY, v TEXT)")
-        _query(warehouse_url, f"INSERT INTO {source_table} VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        _query(warehouse, f"CREATE TABLE {source_table} (id INTEGER PRIMARY KEY, v TEXT)")
+        _query(warehouse, f"INSERT INTO {source_table} VALUES (1, 'a'), (2, 'b'), (3, 'c')")
         connector = _connector(
             api,
+            project,
             {
                 "type": "sql",
-                "config": {"url": warehouse_url, "table": source_table, "cursorField": "id"},
+                "config": {"url": warehouse.url, "table": source_table, "cursorField": "id"},
             },
-            {"type": "sql", "config": {"url": warehouse_url, "table": target_table}},
+            {"type": "sql", "config": {"url": warehouse.url, "table": target_table}},
         )
         path = f"/connectors/{connector['id']}"
         assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
-        _query(warehouse_url, f"INSERT INTO {source_table} VALUES (4, 'd'), (5, 'e')")
+        _query(warehouse, f"INSERT INTO {source_table} VALUES (4, 'd'), (5, 'e')")
         assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
         second, first = api.get(f"{path}/runs").json()["data"]
         assert (first["recordsRead"], second["recordsRead"]) == (3, 2)
-        assert _query(warehouse_url, f"SELECT count(*) FROM {target_table}") == [(5,)]
+        assert _query(warehouse, f"SELECT count(*) FROM {target_table}") == [(5,)]
 
         assert api.post(f"{path}/reset").status_code == 204
         assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
@@ -185,9 +223,10 @@ class _Api(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def http_source() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    # Not 127.0.0.1: the rest of loopback (the API, Prefect) is out of the connectors' reach.
+    server = ThreadingHTTPServer((PUBLIC_TEST_HOST, 0), _Api)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
+    yield f"http://{PUBLIC_TEST_HOST}:{server.server_port}"
     _Api.release.set()
     server.shutdown()
     server.server_close()
@@ -195,25 +234,27 @@ def http_source() -> Iterator[str]:
 
 class TestHttpPagination:
     @pytest.mark.parametrize("kind", ["next", "link"])
-    def test_every_page_is_read(self, api, prefect, tmp_path, http_source, kind):
+    def test_every_page_is_read(self, api, prefect, project, http_source, kind):
         config = {"url": f"{http_source}/{kind}/1", "recordsPath": "result.items"}
         if kind == "next":
             config["nextPagePath"] = "next"
         connector = _connector(
             api,
+            project,
             {"type": "http", "config": config},
-            {"type": "jsonl", "config": {"path": str(tmp_path / "pages.jsonl")}},
+            {"type": "jsonl", "config": {"path": "pages.jsonl"}},
         )
         assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
-        assert {row["page"] for row in _jsonl(tmp_path / "pages.jsonl")} == {1, 2, 3}
+        assert {row["page"] for row in _jsonl(project.folder / "pages.jsonl")} == {1, 2, 3}
 
 
 class TestFailures:
-    def test_failures_count_up_and_a_success_resets_them(self, api, prefect, tmp_path):
+    def test_failures_count_up_and_a_success_resets_them(self, api, prefect, project):
         connector = _connector(
             api,
-            {"type": "csv", "config": {"path": str(tmp_path / "missing.csv")}},
-            {"type": "jsonl", "config": {"path": str(tmp_path / "out.jsonl")}},
+            project,
+            {"type": "csv", "config": {"path": "missing.csv"}},
+            {"type": "jsonl", "config": {"path": "out.jsonl"}},
         )
         path = f"/connectors/{connector['id']}"
         for count in (1, 2):
@@ -224,25 +265,26 @@ class TestFailures:
         [latest] = api.get(f"{path}/runs", params={"limit": 1, "state": "FAILED"}).json()["data"]
         assert "missing.csv" in latest["error"]
 
-        _write_csv(tmp_path / "here.csv", range(3))
-        override = {"sourceConfigOverride": {"path": str(tmp_path / "here.csv")}}
+        _write_csv(project.folder / "here.csv", range(3))
+        override = {"sourceConfigOverride": {"path": "here.csv"}}
         assert api.patch(path, json=override).status_code == 200
         assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
         status = api.get(path).json()
         assert (status["lastRunState"], status["consecutiveFailures"]) == ("COMPLETED", 0)
-        assert len(_jsonl(tmp_path / "out.jsonl")) == 3
+        assert len(_jsonl(project.folder / "out.jsonl")) == 3
 
 
 class TestOneRunAtATime:
-    def test_reject_refuses_queue_waits_and_cancel_stops(self, api, prefect, tmp_path, http_source):
+    def test_reject_refuses_queue_waits_and_cancel_stops(self, api, prefect, project, http_source):
         _Api.release.clear()
         connector = _connector(
             api,
+            project,
             {
                 "type": "http",
                 "config": {"url": f"{http_source}/slow/3", "recordsPath": "result.items"},
             },
-            {"type": "jsonl", "config": {"path": str(tmp_path / "slow.jsonl")}},
+            {"type": "jsonl", "config": {"path": "slow.jsonl"}},
         )
         path = f"/connectors/{connector['id']}"
         first = api.post(f"{path}/trigger").json()["flowRunId"]

@@ -66,8 +66,10 @@ class Transcript:
 
 def _program_env(stack: Stack, tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in PROGRAM_SETTINGS}
-    # TMPDIR: the Python program's CSV and JSONL files go under the test's own directory.
-    return {**env, "BASE_URL": stack.api_url, "TMPDIR": str(tmp_path), **extra}
+    # FILES_DIR: the programs write their CSV into the project's folder under the stack's file
+    # root, where its worker reads it; TMPDIR keeps anything else under the test's directory.
+    files = {"FILES_DIR": str(stack.files), "TMPDIR": str(tmp_path)}
+    return {**env, "BASE_URL": stack.api_url, **files, **extra}
 
 
 def _run(command: list[str], env: dict[str, str]) -> Transcript:
@@ -91,10 +93,10 @@ def _assert_whole_lifecycle(
     runs = control_runs(prefect, connector_id)
     assert [run.name for run in runs] == [
         f"create connector {connector_id}: {name}",
-        f"reschedule connector {connector_id}: 0 */4 * * * UTC -> 0 */6 * * * UTC",
+        f"reschedule connector {connector_id} to 0 */6 * * *",
         f"trigger connector {connector_id}",
         f"deactivate connector {connector_id}",
-        f"delete connector {connector_id}: {name}",
+        f"delete connector {connector_id}",
     ]
     for run in runs:
         assert run.state.type == StateType.COMPLETED, (run.name, run.state)

@@ -5,7 +5,6 @@ schema."""
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -164,7 +163,7 @@ class TestUnstorableText:
         [
             lambda bad: {"name": f"a{bad}b"},
             lambda bad: {"description": bad},
-            lambda bad: {"sourceConfigOverride": {"path": f"/tmp/in{bad}.csv"}},
+            lambda bad: {"sourceConfigOverride": {"path": f"in{bad}.csv"}},
             lambda bad: {"destinationConfigOverride": {f"pa{bad}th": "x"}},
         ],
         ids=["name", "description", "override-value", "override-key"],
@@ -198,7 +197,7 @@ class TestUnstorableText:
 
 
 class TestSqlLookingStrings:
-    def test_they_are_stored_verbatim_and_the_tables_stay(self, api, tmp_path: Path):
+    def test_they_are_stored_verbatim_and_the_tables_stay(self, api, stack: Stack):
         suffix = unique("")
         project = created(
             api.post(
@@ -206,7 +205,9 @@ class TestSqlLookingStrings:
                 json={"name": f"{SQL}{suffix}", "description": "'; DELETE FROM project; --"},
             )
         )
-        csv = tmp_path / "x'); DROP TABLE defined_source; --.csv"
+        folder = stack.files / str(project["id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        csv = folder / "x'); DROP TABLE defined_source; --.csv"
         csv.write_text("id\n1\n")
         source = created(
             api.post(
@@ -214,7 +215,7 @@ class TestSqlLookingStrings:
                 json={
                     "name": "Robert'); DROP TABLE defined_source;--",
                     "type": "csv",
-                    "config": {"path": str(csv), "delimiter": ";"},
+                    "config": {"path": csv.name, "delimiter": ";"},
                     "projectId": project["id"],
                 },
             )
@@ -225,16 +226,16 @@ class TestSqlLookingStrings:
                 json={
                     "name": '" OR 1=1 --',
                     "type": "jsonl",
-                    "config": {"path": str(tmp_path / "out' OR '1'='1.jsonl")},
+                    "config": {"path": "out' OR '1'='1.jsonl"},
                     "projectId": project["id"],
                 },
             )
         )
-        override = {"path": str(tmp_path / "1; DROP TABLE project")}
+        override = {"path": "1; DROP TABLE project"}
         connector = created(
             api.post(
                 "/connectors",
-                json=Catalog(project["id"], source["id"], destination["id"]).connector(
+                json=Catalog(project["id"], source["id"], destination["id"], folder).connector(
                     name=SQL,
                     description="UNION SELECT * FROM connector --",
                     isActive=False,
@@ -245,7 +246,7 @@ class TestSqlLookingStrings:
 
         assert api.get(f"/projects/{project['id']}").json() == project
         assert api.get(f"/defined-sources/{source['id']}").json()["name"] == source["name"]
-        assert api.get(f"/defined-sources/{source['id']}").json()["config"]["path"] == str(csv)
+        assert api.get(f"/defined-sources/{source['id']}").json()["config"]["path"] == csv.name
         read = api.get(f"/connectors/{connector['id']}").json()
         assert (read["name"], read["description"]) == (SQL, "UNION SELECT * FROM connector --")
         assert read["sourceConfigOverride"] == override

@@ -12,7 +12,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
 from control_plane import deployments
-from tests.helpers import created, make_catalog, reconcile_cli
+from tests.helpers import created, reconcile_cli
 from tests.stack import api_server, free_port, wait_for
 
 CREATE, UPDATE, DELETE = (
@@ -23,7 +23,9 @@ CREATE, UPDATE, DELETE = (
 def _killed_during(stack, tmp_path: Path, point: str, method: str, path: str, body=None) -> None:
     """Send one request to an API of the test's own, and kill it at `point`."""
     env = {**stack.env, "CONTROL_PLANE_PAUSE_POINTS": json.dumps([point])}
+    # Its pause points are marked in a data dir of its own; its files are the stack's.
     env["CONTROL_PLANE_DATA_DIR"] = str(tmp_path)
+    env["CONTROL_PLANE_FILE_ROOTS"] = json.dumps([str(stack.files)])
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = api_server(env, port, tmp_path / "api.log").start()
@@ -64,8 +66,7 @@ def _agrees(api: httpx.Client, prefect: SyncPrefectClient, connector_id: int) ->
 
 
 class TestKilledHalfway:
-    def test_create_leaves_no_orphan(self, api, prefect, stack, tmp_path):
-        catalog = make_catalog(api, tmp_path / "files")
+    def test_create_leaves_no_orphan(self, api, prefect, catalog, stack, tmp_path):
         body = catalog.connector()
         _killed_during(
             stack, tmp_path, "create-connector:before-commit", "POST", "/connectors", body

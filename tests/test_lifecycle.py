@@ -107,11 +107,11 @@ class TestSeedLifecycle:
         runs = control_runs(prefect, connector_id)
         assert [run.name for run in runs] == [
             f"create connector {connector_id}: {connector['name']}",
-            f"reschedule connector {connector_id}: {OLD_CRON} UTC -> {NEW_CRON} UTC",
+            f"reschedule connector {connector_id} to {NEW_CRON}",
             f"trigger connector {connector_id}",
             f"deactivate connector {connector_id}",
             f"activate connector {connector_id}",
-            f"delete connector {connector_id}: {connector['name']}",
+            f"delete connector {connector_id}",
         ]
         for run in runs:
             assert run.state.type == StateType.COMPLETED, (run.name, run.state)

@@ -106,10 +106,9 @@ class TestAutoDeactivate:
         prefect: SyncPrefectClient,
         catalog: Catalog,
         prefect_api_url,
-        tmp_path,
     ):
         since = datetime.now(UTC) - timedelta(seconds=5)
-        broken = {"path": str(tmp_path / "nothing-here.csv")}
+        broken = {"path": "nothing-here.csv"}
         connector = created(
             api.post(
                 "/connectors",

@@ -22,6 +22,7 @@ class Outage:
     prefect_health: str
     api_url: str
     api: httpx.Client
+    files: Path  # the API's file root, under its data dir
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +43,14 @@ def outage(database_url: str, tmp_path_factory) -> Iterator[Outage]:
             ),
             httpx.Client(base_url=f"http://127.0.0.1:{api_port}/api/v1", timeout=120) as client,
         ):
-            yield Outage(prefect, f"{url}/health", f"http://127.0.0.1:{api_port}", client)
+            api_url = f"http://127.0.0.1:{api_port}"
+            yield Outage(prefect, f"{url}/health", api_url, client, home / "files")
 
 
 class TestPrefectOutage:
-    def test_actions_fail_cleanly_and_recover(self, outage: Outage, tmp_path: Path):
+    def test_actions_fail_cleanly_and_recover(self, outage: Outage):
         api = outage.api
-        catalog = make_catalog(api, tmp_path)
+        catalog = make_catalog(api, outage.files)
         connector = created(api.post("/connectors", json=catalog.connector()))
         path = f"/connectors/{connector['id']}"
         stored = api.get(path).json()

@@ -3,13 +3,13 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import com.fasterxml.jackson.databind.node.ObjectNode;
 
 import java.io.IOException;
-import java.io.UncheckedIOException;
 import java.net.ConnectException;
 import java.net.URI;
 import java.net.http.HttpClient;
 import java.net.http.HttpRequest;
 import java.net.http.HttpResponse;
 import java.net.http.HttpTimeoutException;
+import java.nio.file.DirectoryNotEmptyException;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
@@ -19,13 +19,11 @@ import java.time.ZonedDateTime;
 import java.time.format.DateTimeFormatter;
 import java.time.format.DateTimeParseException;
 import java.util.ArrayList;
-import java.util.Comparator;
 import java.util.List;
 import java.util.Map;
 import java.util.Set;
 import java.util.UUID;
 import java.util.concurrent.ThreadLocalRandom;
-import java.util.stream.Stream;
 
 /**
  * Walks one connector through its whole lifecycle against the control plane's REST API.
@@ -167,9 +165,14 @@ public final class ConnectorLifecycleExample {
 
     // ---------------------------------------------------------------- what the connector needs
 
-    /** The project, defined source and defined destination the connector needs. */
+    /**
+     * The project, defined source and defined destination the connector needs; {@code files}
+     * are those of the source and destination made here, in the project's {@code folder}, which
+     * is removed afterwards when empty if it did not exist before ({@code ownFolder}).
+     */
     private record Scaffold(long projectId, long definedSourceId, long definedDestinationId,
-                            List<String> created, Path workdir) {}
+                            List<String> created, Path folder, List<Path> files,
+                            boolean ownFolder) {}
 
     /** Uses the ids given in the environment; creates whatever is missing, with unique names. */
     private static Scaffold prepare(ApiClient client, Config config, String suffix)
@@ -186,17 +189,22 @@ public final class ConnectorLifecycleExample {
             show(project, "id", "name");
         }
 
-        Path workdir = createTempDirectory(); // holds the files of the source and destination
+        // The worker reads and writes a project's files only in the project's folder under its
+        // file root, and configs name them relative to it; so the example expects the worker on
+        // this machine, with FILES_DIR as its file root.
+        Path folder = config.filesDir().resolve(String.valueOf(projectId));
+        boolean ownFolder = !Files.exists(folder);
+        List<Path> files = new ArrayList<>();
         Long sourceId = config.definedSourceId();
         if (sourceId == null) {
-            // The worker reads this path, so the example expects the API on this machine.
-            Path csv = workdir.resolve("customers.csv");
+            Path csv = folder.resolve("customers.csv");
             writeFile(csv, SAMPLE_CSV);
+            files.add(csv);
             ObjectNode body = JSON.createObjectNode()
                     .put("name", "Customers CSV " + suffix)
                     .put("type", "csv")
                     .put("projectId", projectId);
-            body.putObject("config").put("path", csv.toString());
+            body.putObject("config").put("path", "customers.csv");
             JsonNode source = client.call("POST", "/api/v1/defined-sources", body, 201, false);
             sourceId = source.path("id").asLong();
             created.add(0, "/api/v1/defined-sources/" + sourceId);
@@ -205,11 +213,12 @@ public final class ConnectorLifecycleExample {
 
         Long destinationId = config.definedDestinationId();
         if (destinationId == null) {
+            files.add(folder.resolve("out.jsonl")); // the worker writes it
             ObjectNode body = JSON.createObjectNode()
                     .put("name", "Customers JSONL " + suffix)
                     .put("type", "jsonl")
                     .put("projectId", projectId);
-            body.putObject("config").put("path", workdir.resolve("out.jsonl").toString());
+            body.putObject("config").put("path", "out.jsonl");
             JsonNode destination =
                     client.call("POST", "/api/v1/defined-destinations", body, 201, false);
             destinationId = destination.path("id").asLong();
@@ -217,7 +226,8 @@ public final class ConnectorLifecycleExample {
             show(destination, "id", "name", "type");
         }
 
-        return new Scaffold(projectId, sourceId, destinationId, created, workdir);
+        return new Scaffold(projectId, sourceId, destinationId, created, folder, files,
+                ownFolder);
     }
 
     /** Deletes what {@link #prepare} created, so reruns leave nothing behind. */
@@ -228,12 +238,21 @@ public final class ConnectorLifecycleExample {
         for (String path : scaffold.created()) {
             client.call("DELETE", path, null, 204, false);
         }
-        try (Stream<Path> files = Files.walk(scaffold.workdir())) {
-            for (Path file : files.sorted(Comparator.reverseOrder()).toList()) {
+        for (Path file : scaffold.files()) {
+            try {
                 Files.deleteIfExists(file);
+            } catch (IOException error) {
+                System.out.println("   could not remove " + file + ": " + error);
             }
-        } catch (IOException | UncheckedIOException error) {
-            System.out.println("   could not remove " + scaffold.workdir() + ": " + error);
+        }
+        if (!scaffold.files().isEmpty() && scaffold.ownFolder()) {
+            try {
+                Files.deleteIfExists(scaffold.folder());
+            } catch (DirectoryNotEmptyException error) {
+                // Files that are not the example's: they stay, and so does the folder.
+            } catch (IOException error) {
+                System.out.println("   could not remove " + scaffold.folder() + ": " + error);
+            }
         }
     }
 
@@ -425,19 +444,12 @@ public final class ConnectorLifecycleExample {
         }
     }
 
-    private static Path createTempDirectory() {
-        try {
-            return Files.createTempDirectory("connector-example-");
-        } catch (IOException error) {
-            throw new ExampleException("cannot create a temporary directory: " + error);
-        }
-    }
-
     private static void writeFile(Path file, String content) {
         try {
+            Files.createDirectories(file.getParent());
             Files.writeString(file, content);
         } catch (IOException error) {
-            throw new ExampleException("cannot write " + file + ": " + error);
+            throw new ExampleException("cannot write " + file + " (FILES_DIR): " + error);
         }
     }
 
@@ -452,7 +464,8 @@ public final class ConnectorLifecycleExample {
 
     /** Settings read from the environment. */
     private record Config(String baseUrl, String authToken, Long projectId, Long definedSourceId,
-                          Long definedDestinationId, int maxRetries, Duration requestTimeout) {
+                          Long definedDestinationId, int maxRetries, Duration requestTimeout,
+                          Path filesDir) {
 
         static Config fromEnvironment() {
             Map<String, String> env = System.getenv();
@@ -480,9 +493,11 @@ public final class ConnectorLifecycleExample {
                 throw new ExampleException(
                         "MAX_RETRIES must be 0 or more and REQUEST_TIMEOUT more than 0");
             }
+            String filesDir = env.get("FILES_DIR");
             return new Config(baseUrl, token == null || token.isEmpty() ? null : token,
                     projectId, sourceId, destinationId,
-                    maxRetries == null ? 5 : maxRetries.intValue(), requestTimeout);
+                    maxRetries == null ? 5 : maxRetries.intValue(), requestTimeout,
+                    Path.of(filesDir == null || filesDir.isEmpty() ? ".data/files" : filesDir));
         }
 
         private static Long number(Map<String, String> env, String name) {

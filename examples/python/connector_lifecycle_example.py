@@ -8,13 +8,12 @@ Configuration comes from the environment; see README.md beside this file. Exits 
 step passed, 1 with a message on stderr otherwise.
 """
 
+import contextlib
 import email.utils
 import json
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ class Config:
     defined_destination_id: int | None
     max_retries: int
     request_timeout: float
+    files_dir: Path
 
     @classmethod
     def from_environment(cls) -> "Config":
@@ -70,6 +70,7 @@ class Config:
             defined_destination_id=_env_number("DEFINED_DESTINATION_ID", int, None),
             max_retries=_env_number("MAX_RETRIES", int, 5),
             request_timeout=_env_number("REQUEST_TIMEOUT", float, 30.0),
+            files_dir=Path(os.environ.get("FILES_DIR") or ".data/files"),
         )
         if config.max_retries < 0 or config.request_timeout <= 0:
             raise ExampleError("MAX_RETRIES must be 0 or more and REQUEST_TIMEOUT more than 0")
@@ -209,7 +210,9 @@ class Scaffold:
     defined_source_id: int
     defined_destination_id: int
     created: list[str]  # paths to DELETE afterwards, newest first
-    workdir: Path  # holds the files of the source and destination made here
+    folder: Path  # the project's folder, where the source and destination made here keep files
+    files: list[Path]  # files in it of the source and destination made here
+    own_folder: bool  # the folder did not exist before: removed afterwards when empty
 
 
 def prepare(client: ApiClient, config: Config, suffix: str) -> Scaffold:
@@ -227,19 +230,28 @@ def prepare(client: ApiClient, config: Config, suffix: str) -> Scaffold:
         created.insert(0, f"/api/v1/projects/{project_id}")
         _show(project, "id", "name")
 
-    workdir = Path(tempfile.mkdtemp(prefix="connector-example-"))
+    # The worker reads and writes a project's files only in the project's folder under its file
+    # root, and configs name them relative to it; so the example expects the worker on this
+    # machine, with FILES_DIR as its file root.
+    folder = config.files_dir / str(project_id)
+    own_folder = not folder.exists()
+    files: list[Path] = []
     source_id = config.defined_source_id
     if source_id is None:
-        # The worker reads this path, so the example expects the API on this machine.
-        csv_path = workdir / "customers.csv"
-        csv_path.write_text(SAMPLE_CSV)
+        csv_path = folder / "customers.csv"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            csv_path.write_text(SAMPLE_CSV)
+        except OSError as error:
+            raise ExampleError(f"cannot write {csv_path} (FILES_DIR): {error}") from None
+        files.append(csv_path)
         source = client.call(
             "POST",
             "/api/v1/defined-sources",
             {
                 "name": f"Customers CSV {suffix}",
                 "type": "csv",
-                "config": {"path": str(csv_path)},
+                "config": {"path": "customers.csv"},
                 "projectId": project_id,
             },
             expect=201,
@@ -250,13 +262,14 @@ def prepare(client: ApiClient, config: Config, suffix: str) -> Scaffold:
 
     destination_id = config.defined_destination_id
     if destination_id is None:
+        files.append(folder / "out.jsonl")  # the worker writes it
         destination = client.call(
             "POST",
             "/api/v1/defined-destinations",
             {
                 "name": f"Customers JSONL {suffix}",
                 "type": "jsonl",
-                "config": {"path": str(workdir / "out.jsonl")},
+                "config": {"path": "out.jsonl"},
                 "projectId": project_id,
             },
             expect=201,
@@ -265,7 +278,7 @@ def prepare(client: ApiClient, config: Config, suffix: str) -> Scaffold:
         created.insert(0, f"/api/v1/defined-destinations/{destination_id}")
         _show(destination, "id", "name", "type")
 
-    return Scaffold(project_id, source_id, destination_id, created, workdir)
+    return Scaffold(project_id, source_id, destination_id, created, folder, files, own_folder)
 
 
 def wait_for_run(client: ApiClient, connector_id: int, flow_run_id: str) -> None:
@@ -351,7 +364,11 @@ def clean_up(client: ApiClient, scaffold: Scaffold) -> None:
         print("\nClean up what the example created")
     for path in scaffold.created:
         client.call("DELETE", path, expect=204)
-    shutil.rmtree(scaffold.workdir, ignore_errors=True)
+    for file in scaffold.files:
+        file.unlink(missing_ok=True)
+    if scaffold.files and scaffold.own_folder:
+        with contextlib.suppress(OSError):  # not empty: files that are not the example's
+            scaffold.folder.rmdir()
 
 
 def main() -> int:
