@@ -38,6 +38,8 @@ POSTGRES_PORT = 5432
 # the host check (`host`, `hostaddr`, `service`) or read files on the worker (`passfile`,
 # `sslcert`, `sslkey`, `sslrootcert`, `sslcrl`).
 POSTGRES_QUERY = frozenset({"sslmode", "connect_timeout", "application_name"})
+# A path where no file can ever be created: libpq skips a passfile that does not exist.
+_NO_FILE = "/proc/self/no-such-file"
 # The backends a URL may name, by the names SQLAlchemy knows them by.
 DATABASE_BACKENDS = {"postgresql": "postgresql", "postgres": "postgresql", "sqlite": "sqlite"}
 _GLOB = frozenset("*?[")
@@ -236,10 +238,10 @@ class Scope:
                 and database.name == name
             ):
                 raise Refused(f"{host}:{port}/{name} is {label}")
-        # psycopg connects to exactly the address checked; `host` stays for TLS and libpq.
-        return url.set(
-            drivername="postgresql+psycopg", query={**url.query, "hostaddr": str(address)}
-        )
+        # psycopg connects to exactly the address checked (`host` stays for TLS), and never
+        # with a password from the worker's ~/.pgpass.
+        query = {**url.query, "hostaddr": str(address), "passfile": _NO_FILE}
+        return url.set(drivername="postgresql+psycopg", query=query)
 
 
 def _port(url: httpx.URL) -> int:
@@ -252,20 +254,24 @@ class _CheckedTransport(httpx.BaseTransport):
 
     def __init__(self, scope: Scope) -> None:
         self.scope = scope
-        self.inner = httpx.HTTPTransport(trust_env=False)
+        # One pool per host name: a connection opened (and its certificate verified) for one
+        # name is never reused for another name on the same address.
+        self.pools: dict[str, httpx.HTTPTransport] = {}
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url, address = self.scope.http_url(str(request.url))
+        pool = self.pools.setdefault(url.host, httpx.HTTPTransport(trust_env=False))
         request.url = url.copy_with(host=str(address))
         request.extensions = {**request.extensions, "sni_hostname": url.host}
         try:
-            return self.inner.handle_request(request)
+            return pool.handle_request(request)
         finally:
             # Relative links and redirects resolve against the URL as the tenant wrote it.
             request.url = url
 
     def close(self) -> None:
-        self.inner.close()
+        for pool in self.pools.values():
+            pool.close()
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:
