@@ -69,26 +69,26 @@ def prefect_server_env(settings: Settings, home: Path) -> dict[str, str]:
     }
 
 
-def _start(
-    command: Sequence[str], env: dict[str, str], cwd: Path | None = None
-) -> subprocess.Popen[bytes]:
+def _start(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Each child leads its own process group, so stopping it stops what it started too.
-    return subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True)
+    return subprocess.Popen(command, env=env, start_new_session=True)
 
 
-_AUTH = "CONTROL_PLANE_AUTH_"
+# What a worker and its runs never get: the API's auth settings (a run has no use for the JWT
+# secret), and libpq's variables, which would fill in what a tenant's PostgreSQL URL left out.
+_NOT_FOR_WORKERS = ("CONTROL_PLANE_AUTH_", "PG")
 
 
 def worker_environment(env: dict[str, str], settings: Settings) -> dict[str, str]:
-    """What a worker, and every run it starts, gets: the settings as variables, since it reads
-    no `.env`, and none of the API's auth settings (a run has no use for the JWT secret)."""
+    """What a worker, and every run it starts, gets: the settings as variables, since a run
+    starts in a temporary directory and reads no `.env`, but nothing in `_NOT_FOR_WORKERS`."""
     values = settings.model_dump(mode="json", exclude_none=True)
     variables = {
         f"CONTROL_PLANE_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
         for name, value in values.items()
     }
     merged = {**variables, **env}
-    return {name: value for name, value in merged.items() if not name.startswith(_AUTH)}
+    return {name: value for name, value in merged.items() if not name.startswith(_NOT_FOR_WORKERS)}
 
 
 def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -152,8 +152,7 @@ def up() -> None:
         }
         for pool in pools:
             command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
-            # In the data dir, where no `.env` of the checkout is read.
-            processes.append(_start([*command, "--pool", pool], worker_env, cwd=data_dir))
+            processes.append(_start([*command, "--pool", pool], worker_env))
         api = f"http://{settings.api_host}:{settings.api_port}"
         command = [sys.executable, "-m", "uvicorn", "control_plane.api.app:app"]
         command += ["--host", settings.api_host]
@@ -180,8 +179,9 @@ def up() -> None:
 def rotate_key() -> None:
     """Put a new key first in the key file, re-encrypt every stored config under it, and keep
     the previous key (for processes that have not read the file again yet), no older one."""
-    key_file = encryption.ensure_key_file(get_settings().resolved_secret_key_file)
     try:
+        # A missing key file is an error here: a new one would open none of the stored rows.
+        key_file = encryption.check_key_file(get_settings().resolved_secret_key_file)
         counts = asyncio.run(_rotate_key(key_file))
     except encryption.SecretKeyError as error:
         sys.exit(f"rotate-key: {error}")

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from pydantic.alias_generators import to_camel
 from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -17,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane.connectors import Kind, TypeConfig, deep_merge, keep_secrets, validate_config
 from control_plane.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
-from control_plane.policy import scope_for
+from control_plane.policy import Scope, scope_for
 from models import (
     Connector,
     ConnectorCreate,
@@ -158,17 +159,22 @@ async def _check_endpoint_name(
         raise Conflict(f"project {project_id} has a defined {kind} named {name!r} already")
 
 
+async def project_scope(project_id: int) -> Scope:
+    """What the project's connectors may reach. Built, as configs are checked, off the event
+    loop: both resolve host names."""
+    return await asyncio.to_thread(scope_for, project_id)
+
+
 async def _validated(
-    kind: Kind, name: str, config: dict[str, Any], *, field: str, project_id: int
+    kind: Kind, name: str, config: dict[str, Any], *, field: str, scope: Scope
 ) -> TypeConfig:
-    """The config checked by its type within the project's scope, off the event loop: the
-    checks resolve host names."""
-    scope = scope_for(project_id)
+    """The config checked by its type within the project's scope."""
     return await asyncio.to_thread(validate_config, kind, name, config, field=field, scope=scope)
 
 
 async def create_endpoint(*, session: AsyncSession, kind: Kind, spec: EndpointCreate) -> Endpoint:
-    await _validated(kind, spec.type, spec.config, field="config", project_id=spec.project_id)
+    scope = await project_scope(spec.project_id)
+    await _validated(kind, spec.type, spec.config, field="config", scope=scope)
     await _referenced_project(session, spec.project_id)
     await _check_endpoint_name(session, kind, spec.project_id, spec.name)
     endpoint = ENDPOINT_TABLES[kind].model_validate(spec)
@@ -182,15 +188,16 @@ async def update_endpoint(
 ) -> Endpoint:
     values = changes.model_dump(exclude_unset=True)
     if "config" in values:
-        values["config"] = keep_secrets(kind, values["config"], endpoint.config)
+        values["config"] = keep_secrets(kind, values["config"], endpoint.config, field="config")
     config, type_ = values.get("config", endpoint.config), values.get("type", endpoint.type)
-    await _validated(kind, type_, config, field="config", project_id=endpoint.project_id)
+    scope = await project_scope(endpoint.project_id)
+    await _validated(kind, type_, config, field="config", scope=scope)
     if values.get("name", endpoint.name) != endpoint.name:
         await _check_endpoint_name(session, kind, endpoint.project_id, values["name"])
     users = await _connectors_where(session, _endpoint_column(kind) == endpoint.id)
     for connector in users:
         merged = deep_merge(config, _override(connector, kind))
-        await _validated(kind, type_, merged, field="config", project_id=endpoint.project_id)
+        await _validated(kind, type_, merged, field="config", scope=scope)
     _touch(endpoint, values)
     await session.flush()
     return endpoint
@@ -212,13 +219,13 @@ def _override(connector: Connector, kind: Kind) -> dict[str, Any]:
     return getattr(connector, f"{kind}_config_override")
 
 
-async def resolve_config(*, connector: Connector, kind: Kind, endpoint: Endpoint) -> TypeConfig:
+async def resolve_config(
+    *, connector: Connector, kind: Kind, endpoint: Endpoint, scope: Scope
+) -> TypeConfig:
     """The endpoint's config with the connector's override laid over it, checked by its type
-    within the connector's project."""
+    within the connector's project's `scope`."""
     merged = deep_merge(endpoint.config, _override(connector, kind))
-    return await _validated(
-        kind, endpoint.type, merged, field=f"{kind}ConfigOverride", project_id=connector.project_id
-    )
+    return await _validated(kind, endpoint.type, merged, field=f"{kind}ConfigOverride", scope=scope)
 
 
 # Connectors
@@ -279,6 +286,7 @@ async def _check_connector(session: AsyncSession, connector: Connector) -> None:
 
 async def _check_connector_references(session: AsyncSession, connector: Connector) -> None:
     await _referenced_project(session, connector.project_id)
+    scope = await project_scope(connector.project_id)
     for kind, field in (("source", "definedSourceId"), ("destination", "definedDestinationId")):
         endpoint_id = getattr(connector, _endpoint_column(kind).key)
         endpoint = await session.get(ENDPOINT_TABLES[kind], endpoint_id)
@@ -290,7 +298,7 @@ async def _check_connector_references(session: AsyncSession, connector: Connecto
                 f"defined {kind} {endpoint_id} belongs to project {endpoint.project_id}, "
                 f"not to project {connector.project_id}",
             )
-        await resolve_config(connector=connector, kind=kind, endpoint=endpoint)
+        await resolve_config(connector=connector, kind=kind, endpoint=endpoint, scope=scope)
     query = select(Connector.id).where(
         Connector.project_id == connector.project_id,
         Connector.name == connector.name,
@@ -319,7 +327,9 @@ async def change_connector(
     for kind in ENDPOINT_TABLES:
         field = f"{kind}_config_override"
         if field in values:
-            values[field] = keep_secrets(kind, values[field], getattr(connector, field))
+            values[field] = keep_secrets(
+                kind, values[field], getattr(connector, field), field=to_camel(field)
+            )
     if values.get("is_active") is True:
         values["status_reason"] = None
     _touch(connector, {**values, "version": connector.version + 1})

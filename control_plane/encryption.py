@@ -29,13 +29,10 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import TypeDecorator
 
+from control_plane.errors import SecretKeyError
 from control_plane.settings import Settings, get_settings
 
 ROTATE_BATCH_SIZE = 500
-
-
-class SecretKeyError(RuntimeError):
-    """The key file is missing or unreadable, or lacks the key a stored value was encrypted with."""
 
 
 def _missing(path: Path) -> SecretKeyError:

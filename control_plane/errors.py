@@ -13,7 +13,8 @@ ControlPlaneError
     ├── PrefectUnavailable   503  Prefect's API cannot be reached or keeps failing
     ├── PrefectRejected      502  Prefect answered, but refused the request
     │   └── WorkPoolMissing  502  the work pool the deployments run on is not in Prefect
-    └── DatabaseUnavailable  503  the control plane's database cannot be reached
+    ├── DatabaseUnavailable  503  the control plane's database cannot be reached
+    └── SecretKeyError       503  the key file is missing, unreadable or lacks a stored key
 ```
 """
 
@@ -82,6 +83,10 @@ class DatabaseUnavailable(Unavailable):
     pass
 
 
+class SecretKeyError(Unavailable):
+    """The key file is missing or unreadable, or lacks the key a stored value was encrypted with."""
+
+
 __all__ = [
     "Conflict",
     "ControlPlaneError",
@@ -93,6 +98,7 @@ __all__ = [
     "PreconditionFailed",
     "PrefectRejected",
     "PrefectUnavailable",
+    "SecretKeyError",
     "Unauthorized",
     "Unavailable",
     "WorkPoolMissing",

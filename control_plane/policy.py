@@ -16,10 +16,10 @@ was resolved, then hands back exactly that to use.
 import getpass
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,12 @@ _NO_FILE = "/proc/self/no-such-file"
 # The backends a URL may name, by the names SQLAlchemy knows them by.
 DATABASE_BACKENDS = {"postgresql": "postgresql", "postgres": "postgresql", "sqlite": "sqlite"}
 _GLOB = frozenset("*?[")
+_HOST_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+
+
+def is_glob(value: str) -> bool:
+    """Whether a path has a wildcard in it."""
+    return bool(_GLOB & set(value))
 
 
 class Refused(ValueError):
@@ -61,18 +67,23 @@ class Allowed:
     def parse(cls, entry: str) -> "Allowed":
         """`host`, `address`, `network/bits`, each optionally with `:port` (`[v6]:port`)."""
         text = entry.strip().lower()
-        host, port = text, None
+        bad = ValueError(f"{entry!r} is no host name, address or network with an optional port")
+        host, port = text, ""
         if text.startswith("["):
             host, _, rest = text[1:].partition("]")
-            port = rest[1:] if rest.startswith(":") else None
+            if rest and not rest.startswith(":"):
+                raise bad
+            port = rest[1:]
         elif text.count(":") == 1:
             host, _, port = text.partition(":")
-        if not host or (port is not None and not (port.isdigit() and 0 < int(port) < 65536)):
-            raise ValueError(f"{entry!r} is no host, address or network with an optional port")
-        number = int(port) if port is not None else None
+        if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise bad
+        number = int(port) if port else None
         try:
             return cls(None, ipaddress.ip_network(host, strict=False), number)
         except ValueError:
+            if not _HOST_NAME.fullmatch(host.rstrip(".")):
+                raise bad from None
             return cls(host.rstrip("."), None, number)
 
     def admits(self, host: str, address: IPAddress, port: int) -> bool:
@@ -141,8 +152,10 @@ class Scope:
     def pattern(self, value: str) -> str:
         """A glob (or a plain path) inside the project's folder: the part before the first
         wildcard is checked as a path, and no `..` may follow it."""
+        if "\x00" in value:
+            raise Refused("contains a NUL character")
         parts = Path(value).parts
-        static = next((i for i, part in enumerate(parts) if _GLOB & set(part)), len(parts))
+        static = next((i for i, part in enumerate(parts) if is_glob(part)), len(parts))
         if ".." in parts[static:]:
             raise Refused(f"{value!r}: no `..` after a wildcard")
         if static == len(parts):
@@ -153,8 +166,9 @@ class Scope:
     def opened(self, path: Path, descriptor: int) -> None:
         """Check, after opening, that the file really opened is the one checked (a symlink
         swapped in between the check and the open would show here)."""
+        # Linux names an open file's real path here; without it the check cannot be made.
         link = f"/proc/self/fd/{descriptor}"
-        if os.path.exists(link) and Path(os.path.realpath(link)) != path:
+        if not os.path.exists(link) or Path(os.path.realpath(link)) != path:
             os.close(descriptor)
             raise Refused(f"{path} changed between its check and its opening")
 
@@ -171,7 +185,7 @@ class Scope:
         for label, service in self.services:
             if service.includes(address, port):
                 raise Refused(f"{host}:{port} is {label}")
-        if address.is_global or any(entry.admits(host, address, port) for entry in self.allowed):
+        if _public(address) or any(entry.admits(host, address, port) for entry in self.allowed):
             return
         raise Refused(
             f"{host} is a {_kind(address)} address, which connectors may not reach unless the "
@@ -238,10 +252,24 @@ class Scope:
                 and database.name == name
             ):
                 raise Refused(f"{host}:{port}/{name} is {label}")
-        # psycopg connects to exactly the address checked (`host` stays for TLS), and never
-        # with a password from the worker's ~/.pgpass.
-        query = {**url.query, "hostaddr": str(address), "passfile": _NO_FILE}
-        return url.set(drivername="postgresql+psycopg", query=query)
+        # psycopg connects to exactly the address checked (`host` stays for TLS), as exactly
+        # the user and database checked, with nothing of the worker's own: no PG* variables
+        # (an empty password stops PGPASSWORD), no ~/.pgpass, no client certificate, no
+        # Kerberos ticket.
+        query = {
+            **url.query,
+            "hostaddr": str(address),
+            "passfile": _NO_FILE,
+            "sslcertmode": "disable",
+            "gssencmode": "disable",
+        }
+        return url.set(
+            drivername="postgresql+psycopg",
+            query=query,
+            database=name,
+            username=url.username or getpass.getuser(),
+            password=url.password or "",
+        )
 
 
 def _port(url: httpx.URL) -> int:
@@ -260,7 +288,9 @@ class _CheckedTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url, address = self.scope.http_url(str(request.url))
-        pool = self.pools.setdefault(url.host, httpx.HTTPTransport(trust_env=False))
+        pool = self.pools.get(url.host)
+        if pool is None:
+            pool = self.pools[url.host] = httpx.HTTPTransport(trust_env=False)
         request.url = url.copy_with(host=str(address))
         request.extensions = {**request.extensions, "sni_hostname": url.host}
         try:
@@ -290,6 +320,18 @@ def resolve(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
+# IPv6 ranges that carry an IPv4 address (NAT64, 6to4, IPv4-compatible) or are deprecated
+# site-local: Python 3.11 calls some of them global, but they can reach private IPv4 space.
+_EMBEDDING = tuple(
+    ipaddress.ip_network(network)
+    for network in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96", "fec0::/10")
+)
+
+
+def _public(address: IPAddress) -> bool:
+    return address.is_global and not any(address in network for network in _EMBEDDING)
+
+
 def _kind(address: IPAddress) -> str:
     if address.is_loopback:
         return "loopback"
@@ -300,18 +342,18 @@ def _kind(address: IPAddress) -> str:
     return "non-public"
 
 
-@lru_cache(maxsize=1)
-def _own_addresses() -> frozenset[IPAddress]:
-    """This machine's addresses, as far as its name resolves."""
-    try:
-        names = socket.gethostbyname_ex(socket.gethostname())[2]
-    except OSError:
-        names = []
-    return frozenset(ipaddress.ip_address(name) for name in names)
-
-
 def _local(address: IPAddress) -> bool:
-    return address.is_loopback or address.is_unspecified or address in _own_addresses()
+    """An address of this machine: loopback, unspecified, or one it can bind a socket to (an
+    interface's address, which reaches our services as well as 127.0.0.1 does)."""
+    if address.is_loopback or address.is_unspecified:
+        return True
+    family = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
 
 
 def _same_host(address: IPAddress, own: IPAddress) -> bool:
@@ -349,11 +391,10 @@ def _own_database(url: str) -> Database | None:
         if not parsed.database or parsed.database == ":memory:":
             return None
         return Database(None, None, Path(os.path.realpath(parsed.database)))
-    if not parsed.host:
-        return None
-    return Database(
-        _service(parsed.host, parsed.port or POSTGRES_PORT), _postgres_name(parsed), None
-    )
+    host = parsed.host or str(parsed.query.get("host") or "")
+    if not host or host.startswith("/"):
+        host = "127.0.0.1"  # a Unix socket: the server on this machine
+    return Database(_service(host, parsed.port or POSTGRES_PORT), _postgres_name(parsed), None)
 
 
 def _boundary(settings: Settings) -> tuple[Any, ...]:
@@ -426,6 +467,7 @@ __all__ = [
     "Refused",
     "Scope",
     "checked",
+    "is_glob",
     "project_folders",
     "resolve",
     "scope_for",

@@ -10,7 +10,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from control_plane import crud
 from control_plane.connectors import Batch, Destination, Source, get_type
 from control_plane.errors import Conflict
-from control_plane.policy import scope_for
 from control_plane.settings import get_settings
 from models import Connector
 
@@ -56,11 +55,13 @@ async def plan(*, session: AsyncSession, connector_id: int) -> SyncPlan:
     )
     # Checked again here, on the worker, under its settings: a row stored before a setting
     # changed, or written straight into the database, is refused before anything is opened.
-    source_config = await crud.resolve_config(connector=connector, kind="source", endpoint=source)
-    destination_config = await crud.resolve_config(
-        connector=connector, kind="destination", endpoint=destination
+    scope = await crud.project_scope(connector.project_id)
+    source_config = await crud.resolve_config(
+        connector=connector, kind="source", endpoint=source, scope=scope
     )
-    scope = scope_for(connector.project_id)
+    destination_config = await crud.resolve_config(
+        connector=connector, kind="destination", endpoint=destination, scope=scope
+    )
     return SyncPlan(
         connector_id=connector_id,
         connector_name=connector.name,

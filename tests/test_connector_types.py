@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from control_plane.connectors import Batch, Source
+from control_plane.connectors import Batch, Source, keep_secrets, mask_url
 from control_plane.connectors.builtin import (
     CsvSource,
     HttpSource,
@@ -581,3 +581,27 @@ class TestHttpSource:
 
         with pytest.raises(ValueError, match="the pagination loops"):
             _read(source)
+
+
+class TestSecretsInUrls:
+    @pytest.mark.parametrize(
+        ("url", "shown"),
+        [
+            (
+                "https://u:pw@api.example.com/x?api_key=K&page=2&X-Amz-Signature=S&q=%FF&flag",
+                "https://u:********@api.example.com/x?api_key=********&page=2"
+                "&X-Amz-Signature=********&q=%FF&flag",
+            ),
+            ("https://ghp_token@api.github.com/repos", "https://********@api.github.com/repos"),
+            (
+                "https://h/x?private_token=T&access_token=A",
+                "https://h/x?private_token=********&access_token=********",
+            ),
+            ("postgresql://app:pw@db/x", "postgresql://app:********@db/x"),
+            ("postgresql://app@db/x", "postgresql://app@db/x"),
+        ],
+    )
+    def test_masking_changes_only_the_secrets(self, url: str, shown: str) -> None:
+        assert mask_url(url) == shown
+        config = {"url": url}
+        assert keep_secrets("source", {"url": shown}, config, field="config") == config

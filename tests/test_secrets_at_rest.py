@@ -27,7 +27,7 @@ from control_plane.db import migrate
 from control_plane.encryption import decrypt_json, encrypt_json, read_keys
 from tests.conftest import PUBLIC_TEST_HOST, Stack, fresh_postgres
 from tests.helpers import created, trigger_and_wait, unique
-from tests.stack import POSTGRES_ADMIN_URL, api_server, free_port, wait_for
+from tests.stack import POSTGRES_ADMIN_URL, api_server, free_port, running, wait_for
 
 MIGRATIONS = Path(control_plane.__file__).parent / "migrations"
 ENCRYPTED = {
@@ -247,6 +247,21 @@ class TestApiWithoutKeyFile:
         log = api.log.read_text()
         assert f"the key file {missing}" in log and "`control-plane migrate`" in log
         assert not missing.exists()
+
+
+class TestWrongKeyFile:
+    def test_reads_answer_503_naming_the_key_file(self, api, stack: Stack, tmp_path: Path):
+        made = _with_secrets(api, stack)
+        other = tmp_path / "other.key"
+        other.write_bytes(Fernet.generate_key() + b"\n")
+        env = {**stack.env, "CONTROL_PLANE_SECRET_KEY_FILE": str(other)}
+        port = free_port()
+        with running(
+            api_server(env, port, tmp_path / "api.log"), f"http://127.0.0.1:{port}/health"
+        ):
+            response = httpx.get(f"http://127.0.0.1:{port}/api/v1/defined-sources/{made.source_id}")
+        assert response.status_code == 503, response.text
+        assert str(other) in response.json()["detail"]
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

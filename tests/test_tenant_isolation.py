@@ -4,8 +4,9 @@ on. Each attack is refused when saved (422 naming the field and the rule), and t
 written straight into the database fails the run before anything is read or written."""
 
 import json
+import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.conftest import PUBLIC_TEST_HOST, AuthApi, Stack
 from tests.helpers import Catalog, created, make_catalog, trigger_and_wait, unique
 from tests.stack import free_port
 
+MASK = "********"
 OUTSIDE = "outside the project's folder"
 NOT_ALLOWED = "CONTROL_PLANE_ALLOWED_HOSTS"
 
@@ -145,21 +147,36 @@ class TestFiles:
         assert not (folder / "out.jsonl").exists()
 
 
+API_KEY = "X-Api-Key"
+
+
+@dataclass
+class Served:
+    """A test HTTP API: its base URL, and each request it got with the API key it was sent."""
+
+    url: str
+    requests: list[tuple[str, str | None]]
+
+
 class _Server(BaseHTTPRequestHandler):
     """Answers with a page of records, its `next` the query's `next`, or with a redirect to the
-    query's `to`; counts the requests it got."""
+    query's `to`; with a `key` in the query, only requests that send it as the API key."""
 
-    requests: list[str]
+    requests: list[tuple[str, str | None]]
 
     def do_GET(self) -> None:
-        self.requests.append(self.path)
+        self.requests.append((self.path, self.headers.get(API_KEY)))
         query = dict(parse_qsl(urlsplit(self.path).query))
+        if "key" in query and self.headers.get(API_KEY) != query["key"]:
+            self.send_response(401)
+            self.end_headers()
+            return
         if "to" in query:
             self.send_response(302)
             self.send_header("Location", query["to"])
             self.end_headers()
             return
-        body = {"items": [{"secret": f"from {self.path}"}], "next": query.get("next")}
+        body = {"items": [{"page": self.path}], "next": query.get("next")}
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.end_headers()
@@ -170,21 +187,33 @@ class _Server(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def servers() -> Iterator[tuple[str, str, list[str]]]:
-    """An API on the allowed 127.0.0.2, and an internal one on 127.0.0.1 that must never be
-    reached; yields both base URLs and the internal one's requests."""
-    started = []
-    internal_requests: list[str] = []
-    for host, requests in ((PUBLIC_TEST_HOST, []), ("127.0.0.1", internal_requests)):
-        handler = type("Handler", (_Server,), {"requests": requests})
-        server = ThreadingHTTPServer((host, 0), handler)
+def serve() -> Iterator[Callable[[str], Served]]:
+    """Starts test HTTP APIs on a host (the allowed 127.0.0.2, or 127.0.0.1 as an internal
+    service that must never be reached); they stop after the test."""
+    started: list[ThreadingHTTPServer] = []
+
+    def start(host: str) -> Served:
+        requests: list[tuple[str, str | None]] = []
+        server = ThreadingHTTPServer((host, 0), type("Handler", (_Server,), {"requests": requests}))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         started.append(server)
-    public, internal = (f"http://{s.server_address[0]}:{s.server_address[1]}" for s in started)
-    yield public, internal, internal_requests
+        return Served(f"http://{host}:{server.server_address[1]}", requests)
+
+    yield start
     for server in started:
         server.shutdown()
         server.server_close()
+
+
+def _connector_reading(tenant: Tenant, config: dict) -> dict:
+    source = created(
+        tenant.source("http", {"recordsPath": "items", "nextPagePath": "next", **config})
+    )
+    return created(
+        tenant.client.post(
+            "/connectors", json=tenant.catalog.connector(definedSourceId=source["id"])
+        )
+    )
 
 
 class TestHttp:
@@ -198,41 +227,94 @@ class TestHttp:
             f"{auth_api.url}/api/v1/defined-sources",
             "http://169.254.169.254/latest/meta-data/",
             "http://10.0.0.1/",
+            "http://2130706433/",  # 127.0.0.1 as one number
+            "http://0x7f.1/",
             "http://[::1]:4200/api/health",
             "http://[::ffff:127.0.0.1]/",
+            "http://[64:ff9b::a00:1]/",  # NAT64 of 10.0.0.1
             "http://0.0.0.0:5432/",
         ):
             refused(tenant.source("http", {"url": url}), "config", "")
 
-    def test_an_open_and_a_closed_port_are_refused_alike(self, tenant: Tenant, servers):
-        _, internal, internal_requests = servers
+    def test_an_open_and_a_closed_port_are_refused_alike(self, tenant: Tenant, serve):
+        internal = serve("127.0.0.1")
         closed = f"http://127.0.0.1:{free_port()}"
         open_, shut = (
             refused(tenant.source("http", {"url": f"{base}/x"}), "config", NOT_ALLOWED)
-            for base in (internal, closed)
+            for base in (internal.url, closed)
         )
         assert open_ == shut  # nothing in the answer tells an open port from a closed one
-        assert internal_requests == []
+        assert internal.requests == []
 
     @pytest.mark.parametrize("how", ["next page", "redirect"])
     def test_a_run_never_follows_to_a_refused_host(
-        self, tenant: Tenant, prefect: SyncPrefectClient, servers, how: str
+        self, tenant: Tenant, prefect: SyncPrefectClient, serve, how: str
     ):
-        public, internal, internal_requests = servers
+        public, internal = serve(PUBLIC_TEST_HOST), serve("127.0.0.1")
         query = "next" if how == "next page" else "to"
-        url = f"{public}/first?{query}={internal}/secret"
-        source = created(
-            tenant.source("http", {"url": url, "recordsPath": "items", "nextPagePath": "next"})
+        connector = _connector_reading(
+            tenant, {"url": f"{public.url}/first?{query}={internal.url}/secret"}
         )
-        connector = created(
-            tenant.client.post(
-                "/connectors", json=tenant.catalog.connector(definedSourceId=source["id"])
-            )
-        )
+
         error = _failed_run(tenant, prefect, connector["id"])
+
         assert "127.0.0.1 is a loopback address" in error, error
-        assert internal_requests == []
+        assert internal.requests == []
         assert not (tenant.catalog.folder / "out.jsonl").exists()
+
+    @pytest.mark.parametrize("how", ["next page", "redirect"])
+    def test_the_headers_go_only_to_the_urls_origin(
+        self, tenant: Tenant, prefect: SyncPrefectClient, serve, how: str
+    ):
+        home, elsewhere = serve(PUBLIC_TEST_HOST), serve(PUBLIC_TEST_HOST)
+        key = secrets.token_hex(8)
+        query = "next" if how == "next page" else "to"
+        connector = _connector_reading(
+            tenant,
+            {
+                "url": f"{home.url}/first?key={key}&{query}={elsewhere.url}/x",
+                "headers": {API_KEY: key},
+            },
+        )
+
+        assert trigger_and_wait(tenant.client, prefect, connector["id"]).state.is_completed()
+
+        assert [sent for _, sent in home.requests] == [key]
+        assert [sent for _, sent in elsewhere.requests] == [None]
+
+    def test_a_host_header_is_refused(self, tenant: Tenant, serve):
+        public = serve(PUBLIC_TEST_HOST)
+        config = {"url": public.url, "headers": {"host": "prefect.internal"}}
+        refused(tenant.source("http", config), "config", "Host")
+
+
+class TestMaskedSecrets:
+    def test_a_config_sent_back_masked_keeps_every_secret(
+        self, tenant: Tenant, prefect: SyncPrefectClient, serve
+    ):
+        public = serve(PUBLIC_TEST_HOST)
+        key = secrets.token_hex(8)
+        config = {"url": f"{public.url}/first?key={key}&api_key={key}", "headers": {API_KEY: key}}
+        connector = _connector_reading(tenant, config)
+        source = f"/defined-sources/{connector['definedSourceId']}"
+        shown = tenant.client.get(source).json()["config"]
+        assert key not in repr(shown) and shown["headers"] == {API_KEY: MASK}
+
+        assert tenant.client.patch(source, json={"config": shown}).status_code == 200
+
+        assert trigger_and_wait(tenant.client, prefect, connector["id"]).state.is_completed()
+
+    def test_a_masked_secret_is_not_handed_to_a_new_host(self, tenant: Tenant, serve):
+        public, other = serve(PUBLIC_TEST_HOST), serve(PUBLIC_TEST_HOST)
+        config = {"url": f"{public.url}/x", "headers": {API_KEY: secrets.token_hex(8)}}
+        source = created(tenant.source("http", config))
+        moved = {"url": f"{other.url}/x", "headers": {API_KEY: MASK}}
+        response = tenant.client.patch(f"/defined-sources/{source['id']}", json={"config": moved})
+        refused(response, "config", "send this secret again")
+        assert (
+            tenant.client.get(f"/defined-sources/{source['id']}").json()["config"]["url"]
+            == config["url"]
+        )
 
 
 class TestDatabases:

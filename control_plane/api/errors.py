@@ -10,7 +10,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from control_plane.errors import ControlPlaneError, InvalidInput, Unauthorized
@@ -38,6 +38,14 @@ async def _control_plane_error(_: Request, error: Exception) -> JSONResponse:
 
 async def _prefect_error(_: Request, error: Exception) -> JSONResponse:
     return _answer(translate_error(error))
+
+
+async def _statement_error(request: Request, error: Exception) -> JSONResponse:
+    # An error of ours raised while SQLAlchemy processed a value (the key file, decrypting).
+    cause = getattr(error, "orig", None)
+    if isinstance(cause, ControlPlaneError):
+        return _answer(cause)
+    return await _unexpected_error(request, error)
 
 
 async def _integrity_error(_: Request, error: Exception) -> JSONResponse:
@@ -83,6 +91,7 @@ def add_error_handlers(app: FastAPI) -> None:
     for prefect_error in (PrefectHTTPStatusError, ObjectNotFound, httpx.HTTPError):
         app.add_exception_handler(prefect_error, _prefect_error)
     app.add_exception_handler(IntegrityError, _integrity_error)
+    app.add_exception_handler(StatementError, _statement_error)
     app.add_exception_handler(PoolTimeout, _database_error)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -22,11 +22,11 @@ from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Annotated, Any, ClassVar, Literal
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from control_plane.connectors._urls import MASK, mask_url, origin, secrets_of, with_secrets
 from control_plane.errors import InvalidInput
 from control_plane.policy import Scope, checked
 
@@ -151,9 +151,6 @@ def validate_config(
         raise InvalidInput(field, problems) from None
 
 
-MASK = "********"
-
-
 @lru_cache
 def _secret_keys(kind: Kind) -> dict[str, str]:
     """Config keys that are secret in any type of the kind, and how (whole value or URL password).
@@ -169,62 +166,6 @@ def _secret_keys(kind: Kind) -> dict[str, str]:
             if isinstance(extra, dict) and SECRET in extra:
                 keys[field.alias or name] = str(extra[SECRET])
     return keys
-
-
-# Query parameters that carry credentials by convention.
-SECRET_PARAMETERS = frozenset(
-    {
-        "api_key",
-        "apikey",
-        "access_token",
-        "token",
-        "key",
-        "secret",
-        "client_secret",
-        "password",
-        "signature",
-        "sig",
-        "auth",
-        "code",
-    }
-)
-
-
-def _secret_parameter(name: str) -> bool:
-    return name.lower().replace("-", "_") in SECRET_PARAMETERS
-
-
-def _url_secrets(url: str) -> dict[str, str]:
-    """The secret parts of a URL: its password (key "") and secret-looking query parameters."""
-    parts = urlsplit(url)
-    found = {
-        name: value
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-        if _secret_parameter(name)
-    }
-    if parts.password is not None:
-        found[""] = parts.password
-    return found
-
-
-def _with_url_secrets(url: str, secrets: dict[str, str]) -> str:
-    """The URL with its password and secret query parameters set to `secrets`' values."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None and "" in secrets:
-        userinfo, _, host = netloc.rpartition("@")
-        netloc = f"{userinfo.split(':', 1)[0]}:{secrets['']}@{host}"
-    query = [
-        (name, secrets.get(name, value))
-        for name, value in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, safe="*")))
-
-
-def mask_url(url: str) -> str:
-    """The URL with its password and secret-looking query parameters replaced by `MASK`."""
-    secrets = _url_secrets(url)
-    return _with_url_secrets(url, dict.fromkeys(secrets, MASK)) if secrets else url
 
 
 def mask_secrets(kind: Kind, config: dict[str, Any]) -> dict[str, Any]:
@@ -243,23 +184,51 @@ def mask_secrets(kind: Kind, config: dict[str, Any]) -> dict[str, Any]:
     return masked
 
 
-def keep_secrets(kind: Kind, new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
-    """`new` with every `MASK` a client sent back replaced by the stored secret in `old`."""
+def keep_secrets(
+    kind: Kind, new: dict[str, Any], old: dict[str, Any], *, field: str
+) -> dict[str, Any]:
+    """`new` with every `MASK` a client sent back replaced by the stored secret in `old`.
+
+    Only while the config's URLs keep their host: a masked secret sent back with a new host
+    would hand the stored secret to that host, so that is a 422 asking for the secret again.
+    """
+    keys = _secret_keys(kind)
+    moved = [
+        key
+        for key, how in keys.items()
+        if how == "url"
+        and isinstance(new.get(key), str)
+        and isinstance(old.get(key), str)
+        and origin(new[key]) != origin(old[key])
+    ]
     kept = dict(new)
-    for key, how in _secret_keys(kind).items():
+    for key, how in keys.items():
         value, stored = kept.get(key), old.get(key)
         if stored is None:
             continue
         if how == "url" and isinstance(value, str) and isinstance(stored, str):
-            masked = [name for name, sent in _url_secrets(value).items() if sent == MASK]
+            masked = [part for part, sent in secrets_of(value).items() if sent == MASK]
             if masked:
-                old = _url_secrets(stored)
-                kept[key] = _with_url_secrets(value, {name: old.get(name, MASK) for name in masked})
+                _refuse_if_moved(field, key, moved)
+                known = secrets_of(stored)
+                kept[key] = with_secrets(value, {part: known.get(part, MASK) for part in masked})
         elif isinstance(value, dict) and isinstance(stored, dict):
+            if MASK in value.values():
+                _refuse_if_moved(field, key, moved)
             kept[key] = {k: stored.get(k, v) if v == MASK else v for k, v in value.items()}
         elif value == MASK:
+            _refuse_if_moved(field, key, moved)
             kept[key] = stored
     return kept
+
+
+def _refuse_if_moved(field: str, key: str, moved: list[str]) -> None:
+    if moved:
+        raise InvalidInput(
+            f"{field}.{key}",
+            f"{', '.join(moved)} now names another host: send this secret again instead of "
+            f"{MASK}, which would give the stored one to that host",
+        )
 
 
 __all__ = [

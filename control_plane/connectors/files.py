@@ -23,7 +23,7 @@ from control_plane.connectors import (
     TypeConfig,
 )
 from control_plane.connectors._batching import batched
-from control_plane.policy import Scope
+from control_plane.policy import Scope, is_glob
 
 # A symlink as the last part of a path is never followed: the path was checked as it resolved.
 _READ = os.O_RDONLY | os.O_NOFOLLOW
@@ -32,10 +32,9 @@ _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
 
 def _files(scope: Scope, path: str) -> list[Path]:
     """The file `path` names, or the files its glob matches in sorted order, each checked."""
-    pattern = scope.pattern(path)
-    if Path(pattern).is_file():
-        return [Path(pattern)]
-    matches = [Path(match) for match in sorted(glob.glob(pattern, recursive=True))]
+    if not is_glob(path):
+        return [scope.path(path)]
+    matches = [Path(match) for match in sorted(glob.glob(scope.pattern(path), recursive=True))]
     files = [scope.path(str(match)) for match in matches if match.is_file()]
     if not files:
         # A typo in the path would otherwise look like a source without data.
@@ -48,7 +47,12 @@ def _open(scope: Scope, path: Path, flags: int, **kwargs: Any) -> Iterator[IO[An
     """`path`, opened as checked: 0o644 when created, refused if it moved since its check."""
     descriptor = os.open(path, flags, 0o644)
     scope.opened(path, descriptor)
-    with open(descriptor, **kwargs) as file:
+    try:
+        file = open(descriptor, **kwargs)
+    except BaseException:
+        os.close(descriptor)
+        raise
+    with file:
         yield file
 
 

@@ -1,12 +1,13 @@
 """A JSON HTTP API as a source, read page by page. Every request, next pages and redirects
 included, goes through the project's scope: its host is resolved and checked, and the request
-is sent to the address checked (`control_plane.policy`)."""
+is sent to the address checked (`control_plane.policy`). The config's headers (credentials, as
+a rule) go only to the origin of the configured URL, never to a page or redirect elsewhere."""
 
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from control_plane.connectors import (
     Batch,
@@ -30,13 +31,24 @@ def _dig(answer: Any, path: str | None) -> Any:
     return answer
 
 
+MAX_REDIRECTS = 5
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port
+
+
 class HttpSource(Source):
     name = "http"
 
     class Config(TypeConfig):
         url: HttpUrl = url_field(description="URL of the first page (GET, JSON).")
         headers: dict[str, str] = secret_field(
-            default_factory=dict, description="Headers of every request, e.g. Authorization."
+            default_factory=dict,
+            description=(
+                "Headers of the requests to the URL's origin (scheme, host, port), e.g. "
+                "Authorization; not Host."
+            ),
         )
         records_path: str | None = Field(
             default=None, description="Dotted path to the list of records in the JSON answer."
@@ -47,6 +59,15 @@ class HttpSource(Source):
         )
         timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for each page.")
 
+        @field_validator("headers")
+        @classmethod
+        def _no_host(cls, headers: dict[str, str]) -> dict[str, str]:
+            # The request goes to the address checked; a Host header would let a proxy or an
+            # ingress there route it to a service the check never saw.
+            if any(name.strip().lower() == "host" for name in headers):
+                raise ValueError("Host is set from the URL; leave it out of headers")
+            return headers
+
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
         """The records of every page, following the pagination until there is no next page."""
         return batched(self._records(), batch_size)
@@ -55,9 +76,7 @@ class HttpSource(Source):
         url: str | None = str(httpx.URL(self.config.url))
         seen: set[str] = set()
         with httpx.Client(
-            headers=self.config.headers,
             timeout=self.config.timeout,
-            follow_redirects=True,
             transport=self.scope.transport(),
             trust_env=False,  # a proxy from the environment would hide the real host
         ) as client:
@@ -65,7 +84,7 @@ class HttpSource(Source):
                 if url in seen:
                     raise ValueError(f"the pagination loops: {mask_url(url)} was already read")
                 seen.add(url)
-                response = client.get(url)
+                response = self._get(client, url)
                 if response.is_error:
                     # The status and the URL without its secrets; never the (secret) headers.
                     raise ValueError(
@@ -81,6 +100,18 @@ class HttpSource(Source):
                     )
                 yield from records
                 url = self._next_page(response, answer)
+
+    def _get(self, client: httpx.Client, url: str) -> httpx.Response:
+        """GET `url`, following redirects; the headers only where the configured URL points."""
+        home = _origin(httpx.URL(self.config.url))
+        for _ in range(MAX_REDIRECTS + 1):
+            target = httpx.URL(url)
+            headers = self.config.headers if _origin(target) == home else {}
+            response = client.get(target, headers=headers)
+            if not response.is_redirect:
+                return response
+            url = str(response.url.join(response.headers["Location"]))
+        raise ValueError(f"{mask_url(url)}: more than {MAX_REDIRECTS} redirects")
 
     def _next_page(self, response: httpx.Response, answer: Any) -> str | None:
         if self.config.next_page_path is None:
