@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import TypeDecorator
 
 from control_plane.errors import SecretKeyError
-from control_plane.settings import Settings, get_settings
+from control_plane.settings import get_settings
 
 ROTATE_BATCH_SIZE = 500
 
@@ -51,7 +51,6 @@ class _KeyRing:
 
 
 _rings: dict[Path, _KeyRing] = {}
-_settings_key_file: list[tuple[Settings, Path]] = []
 
 
 def _stamp(path: Path) -> tuple[int, int, int]:
@@ -95,11 +94,7 @@ def _load(path: Path) -> _KeyRing:
 
 
 def _default_key_file() -> Path:
-    # Resolving the path costs more than a decryption: once per settings object.
-    settings = get_settings()
-    if not _settings_key_file or _settings_key_file[0][0] is not settings:
-        _settings_key_file[:] = [(settings, settings.resolved_secret_key_file)]
-    return _settings_key_file[0][1]
+    return get_settings().resolved_secret_key_file
 
 
 def check_key_file(path: Path | None = None) -> Path:

@@ -19,7 +19,7 @@ import os
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -397,8 +397,8 @@ def _own_database(url: str) -> Database | None:
     return Database(_service(host, parsed.port or POSTGRES_PORT), _postgres_name(parsed), None)
 
 
-def _boundary(settings: Settings) -> tuple[Any, ...]:
-    """What every project's scope shares, from the settings of this process."""
+def _boundary(settings: Settings) -> Scope:
+    """What every project's scope shares, from the settings of this process: all but folders."""
     prefect = get_current_settings()
     forbidden = [settings.data_dir, prefect.home, Path(".env"), settings.resolved_secret_key_file]
     services: list[tuple[str, Service]] = [
@@ -413,11 +413,12 @@ def _boundary(settings: Settings) -> tuple[Any, ...]:
         ("Prefect's database", settings.prefect_database_url),
         ("Prefect's database", prefect.server.database.connection_url),
     ]
-    return (
-        tuple(Allowed.parse(entry) for entry in settings.allowed_hosts),
-        tuple(Path(os.path.realpath(path)) for path in forbidden),
-        tuple(services),
-        tuple(
+    return Scope(
+        folders=(),
+        allowed=tuple(Allowed.parse(entry) for entry in settings.allowed_hosts),
+        forbidden_paths=tuple(Path(os.path.realpath(path)) for path in forbidden),
+        services=tuple(services),
+        databases=tuple(
             (label, found)
             for label, url in databases
             if url and (found := _own_database(str(_secret(url)))) is not None
@@ -429,22 +430,17 @@ def _secret(value: Any) -> Any:
     return value.get_secret_value() if hasattr(value, "get_secret_value") else value
 
 
-def project_folders(project_id: int, settings: Settings | None = None) -> tuple[Path, ...]:
-    """The project's folder under each file root."""
+def scope_for(project_id: int, settings: Settings | None = None) -> Scope:
+    """What the project's connectors may reach under the settings of this process: its folder
+    under each file root, and what every project shares."""
     settings = settings or get_settings()
-    return tuple(
+    folders = tuple(
         Path(os.path.realpath(root / str(project_id))) for root in settings.resolved_file_roots
     )
+    return replace(_boundary(settings), folders=folders)
 
 
-def scope_for(project_id: int, settings: Settings | None = None) -> Scope:
-    """What the project's connectors may reach under the settings of this process."""
-    settings = settings or get_settings()
-    allowed, forbidden, services, databases = _boundary(settings)
-    return Scope(project_folders(project_id, settings), allowed, forbidden, services, databases)
-
-
-def scope_of(info: ValidationInfo) -> Scope:
+def _scope_of(info: ValidationInfo) -> Scope:
     """The scope a config is validated in (pydantic's validation context)."""
     if not isinstance(info.context, Scope):
         raise Refused("is checked only within a project's scope")
@@ -456,7 +452,7 @@ def checked(check: Callable[["Scope", str], object]) -> Callable[[str, Validatio
     calls the same check again where it opens the file or connection, and uses its answer."""
 
     def validate(value: str, info: ValidationInfo) -> str:
-        check(scope_of(info), value)
+        check(_scope_of(info), value)
         return value
 
     return validate
@@ -468,8 +464,5 @@ __all__ = [
     "Scope",
     "checked",
     "is_glob",
-    "project_folders",
-    "resolve",
     "scope_for",
-    "scope_of",
 ]

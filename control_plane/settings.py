@@ -1,7 +1,7 @@
 """Every setting of the control plane, read from `CONTROL_PLANE_*` variables or `.env`."""
 
 import os
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
@@ -145,7 +145,7 @@ class Settings(BaseSettings):
         roots = self.file_roots or [self.data_dir / "files"]
         return [Path(os.path.realpath(root)) for root in roots]
 
-    @property
+    @cached_property  # every stored config read asks for it: resolve the path once
     def resolved_secret_key_file(self) -> Path:
         return (self.secret_key_file or self.data_dir / "secret.key").resolve()
 

@@ -153,7 +153,8 @@ def validate_config(
 
 @lru_cache
 def _secret_keys(kind: Kind) -> dict[str, str]:
-    """Config keys that are secret in any type of the kind, and how (whole value or URL password).
+    """Config keys that are secret in any type of the kind, and how (whole value, or a URL's
+    secret parts).
 
     Masking by key across a kind's types also masks overrides, whose type is the endpoint's.
     """
