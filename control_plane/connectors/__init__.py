@@ -8,6 +8,14 @@ A source reads records in batches, and when it has a cursor field it resumes aft
 cursor value of the last successful run. A destination writes the batches it is given, as one
 unit where it can (a database transaction), and can merge on a key.
 
+Loads are exactly-once where the destination keeps load state: a run hands `write` a `Load`
+(its stream, its id, and the cursor it moves while the batches are read), and the destination
+records it in the same unit as the records. The run saves its cursor in the control plane's
+database only afterwards, so a crash between the two commits leaves the destination ahead;
+the next run asks `last_load` what the destination really committed and resumes from there
+instead of reading those records again. A destination without load state (`last_load` is
+None) is at-least-once across such a crash.
+
 Config fields declared with `secret_field()` (tokens, passwords, headers) or
 `url_field()` (a URL whose password and secret-looking query parameters are secret) are masked
 in API answers.
@@ -19,6 +27,7 @@ when the config is saved and when a run plans, and the type opens them through t
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Annotated, Any, ClassVar, Literal
@@ -99,12 +108,37 @@ class Source(ConnectorType):
         """
 
 
+@dataclass
+class Load:
+    """One run's write, as a destination that keeps load state records it: in the same unit
+    (transaction, rename) as the records themselves, so a rerun can tell what was committed."""
+
+    stream: str  # whose state: "connector:<id>"
+    load_id: str  # the run's id (a sync flow run's UUID, as str)
+    # Where the next run resumes (JSON); the run updates it while the destination reads the
+    # batches: final once `batches` is exhausted.
+    cursor: Any = None
+
+
 class Destination(ConnectorType):
     kind = "destination"
 
+    @property
+    def replaces(self) -> bool:
+        """True when every write replaces what the destination holds (a full refresh), so the run
+        reads its whole source; False by default."""
+        return False
+
     @abstractmethod
-    def write(self, batches: Iterable[Batch]) -> int:
-        """Write every batch, as one unit where the destination allows; return records written."""
+    def write(self, batches: Iterable[Batch], load: Load | None = None) -> int:
+        """Write every batch, as one unit where the destination allows, and with `load`, record
+        it (stream, load id, its cursor read after the last batch) in that same unit. Return
+        records written."""
+
+    def last_load(self, stream: str) -> Load | None:
+        """The last load the destination committed for `stream`; None when it has none, or keeps
+        no load state (then a crash between its commit and the run's is at-least-once)."""
+        return None
 
 
 @lru_cache
@@ -239,6 +273,7 @@ __all__ = [
     "Destination",
     "HttpUrl",
     "Kind",
+    "Load",
     "MASK",
     "Record",
     "Source",

@@ -1,12 +1,16 @@
 """Files on the worker's disk, in the project's folder: CSV and JSON Lines sources, a JSON Lines
-destination. Paths are relative to the project's folder (or absolute inside it)."""
+destination that appends each load exactly once. Paths are relative to the project's folder (or
+absolute inside it)."""
 
 import csv
+import fcntl
 import glob
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from itertools import chain, zip_longest
 from pathlib import Path
 from typing import IO, Any
@@ -16,6 +20,7 @@ from pydantic import Field
 from control_plane.connectors import (
     Batch,
     Destination,
+    Load,
     Record,
     Source,
     SourcePath,
@@ -27,7 +32,15 @@ from control_plane.policy import Scope, is_glob
 
 # A symlink as the last part of a path is never followed: the path was checked as it resolved.
 _READ = os.O_RDONLY | os.O_NOFOLLOW
-_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+# Read too: a destination hashes the end of what it committed (see `_tail_hash`).
+_APPEND = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+_REWRITE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+
+# What a JSON Lines destination has committed (see `JsonlDestination`):
+# {"size": int, "tail_sha256": str, "loads": {stream: {"load_id", "cursor", "committed_at"}}}
+Manifest = dict[str, Any]
+# The committed part of a file is known by its size and the hash of its last bytes up to there.
+_TAIL_BYTES = 4096
 
 
 def _files(scope: Scope, path: str) -> list[Path]:
@@ -124,6 +137,25 @@ class JsonlSource(Source):
 
 
 class JsonlDestination(Destination):
+    """Appends records to a JSON Lines file, each load exactly once.
+
+    Next to the file, its manifest `.<name>.loads.json` holds what is committed: the file's
+    size and a hash of its last 4 KiB up to there, and per stream the last load (load id,
+    cursor, when). A write holds an exclusive `flock` on the file throughout: it cuts the file
+    back to the committed size (the tail of a write that died), appends, fsyncs the file, then
+    commits by replacing the manifest (a temp file, fsynced, renamed onto it) and fsyncing the
+    directory. A write without a load keeps the manifest's size too, so that a later write cuts
+    back to the right place.
+
+    Guaranteed, among writers that go through this type: once `write` returns, its records and
+    its load are on disk; if it dies before, the next write removes what it appended and
+    `last_load` still names the previous load. Not guaranteed: until that next write, readers
+    of the file see the dead write's records (its last line maybe cut); writers that ignore the
+    lock are not kept out, and what they append is cut off like a dead write's tail. A file
+    without a manifest (written before loads were kept), or whose committed part changed from
+    outside (replaced, rewritten, cut shorter), counts as committed as it is.
+    """
+
     name = "jsonl"
 
     class Config(TypeConfig):
@@ -133,21 +165,105 @@ class JsonlDestination(Destination):
             )
         )
 
-    def write(self, batches: Iterable[Batch]) -> int:
+    def write(self, batches: Iterable[Batch], load: Load | None = None) -> int:
         """Append every record; values JSON cannot hold (dates, decimals) are written as str.
 
         The file is opened (and created) once the first batch is read, so a source that fails
-        before it leaves nothing behind.
+        before it leaves nothing behind. A load without records still commits, the file created
+        empty if missing, so that the next run knows this load is done.
         """
         path = self.scope.path(self.config.path)
         batches = iter(batches)
         first = next(batches, None)
-        if first is None:
+        if first is None and load is None:
             return 0
         path.parent.mkdir(parents=True, exist_ok=True)
+        manifest_path = _manifest_path(self.scope, path)
         written = 0
         with _open(self.scope, path, _APPEND, mode="a", encoding="utf-8") as file:
-            for batch in chain([first], batches):
+            fcntl.flock(file, fcntl.LOCK_EX)  # released when the file is closed
+            manifest = _committed(self.scope, manifest_path, file.fileno())
+            for batch in chain([] if first is None else [first], batches):
                 file.writelines(json.dumps(record, default=str) + "\n" for record in batch)
                 written += len(batch)
+            file.flush()
+            os.fsync(file.fileno())
+            size = os.fstat(file.fileno()).st_size
+            manifest.update(size=size, tail_sha256=_tail_hash(file.fileno(), size))
+            if load is not None:
+                manifest["loads"][load.stream] = {
+                    "load_id": load.load_id,
+                    "cursor": load.cursor,
+                    "committed_at": datetime.now(UTC).isoformat(),
+                }
+            _write_manifest(self.scope, manifest_path, manifest)
         return written
+
+    def last_load(self, stream: str) -> Load | None:
+        """The stream's load in the manifest, which names only loads whose records committed."""
+        path = self.scope.path(self.config.path)
+        manifest = _read_manifest(self.scope, _manifest_path(self.scope, path))
+        entry = manifest["loads"].get(stream) if manifest else None
+        if entry is None:
+            return None
+        return Load(stream=stream, load_id=entry["load_id"], cursor=entry["cursor"])
+
+
+def _manifest_path(scope: Scope, path: Path) -> Path:
+    return scope.path(str(path.with_name(f".{path.name}.loads.json")))
+
+
+def _committed(scope: Scope, manifest_path: Path, descriptor: int) -> Manifest:
+    """The manifest of the open, locked file, which is cut back to its committed size.
+
+    The file is known by how its committed part ends, not by its inode, which a file made anew
+    after a delete often gets back. When the manifest does not describe the file (there is none
+    yet, or the file is shorter or ends otherwise there), all of the file counts as committed,
+    and a manifest saying so is written before anything is appended, so that a write that dies
+    is cut back to that.
+    """
+    manifest = _read_manifest(scope, manifest_path)
+    size = os.fstat(descriptor).st_size
+    if (
+        manifest is not None
+        and manifest["size"] <= size
+        and manifest["tail_sha256"] == _tail_hash(descriptor, manifest["size"])
+    ):
+        if manifest["size"] < size:
+            os.ftruncate(descriptor, manifest["size"])  # the tail of a write that died
+        return manifest
+    loads = manifest["loads"] if manifest is not None else {}
+    manifest = {"size": size, "tail_sha256": _tail_hash(descriptor, size), "loads": loads}
+    _write_manifest(scope, manifest_path, manifest)
+    return manifest
+
+
+def _tail_hash(descriptor: int, size: int) -> str:
+    """The hash of the file's last bytes before `size`."""
+    start = max(0, size - _TAIL_BYTES)
+    return hashlib.sha256(os.pread(descriptor, size - start, start)).hexdigest()
+
+
+def _read_manifest(scope: Scope, manifest_path: Path) -> Manifest | None:
+    try:
+        with _open(scope, manifest_path, _READ, encoding="utf-8") as file:
+            return json.load(file)
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{manifest_path} is no manifest of loads: {error}") from error
+
+
+def _write_manifest(scope: Scope, manifest_path: Path, manifest: Manifest) -> None:
+    """Replace the manifest, atomically and durably: the commit point of a write."""
+    temporary = scope.path(str(manifest_path.with_name(f"{manifest_path.name}.tmp")))
+    with _open(scope, temporary, _REWRITE, mode="w", encoding="utf-8") as file:
+        json.dump(manifest, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, manifest_path)
+    directory = os.open(manifest_path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

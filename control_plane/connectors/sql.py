@@ -1,5 +1,6 @@
 """SQL databases through SQLAlchemy: a source that streams a table or a query, and a destination
-that appends, replaces or merges in one transaction.
+that appends, replaces or merges in one transaction, and records the run's load in that same
+transaction (in `_control_plane_loads`, next to the table), which makes loads exactly-once.
 
 On PostgreSQL the rows themselves go through the psycopg connection under SQLAlchemy's, in the
 same transaction: fetched from a server-side cursor, written with COPY. Through SQLAlchemy
@@ -7,10 +8,11 @@ same transaction: fetched from a server-side cursor, written with COPY. Through 
 (bench/data_plane.py).
 """
 
+import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from itertools import chain, groupby
 from operator import itemgetter
@@ -26,6 +28,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
+    DateTime,
     Engine,
     Executable,
     Float,
@@ -43,12 +46,14 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import NullType, TypeEngine
 
 from control_plane.connectors import (
     Batch,
     DatabaseUrl,
     Destination,
+    Load,
     Record,
     Source,
     TypeConfig,
@@ -72,6 +77,9 @@ _Checked = tuple[tuple[Table, list[str]], Batch]
 # What a merge on PostgreSQL COPYs into first, dropped once merged.
 _STAGING = sql.Identifier("_control_plane_staging")
 _ORDINAL = sql.Identifier("_control_plane_ordinal")
+
+# Where a destination records its loads, in the schema of the table it writes.
+_LOADS = "_control_plane_loads"
 
 
 def _no_attach(action: int, *_: Any) -> int:
@@ -227,24 +235,59 @@ class SqlDestination(Destination):
                 raise ValueError("mode merge needs primaryKey")
             return self
 
-    def write(self, batches: Iterable[Batch]) -> int:
+    @property
+    def replaces(self) -> bool:
+        return self.config.mode == "replace"
+
+    def write(self, batches: Iterable[Batch], load: Load | None = None) -> int:
         """Write every batch in one transaction: nothing is changed unless all of it is written.
 
         A missing table is created from the first batch: BIGINT, FLOAT, BOOLEAN or JSON columns
         by the first non-null value, TEXT otherwise. Columns are never added later. PostgreSQL
         gets the batches by COPY (a merge through a temp table), other databases by executemany.
+
+        With `load`, its row in the state table (`_control_plane_loads` in the table's schema,
+        created when missing) is upserted after the last batch, in the same transaction, in
+        every mode and also when no batch came: the rows and the load commit together or not at
+        all, so `last_load` tells exactly what committed.
         """
         with _engine(self.scope, self.config.url) as engine, engine.begin() as connection:
             checked = self._checked(connection, batches)
             if connection.dialect.name == "postgresql":
-                return self._copy(connection, checked)
-            written = 0
-            for (target, columns), batch in checked:
-                # executemany needs the same keys in every record: a missing one is NULL.
-                rows = [{name: record.get(name) for name in columns} for record in batch]
-                connection.execute(self._insert(connection, target, columns), rows)
-                written += len(batch)
+                written = self._copy(connection, checked)
+            else:
+                written = 0
+                for (target, columns), batch in checked:
+                    # executemany needs the same keys in every record: a missing one is NULL.
+                    rows = [{name: record.get(name) for name in columns} for record in batch]
+                    connection.execute(self._insert(connection, target, columns), rows)
+                    written += len(batch)
+            if load is not None:
+                loads, table_name = self._loads()
+                _record_load(connection, loads, table_name, load)
             return written
+
+    def last_load(self, stream: str) -> Load | None:
+        """The load last committed for `stream` into the configured table."""
+        loads, table_name = self._loads()
+        with _engine(self.scope, self.config.url) as engine, engine.connect() as connection:
+            if not inspect(connection).has_table(loads.name, schema=loads.schema):
+                return None
+            row = connection.execute(
+                select(loads.c.load_id, loads.c.cursor).where(
+                    loads.c.stream == stream, loads.c.table_name == table_name
+                )
+            ).one_or_none()
+        if row is None:
+            return None
+        load_id, cursor = row
+        return Load(stream=stream, load_id=load_id, cursor=json.loads(cursor))
+
+    def _loads(self) -> tuple[Table, str]:
+        """The state table, in the target's schema, and the target's name that keys its rows
+        there: a connector that moves to another table starts that table's state afresh."""
+        schema, name = _schema_and_name(self.config.table)
+        return _loads_table(schema), name
 
     def _checked(self, connection: Connection, batches: Iterable[Batch]) -> Iterator[_Checked]:
         """The batches with records, each with the table and its fields, checked against it.
@@ -335,6 +378,51 @@ class SqlDestination(Destination):
         if not updates:
             return statement.on_conflict_do_nothing(index_elements=key)
         return statement.on_conflict_do_update(index_elements=key, set_=updates)
+
+
+def _loads_table(schema: str | None) -> Table:
+    """The state table: per stream and target table, the last load committed into it."""
+    return Table(
+        _LOADS,
+        MetaData(),
+        Column("stream", Text, primary_key=True),
+        Column("table_name", Text, primary_key=True),
+        Column("load_id", Text, nullable=False),
+        # JSON as text: SQLite gives a column declared JSON numeric affinity, which would turn
+        # the JSON text `5` into the integer 5.
+        Column("cursor", Text, nullable=False),
+        Column("committed_at", DateTime(timezone=True), nullable=False),
+        schema=schema,
+    )
+
+
+def _record_load(connection: Connection, loads: Table, table_name: str, load: Load) -> None:
+    """Upsert the load's row into the state table, created first when it is missing."""
+    if not inspect(connection).has_table(loads.name, schema=loads.schema):
+        _create_loads_table(connection, loads)
+    values = {
+        "load_id": load.load_id,
+        "cursor": json.dumps(load.cursor),
+        "committed_at": datetime.now(UTC),
+    }
+    statement = _UPSERTS[connection.dialect.name](loads).values(
+        stream=load.stream, table_name=table_name, **values
+    )
+    connection.execute(
+        statement.on_conflict_do_update(index_elements=["stream", "table_name"], set_=values)
+    )
+
+
+def _create_loads_table(connection: Connection, loads: Table) -> None:
+    """Create the state table, in a savepoint: two first loads into one schema of PostgreSQL
+    race to create it, and the loser's CREATE fails once the winner commits (a duplicate in
+    pg_type, or the table exists). Back at the savepoint, the loser finds the winner's table."""
+    try:
+        with connection.begin_nested():
+            loads.create(connection)
+    except DBAPIError:
+        if not inspect(connection).has_table(loads.name, schema=loads.schema):
+            raise
 
 
 def _identifier(target: Table) -> sql.Identifier:
