@@ -53,10 +53,12 @@ def local_stack(
     home: Path,
     *,
     with_worker: bool = False,
+    with_control_flows: bool = False,
     postgres: bool = False,
     prefect_env: Mapping[str, str] | None = None,
 ) -> Iterator[LocalStack]:
-    """Prefect (`make up`'s settings), the API and optionally a worker, on free ports.
+    """Prefect (`make up`'s settings), the API and optionally a worker, on free ports; with
+    `with_control_flows`, prefect.yaml's control deployments and automations too, with a worker.
 
     Both databases are SQLite under `home`, or with `postgres` fresh databases on the
     machine's PostgreSQL (Prefect's through asyncpg, as its docs advise for load). `home` is the
@@ -94,6 +96,10 @@ def local_stack(
         asyncio.run(deployments.ensure_work_pool(WORK_POOL, command=deployments.LOCAL_ENGINE))
         if with_worker:
             stack.enter_context(running(worker(env, WORK_POOL, home / "worker.log")))
+        if with_control_flows:
+            asyncio.run(deployments.deploy_control_flows(settings=settings))
+            for pool in {entry["work_pool"]["name"] for entry in deployments.control_deployments()}:
+                stack.enter_context(running(worker(env, pool, home / f"{pool}-worker.log")))
         api_process = stack.enter_context(
             running(api_server(env, api_port, home / "api.log"), f"{api_url}/health")
         )

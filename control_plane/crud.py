@@ -7,11 +7,11 @@ flow can keep the database change and the Prefect change in one unit.
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic.alias_generators import to_camel
-from sqlalchemy import delete, func, update
+from sqlalchemy import delete, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -352,59 +352,120 @@ async def remove_connector(*, session: AsyncSession, connector: Connector) -> No
 
 # Sync state and run figures
 
+# What a run's end makes of its connector's status: COMPLETED resets the failures, FAILED and
+# CRASHED count one, CANCELLED and AWAITING_RETRY (a retry follows) leave the count.
+RunEnd = Literal["COMPLETED", "FAILED", "CRASHED", "CANCELLED", "AWAITING_RETRY"]
+_COUNTED: set[str] = {"FAILED", "CRASHED"}
+
+
+async def get_state(*, session: AsyncSession, connector_id: int) -> SyncState | None:
+    return await session.get(SyncState, connector_id)
+
 
 async def get_cursor(*, session: AsyncSession, connector_id: int) -> Any:
-    state = await session.get(SyncState, connector_id)
+    state = await get_state(session=session, connector_id=connector_id)
     return state.cursor if state else None
 
 
-async def reset_state(*, session: AsyncSession, connector_id: int) -> None:
-    """Forget where incremental reads resume: the next run reads everything."""
-    await session.exec(delete(SyncState).where(col(SyncState.connector_id) == connector_id))
+async def reset_state(*, session: AsyncSession, connector: Connector) -> None:
+    """Forget where incremental reads resume: the next run reads everything, and a run that
+    started before this reset does not save its cursor (it counts the resets it started with)."""
+    connector.resets += 1
+    await session.exec(delete(SyncState).where(col(SyncState.connector_id) == connector.id))
+    await session.flush()
 
 
-async def start_sync_run(*, session: AsyncSession, connector_id: int, flow_run_id: UUID) -> None:
-    await session.merge(SyncRun(flow_run_id=flow_run_id, connector_id=connector_id))
+async def save_cursor(
+    *, session: AsyncSession, connector_id: int, cursor: Any, load_id: UUID
+) -> None:
+    await session.merge(
+        SyncState(connector_id=connector_id, cursor=cursor, load_id=load_id, updated_at=utcnow())
+    )
+
+
+async def start_sync_run(
+    *, session: AsyncSession, connector_id: int, flow_run_id: UUID, resets: int
+) -> None:
+    now = utcnow()
+    await session.merge(
+        SyncRun(flow_run_id=flow_run_id, connector_id=connector_id, resets=resets, started_at=now)
+    )
     await session.exec(
         update(Connector)
         .where(col(Connector.id) == connector_id)
-        .values(last_run_at=utcnow(), last_run_state="RUNNING")
+        .values(last_run_at=now, last_run_state="RUNNING")
     )
 
 
 async def finish_sync_run(
     *,
     session: AsyncSession,
-    connector_id: int,
     flow_run_id: UUID,
-    records_read: int,
-    records_written: int,
-    cursor: Any,
-    error: str | None,
-) -> None:
-    """Record the run's figures and the connector's status; a success also saves the cursor."""
+    end: RunEnd,
+    records_read: int = 0,
+    records_written: int = 0,
+    cursor: Any = None,
+    error: str | None = None,
+    if_unfinished: bool = False,
+) -> bool:
+    """Record the run's end and figures and, if no later run started, the connector's status;
+    a completed run also saves its cursor unless the connector was reset since it started.
+
+    With `if_unfinished` (someone else noticed the run end), only if no end is recorded yet:
+    of two such recorders, one wins. Returns whether the run's end was recorded and, for a
+    completed run, its cursor saved. The run's row is written first, then the connector's
+    locked, so a reset is either before this (the cursor is not saved) or after (it deletes it).
+    """
     now = utcnow()
-    await session.exec(
-        update(SyncRun)
-        .where(col(SyncRun.flow_run_id) == flow_run_id)
-        .values(
-            records_read=records_read,
-            records_written=records_written,
-            cursor=cursor,
-            error=error,
-            ended_at=now,
-        )
+    query = update(SyncRun).where(col(SyncRun.flow_run_id) == flow_run_id)
+    if if_unfinished:
+        query = query.where(col(SyncRun.ended_at).is_(None))
+    ended = query.values(
+        records_read=records_read,
+        records_written=records_written,
+        cursor=cursor,
+        error=error,
+        ended_at=now,
+    ).returning(col(SyncRun.connector_id), col(SyncRun.resets), col(SyncRun.started_at))
+    run = (await session.exec(ended)).first()  # type: ignore[call-overload]
+    if run is None:
+        return False
+    connector_id, run_resets, started_at = run
+    resets = await session.scalar(
+        select(Connector.resets).where(col(Connector.id) == connector_id).with_for_update()
     )
-    if error is None:
-        status = {"last_run_state": "COMPLETED", "last_success_at": now, "consecutive_failures": 0}
-        await session.merge(SyncState(connector_id=connector_id, cursor=cursor, updated_at=now))
-    else:
-        status = {
-            "last_run_state": "FAILED",
+    if resets is None:
+        return False  # the connector is gone
+    status: dict[str, Any] = {"last_run_state": end}
+    if end == "COMPLETED":
+        status |= {"last_success_at": now, "consecutive_failures": 0}
+    elif end in _COUNTED:
+        status |= {
             "last_failure_at": now,
             "consecutive_failures": Connector.consecutive_failures + 1,
         }
-    await session.exec(update(Connector).where(col(Connector.id) == connector_id).values(**status))
+    latest = or_(col(Connector.last_run_at).is_(None), col(Connector.last_run_at) <= started_at)
+    await session.exec(
+        update(Connector).where(col(Connector.id) == connector_id, latest).values(**status)
+    )
+    if end != "COMPLETED":
+        return True
+    if resets != run_resets:
+        return False
+    await save_cursor(
+        session=session, connector_id=connector_id, cursor=cursor, load_id=flow_run_id
+    )
+    return True
+
+
+async def unfinished_sync_runs(*, session: AsyncSession) -> Sequence[SyncRun]:
+    """Runs whose end no one recorded yet: running, or ended where no code of ours ran."""
+    query = select(SyncRun).where(col(SyncRun.ended_at).is_(None))
+    return (await session.exec(query.order_by(col(SyncRun.started_at)))).all()
+
+
+async def get_sync_run(*, session: AsyncSession, flow_run_id: UUID) -> SyncRun | None:
+    return await session.get(SyncRun, flow_run_id)
 
 
 async def sync_runs(*, session: AsyncSession, flow_run_ids: Sequence[UUID]) -> dict[UUID, SyncRun]:

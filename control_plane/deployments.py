@@ -25,11 +25,14 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
 )
+from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.responses import DeploymentResponse
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.client.schemas.sorting import DeploymentSort
 from prefect.events import DeploymentTriggerTypes
-from prefect.events.schemas.automations import AutomationCore
+from prefect.events.actions import ChangeFlowRunState
+from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
@@ -38,7 +41,7 @@ from prefect.workers.process import ProcessWorker
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from control_plane.errors import DeploymentMissing
-from control_plane.orchestrator import prefect_client, translate_error
+from control_plane.orchestrator import prefect_client
 from control_plane.settings import Settings, get_settings
 from flows.sync import sync_connector
 from models import Connector
@@ -228,6 +231,10 @@ async def ensure_work_pool(name: str, *, command: str | None = None) -> None:
     """
     template = ProcessWorker.get_default_base_job_template()
     template["variables"]["properties"]["command"]["default"] = command
+    # Every run of the pool says it is alive, so one lost with its worker is noticed.
+    template["variables"]["properties"]["env"]["default"] = {
+        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)
+    }
     async with prefect_client() as client:
         try:
             await client.create_work_pool(
@@ -237,6 +244,42 @@ async def ensure_work_pool(name: str, *, command: str | None = None) -> None:
             if command:
                 await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
+
+HEARTBEAT_SECONDS = 30  # Prefect's least
+
+
+def lost_runs_automation() -> AutomationCore:
+    """Prefect's recipe for runs that died without a word (their worker or machine lost): a
+    sync run that misses three heartbeats in a row is marked Crashed, which the
+    `record-sync-runs-that-ended-unrecorded` automation then records in its connector."""
+    alive = {"prefect.flow-run.heartbeat"}
+    ends = {f"prefect.flow-run.{state}" for state in _ENDED_STATES}
+    return AutomationCore(
+        name="sync-runs-without-heartbeats",
+        description="A sync run that stops sending heartbeats is marked Crashed.",
+        trigger=EventTrigger(
+            match=ResourceSpecification({"prefect.resource.id": "prefect.flow-run.*"}),
+            match_related=ResourceSpecification(
+                {"prefect.resource.role": "flow", "prefect.resource.name": sync_connector.name}
+            ),
+            after=alive,
+            expect=alive | ends,
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=3 * HEARTBEAT_SECONDS),
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {3 * HEARTBEAT_SECONDS} s: its process is gone",
+            )
+        ],
+    )
+
+
+# States after which a run sends no heartbeats and is not lost: it ended, or waits to retry.
+_ENDED_STATES = ("Completed", "Failed", "Cancelled", "Crashed", "AwaitingRetry", "Paused")
 
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "prefect.yaml"
 # Automations of prefect.yaml that a setting switches on or off.
@@ -281,6 +324,8 @@ async def deploy_control_flows(
                 trigger.set_deployment_id(deployment_id)
                 await _upsert_automation(client, trigger.as_automation())
         registered.append(f"{control_flow.name}/{entry['name']}")
+    async with prefect_client() as client:
+        await _upsert_automation(client, lost_runs_automation())
     return registered
 
 
@@ -306,11 +351,14 @@ async def _upsert_automation(client: PrefectClient, automation: AutomationCore) 
         await client.create_automation(automation)
 
 
-async def check_health() -> str | None:
-    """None when Prefect's API answers, otherwise what is wrong."""
+async def check_health() -> None:
+    """Return when Prefect's API and its database answer; raise `Unavailable` saying which not.
+
+    Reads one work pool: Prefect's `/api/health` answers 200 without a query, also when its
+    database is gone (SQLite files deleted under a running server).
+    """
     async with prefect_client() as client:
-        error = await client.api_healthcheck()
-    return None if error is None else translate_error(error).detail
+        await client.read_work_pools(limit=1)
 
 
 __all__ = [
@@ -325,6 +373,7 @@ __all__ = [
     "deploy_control_flows",
     "desired",
     "ensure_work_pool",
+    "lost_runs_automation",
     "list_managed",
     "read_by_name",
     "run_now",

@@ -4,6 +4,8 @@ Runs are found by the flow `sync-connector` and the tag `connector:<id>`, so the
 survives the connector's deployment being deleted and created again.
 """
 
+import asyncio
+import time
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -11,6 +13,7 @@ from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
@@ -99,4 +102,51 @@ async def cancel(connector_id: int, flow_run_id: UUID) -> FlowRun:
         return await client.read_flow_run(flow_run_id)
 
 
-__all__ = ["active_runs", "cancel", "connector_tag", "list_runs", "trigger_of"]
+# How long a running run gets to stop (its worker kills it) before it is cancelled outright.
+STOP_SECONDS = 20.0
+
+
+async def cancel_all(connector_id: int, *, wait: float) -> list[UUID]:
+    """Cancel every run of the connector that has not ended; returns their ids.
+
+    Call it before the connector's deployment goes: Prefect's server cannot end a run that
+    holds a slot of a deployment deleted meanwhile (releasing the slot fails with a 500), so
+    such a run would stay Pending or Running for good. A run that has not started is cancelled
+    outright. A running one is asked to stop (Cancelling: its worker kills it, and its
+    destination rolls back) and waited for, at most `wait` seconds, then cancelled outright
+    (its process stops at its next word with Prefect).
+    """
+    states = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING]
+    stopping: list[UUID] = []
+    cancelled: list[UUID] = []
+    deadline = time.monotonic() + wait
+    async with prefect_client() as client:
+        for run in await client.read_flow_runs(
+            **_filters(connector_id, states), limit=PREFECT_PAGE
+        ):
+            running = run.state is not None and run.state.type == StateType.RUNNING
+            if running and wait:
+                await client.set_flow_run_state(run.id, Cancelling())
+                stopping.append(run.id)
+            else:
+                await client.set_flow_run_state(run.id, Cancelled(), force=True)
+                cancelled.append(run.id)
+        while stopping:
+            await asyncio.sleep(0.5)
+            ended = [
+                run.id
+                for run in await client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=stopping))
+                )
+                if run.state is None or run.state.is_final()
+            ]
+            cancelled += ended
+            stopping = [run_id for run_id in stopping if run_id not in ended]
+            if stopping and time.monotonic() > deadline:
+                for run_id in stopping:
+                    await client.set_flow_run_state(run_id, Cancelled(), force=True)
+                return cancelled + stopping
+    return cancelled
+
+
+__all__ = ["active_runs", "cancel", "cancel_all", "connector_tag", "list_runs", "trigger_of"]

@@ -33,6 +33,24 @@ class Settings(BaseSettings):
         ge=0,
         description="Failed sync runs in a row that deactivate a connector (0: never).",
     )
+    run_retries: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Times a failed sync run is tried again, for connectors without `retries`.",
+    )
+    run_retry_delay_seconds: int = Field(
+        default=60,
+        ge=0,
+        description="Seconds between tries, for connectors without `retryDelaySeconds`.",
+    )
+    run_timeout_seconds: int = Field(
+        default=86_400,
+        ge=0,
+        description=(
+            "Seconds a sync run may take, for connectors without `timeoutSeconds` (0: no limit)."
+        ),
+    )
     first_sync_on_create: bool = Field(
         default=False, description="Run a connector once as soon as it is created."
     )
@@ -62,6 +80,14 @@ class Settings(BaseSettings):
         default=0.5,
         description="How often the worker that `up` starts asks Prefect for runs (Prefect: 10 s).",
     )
+    stop_grace_seconds: float = Field(
+        default=10,
+        gt=0,
+        description=(
+            "How long a process of the stack `up` runs has to stop after SIGTERM before it is "
+            "killed; the API gets half of it to finish the requests in flight."
+        ),
+    )
 
     batch_size: int = Field(
         default=10_000, ge=1, description="Records a sync run reads and writes at a time."
@@ -80,8 +106,8 @@ class Settings(BaseSettings):
     pause_points: frozenset[str] = Field(
         default=frozenset(),
         description=(
-            "Testing aid: named points in the control flows where the process stops and waits, "
-            "so a test can kill it there (e.g. create:after-deployment)."
+            "Testing aid: named points in the flows where the process stops and waits, so a "
+            "test can kill it there or let it go on (e.g. sync-connector:during-write)."
         ),
     )
     file_roots: list[Path] | None = Field(

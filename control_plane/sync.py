@@ -1,15 +1,20 @@
-"""What a sync run does, step by step: plan it from the database, then move the records."""
+"""What a sync run does, step by step: plan it from the database, resume where the destination
+really is, then move the records with the load's state."""
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane import crud
-from control_plane.connectors import Batch, Destination, Source, get_type
+from control_plane import crud, events
+from control_plane.connectors import Batch, Destination, Load, Source, get_type
 from control_plane.errors import Conflict
+from control_plane.faults import blocking_pause_point
+from control_plane.runs import connector_tag
 from control_plane.settings import get_settings
 from models import Connector
 
@@ -25,6 +30,15 @@ class SyncPlan:
     source: Source
     destination: Destination
     cursor: Any
+    resets: int  # the connector's, when the run planned: a reset since, and its cursor is not saved
+    retries: int
+    retry_delay_seconds: int
+    timeout_seconds: int  # 0: no limit
+
+    @property
+    def stream(self) -> str:
+        """Whose load state a destination keeps for this run."""
+        return connector_tag(self.connector_id)
 
 
 @dataclass
@@ -35,6 +49,10 @@ class Moved:
     seconds: float
 
 
+class RunTimedOut(TimeoutError):
+    """The run took longer than its connector's timeout; the destination rolled back."""
+
+
 def failure_threshold(connector: Connector) -> int:
     """Failed runs in a row that switch the connector off; 0: never."""
     if connector.max_consecutive_failures is not None:
@@ -42,8 +60,33 @@ def failure_threshold(connector: Connector) -> int:
     return get_settings().max_consecutive_failures
 
 
+def warn_when_failing(connector: Connector, error: str) -> None:
+    """Past its threshold, a failing connector says so; the shipped automation switches it off."""
+    failures, threshold = connector.consecutive_failures, failure_threshold(connector)
+    if threshold and failures >= threshold:
+        events.emit(
+            events.FAILING,
+            connector,
+            actor="sync-connector",
+            reason=f"{failures} consecutive failed runs, last: {error}",
+            consecutiveFailures=failures,
+            threshold=threshold,
+        )
+
+
+def _or_default(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
 async def plan(*, session: AsyncSession, connector_id: int) -> SyncPlan:
-    """The connector's source and destination, built from their merged configs, and its cursor."""
+    """The connector's source and destination, built from their merged configs, its cursor and
+    its run policy.
+
+    Raises:
+        NotFound: the connector is gone.
+        Conflict: the connector is inactive.
+        InvalidInput: a config is outside the project's reach.
+    """
     connector = await crud.get_connector(session=session, connector_id=connector_id)
     if not connector.is_active:
         raise Conflict(f"connector {connector_id} is inactive; activate it to run it")
@@ -62,6 +105,7 @@ async def plan(*, session: AsyncSession, connector_id: int) -> SyncPlan:
     destination_config = await crud.resolve_config(
         connector=connector, kind="destination", endpoint=destination, scope=scope
     )
+    settings = get_settings()
     return SyncPlan(
         connector_id=connector_id,
         connector_name=connector.name,
@@ -70,28 +114,95 @@ async def plan(*, session: AsyncSession, connector_id: int) -> SyncPlan:
         source=get_type("source", source.type)(source_config, scope),  # type: ignore[arg-type]
         destination=get_type("destination", destination.type)(destination_config, scope),  # type: ignore[arg-type]
         cursor=await crud.get_cursor(session=session, connector_id=connector_id),
+        resets=connector.resets,
+        retries=_or_default(connector.retries, settings.run_retries),
+        retry_delay_seconds=_or_default(
+            connector.retry_delay_seconds, settings.run_retry_delay_seconds
+        ),
+        timeout_seconds=_or_default(connector.timeout_seconds, settings.run_timeout_seconds),
     )
 
 
-def move(plan: SyncPlan, *, batch_size: int) -> Moved:
-    """Read every record after the cursor and write it; blocking, so run it in a thread."""
+async def resume(*, session: AsyncSession, plan: SyncPlan) -> str | None:
+    """Make the plan resume after the destination's last load when the control plane never
+    recorded it: a run that committed into the destination and died before its own commit.
+
+    The destination's load counts only if it is a run of this connector that started after the
+    connector's last reset and whose success no one recorded; then its cursor is saved as the
+    connector's, and the run's row says so. Returns what was adopted, for the log; None when
+    the control plane's cursor stands. Blocking reads of the destination run in a thread.
+    """
+    committed = await asyncio.to_thread(plan.destination.last_load, plan.stream)
+    if committed is None:
+        return None
+    load_id = UUID(committed.load_id)
+    state = await crud.get_state(session=session, connector_id=plan.connector_id)
+    if state is not None and state.load_id == load_id:
+        return None
+    run = await crud.get_sync_run(session=session, flow_run_id=load_id)
+    recorded = run is not None and run.ended_at is not None and run.error is None
+    if run is None or recorded or run.connector_id != plan.connector_id:
+        return None
+    if run.resets != plan.resets:
+        return None  # loaded before a reset: the next read starts over, as the reset asked
+    await crud.save_cursor(
+        session=session, connector_id=plan.connector_id, cursor=committed.cursor, load_id=load_id
+    )
+    run.cursor = committed.cursor
+    run.error = f"{run.error or 'ended unrecorded'}; its load was committed, and kept"
+    await session.commit()
+    plan.cursor = committed.cursor
+    return f"the destination holds run {load_id}'s load: resuming after {committed.cursor!r}"
+
+
+def _in_time(deadline: float | None, timeout_seconds: int) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise RunTimedOut(
+            f"the run took longer than its timeout of {timeout_seconds} s (timeoutSeconds); "
+            "nothing of it was committed"
+        )
+
+
+def move(plan: SyncPlan, *, load_id: UUID, batch_size: int) -> Moved:
+    """Read every record after the cursor (all of them for a destination that replaces) and
+    write them with the load's state; blocking, so run it in a thread.
+
+    The timeout is checked between batches: a source's request has its own timeouts.
+    """
     started = time.perf_counter()
+    deadline = time.monotonic() + plan.timeout_seconds if plan.timeout_seconds else None
     cursor_field = plan.source.cursor_field
+    load = Load(stream=plan.stream, load_id=str(load_id), cursor=plan.cursor)
+    after = None if plan.destination.replaces else plan.cursor
     read = 0
-    high = plan.cursor
 
     def batches() -> Iterator[Batch]:
-        nonlocal read, high
-        for batch in plan.source.read(cursor=plan.cursor, batch_size=batch_size):
+        nonlocal read
+        for number, batch in enumerate(plan.source.read(cursor=after, batch_size=batch_size)):
+            _in_time(deadline, plan.timeout_seconds)
             read += len(batch)
             if cursor_field:
                 # Sources read in ascending cursor order: the last value is the largest.
                 values = [r[cursor_field] for r in batch if r.get(cursor_field) is not None]
-                high = values[-1] if values else high
+                load.cursor = values[-1] if values else load.cursor
             yield batch
+            if number == 0:
+                blocking_pause_point("sync-connector:during-write")
+        _in_time(deadline, plan.timeout_seconds)
+        blocking_pause_point("sync-connector:before-destination-commit")
 
-    written = plan.destination.write(batches())
-    return Moved(read, written, high if cursor_field else None, time.perf_counter() - started)
+    written = plan.destination.write(batches(), load)
+    cursor = load.cursor if cursor_field else None
+    return Moved(read, written, cursor, time.perf_counter() - started)
 
 
-__all__ = ["Moved", "SyncPlan", "failure_threshold", "move", "plan"]
+__all__ = [
+    "Moved",
+    "RunTimedOut",
+    "SyncPlan",
+    "failure_threshold",
+    "move",
+    "plan",
+    "resume",
+    "warn_when_failing",
+]

@@ -12,6 +12,7 @@ No run keeps a result: the database is the record, and Prefect's engine skips a 
 lookup.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -24,7 +25,7 @@ from control_plane import crud, deployments, events, runs
 from control_plane.audit import actor_tag, label_refused, label_run
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
-from control_plane.errors import Conflict
+from control_plane.errors import Conflict, NotFound
 from control_plane.faults import pause_point
 from control_plane.sync import failure_threshold
 from models import Connector, ConnectorCreate, ConnectorPublic, ConnectorUpdate
@@ -68,6 +69,38 @@ async def _apply_and_commit(
         "connector %s committed with deployment %s", connector.id, connector.prefect_deployment_id
     )
     return ConnectorPublic.model_validate(connector)
+
+
+async def _cancel_runs(connector_id: int, *, wait: float) -> None:
+    """Cancel the connector's runs that have not ended, a running one after it had `wait`
+    seconds to stop; before its deployment goes, which Prefect cannot end them after."""
+    cancelled = await runs.cancel_all(connector_id, wait=wait)
+    if cancelled:
+        get_run_logger().info(
+            "connector %s: cancelled runs %s", connector_id, ", ".join(map(str, cancelled))
+        )
+
+
+async def _stop_runs_first(connector_id: int, goes_ahead: Callable[[Connector], bool]) -> None:
+    """Before its row is locked, stop the connector's runs if the change will switch it off.
+
+    A running run records its end in the connector's row: it could not stop while the lock is
+    held. What a trigger of another process starts meanwhile cannot be running yet when the
+    locked change cancels it (`wait=0`).
+    """
+    async with session_scope() as session:
+        try:
+            connector = await crud.get_connector(session=session, connector_id=connector_id)
+        except NotFound:
+            return
+    if goes_ahead(connector):
+        await _cancel_runs(connector_id, wait=runs.STOP_SECONDS)
+
+
+def _deactivates(connector: Connector, only_if_failing: bool) -> bool:
+    threshold = failure_threshold(connector)
+    failing = bool(threshold) and connector.consecutive_failures >= threshold
+    return connector.is_active and (failing or not only_if_failing)
 
 
 def _describe_update(connector_id: int, changes: ConnectorUpdate) -> str:
@@ -161,14 +194,23 @@ async def update_connector(
     await label_run(
         actor=actor, name=_describe_update(connector_id, changes), connector_id=connector_id
     )
-    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
-        connector = await crud.get_connector(
-            session=session, connector_id=connector_id, for_update=True
+    async with write_lock(f"connector:{connector_id}"):
+        await _stop_runs_first(
+            connector_id,
+            lambda c: (
+                c.is_active and changes.is_active is False and expected_version in (None, c.version)
+            ),
         )
-        crud.check_version(connector, expected_version)
-        before, previous = _spec(connector), _Snapshot.of(connector)
-        await crud.change_connector(session=session, connector=connector, changes=changes)
-        public = await _apply_and_commit(session, connector, before)
+        async with session_scope() as session:
+            connector = await crud.get_connector(
+                session=session, connector_id=connector_id, for_update=True
+            )
+            crud.check_version(connector, expected_version)
+            before, previous = _spec(connector), _Snapshot.of(connector)
+            await crud.change_connector(session=session, connector=connector, changes=changes)
+            if previous.is_active and not connector.is_active:
+                await _cancel_runs(connector_id, wait=0)
+            public = await _apply_and_commit(session, connector, before)
     _emit_update(connector, previous, changes, actor)
     return public
 
@@ -181,7 +223,8 @@ async def update_connector(
 async def deactivate_connector(
     connector_id: int, reason: str, actor: str = UI_ACTOR, only_if_failing: bool = False
 ) -> ConnectorPublic:
-    """Switch the connector off with a reason: its deployment and scheduled runs go.
+    """Switch the connector off with a reason: its runs that have not ended are cancelled (a
+    running one is stopped, its load rolled back), then its deployment goes.
 
     With `only_if_failing` (as the auto-deactivate automation asks), it checks first that the
     connector still fails at least its threshold of runs in a row; a success in between wins.
@@ -191,19 +234,19 @@ async def deactivate_connector(
         name=f"deactivate connector {connector_id}: {reason}",
         connector_id=connector_id,
     )
-    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
-        connector = await crud.get_connector(
-            session=session, connector_id=connector_id, for_update=True
-        )
-        threshold = failure_threshold(connector)
-        if not connector.is_active or (
-            only_if_failing and not (threshold and connector.consecutive_failures >= threshold)
-        ):
-            get_run_logger().info("connector %s: nothing to deactivate", connector_id)
-            return ConnectorPublic.model_validate(connector)
-        before, deployment_id = _spec(connector), connector.prefect_deployment_id
-        crud.deactivate(connector=connector, reason=reason)
-        public = await _apply_and_commit(session, connector, before)
+    async with write_lock(f"connector:{connector_id}"):
+        await _stop_runs_first(connector_id, lambda c: _deactivates(c, only_if_failing))
+        async with session_scope() as session:
+            connector = await crud.get_connector(
+                session=session, connector_id=connector_id, for_update=True
+            )
+            if not _deactivates(connector, only_if_failing):
+                get_run_logger().info("connector %s: nothing to deactivate", connector_id)
+                return ConnectorPublic.model_validate(connector)
+            before, deployment_id = _spec(connector), connector.prefect_deployment_id
+            await _cancel_runs(connector_id, wait=0)
+            crud.deactivate(connector=connector, reason=reason)
+            public = await _apply_and_commit(session, connector, before)
     event = events.AUTO_DEACTIVATED if only_if_failing else events.DEACTIVATED
     events.emit(event, connector, actor=actor, reason=reason, deployment_id=deployment_id)
     return public
@@ -223,17 +266,21 @@ async def trigger_connector(
     await label_run(
         actor=actor, name=f"trigger connector {connector_id}", connector_id=connector_id
     )
-    async with session_scope() as session:
-        connector = await crud.get_connector(session=session, connector_id=connector_id)
-    if not connector.is_active or connector.prefect_deployment_id is None:
-        raise Conflict(
-            f"connector {connector_id} is inactive; activate it (isActive: true) to run it"
+    # Under the connector's lock: a delete or deactivate after this sees the new run and
+    # cancels it; one before it leaves nothing to trigger.
+    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+        connector = await crud.get_connector(
+            session=session, connector_id=connector_id, for_update=True
         )
-    if on_conflict == "reject" and (active := await runs.active_runs(connector_id)):
-        raise Conflict(f"connector {connector_id} has a run in progress: {active[0].id}")
-    flow_run_id = await deployments.run_now(
-        connector.prefect_deployment_id, tags=[runs.MANUAL_TAG, actor_tag(actor)]
-    )
+        if not connector.is_active or connector.prefect_deployment_id is None:
+            raise Conflict(
+                f"connector {connector_id} is inactive; activate it (isActive: true) to run it"
+            )
+        if on_conflict == "reject" and (active := await runs.active_runs(connector_id)):
+            raise Conflict(f"connector {connector_id} has a run in progress: {active[0].id}")
+        flow_run_id = await deployments.run_now(
+            connector.prefect_deployment_id, tags=[runs.MANUAL_TAG, actor_tag(actor)]
+        )
     get_run_logger().info("connector %s: started sync run %s", connector_id, flow_run_id)
     events.emit(events.TRIGGERED, connector, actor=actor, flowRunId=str(flow_run_id))
     return flow_run_id
@@ -251,17 +298,25 @@ async def cancel_connector_run(connector_id: int, flow_run_id: UUID, actor: str 
         name=f"cancel run {flow_run_id} of connector {connector_id}",
         connector_id=connector_id,
     )
-    run = await runs.cancel(connector_id, flow_run_id)
+    # Under the connector's lock, as trigger is: a cancel and a trigger never cross.
+    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+        await crud.get_connector(session=session, connector_id=connector_id, for_update=True)
+        run = await runs.cancel(connector_id, flow_run_id)
     return run.state.name if run.state else "unknown"
 
 
 @flow(name="reset-connector", persist_result=False, on_failure=[label_refused("reset connector")])
 async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
-    """Forget the connector's incremental state: its next run reads everything again."""
+    """Forget the connector's incremental state: its next run reads everything again.
+
+    A run in progress finishes, but does not save its cursor: it started before the reset.
+    """
     await label_run(actor=actor, name=f"reset connector {connector_id}", connector_id=connector_id)
-    async with session_scope() as session:
-        await crud.get_connector(session=session, connector_id=connector_id)
-        await crud.reset_state(session=session, connector_id=connector_id)
+    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+        connector = await crud.get_connector(
+            session=session, connector_id=connector_id, for_update=True
+        )
+        await crud.reset_state(session=session, connector=connector)
         await session.commit()
 
 
@@ -269,17 +324,21 @@ async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
 async def delete_connector(
     connector_id: int, actor: str = UI_ACTOR, expected_version: int | None = None
 ) -> None:
-    """Remove the connector with its deployment and scheduled runs."""
+    """Remove the connector with its deployment; its runs that have not ended are cancelled
+    first (a running one is stopped, its load rolled back)."""
     await label_run(actor=actor, name=f"delete connector {connector_id}", connector_id=connector_id)
-    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
-        connector = await crud.get_connector(
-            session=session, connector_id=connector_id, for_update=True
-        )
-        crud.check_version(connector, expected_version)
-        before = _spec(connector)
-        await crud.remove_connector(session=session, connector=connector)
-        await deployments.apply(connector.prefect_deployment_id, before, None)
-        await _commit(session, deployment_id=None, applied=None, previous=before)
+    async with write_lock(f"connector:{connector_id}"):
+        await _stop_runs_first(connector_id, lambda c: expected_version in (None, c.version))
+        async with session_scope() as session:
+            connector = await crud.get_connector(
+                session=session, connector_id=connector_id, for_update=True
+            )
+            crud.check_version(connector, expected_version)
+            before = _spec(connector)
+            await _cancel_runs(connector_id, wait=0)
+            await crud.remove_connector(session=session, connector=connector)
+            await deployments.apply(connector.prefect_deployment_id, before, None)
+            await _commit(session, deployment_id=None, applied=None, previous=before)
     events.emit(events.DELETED, connector, actor=actor)
 
 

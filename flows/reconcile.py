@@ -6,6 +6,7 @@ from prefect.artifacts import create_table_artifact
 from control_plane import reconcile
 from control_plane.audit import label_refused, label_run
 from control_plane.db import session_scope
+from flows.runs import record_unfinished
 
 SCHEDULE_ACTOR = "schedule"
 
@@ -22,7 +23,8 @@ async def reconcile_connectors(
 
     Missing deployments are created, differing ones patched in place (the schedule keeps its
     identity), orphans deleted with their scheduled runs, a few at a time, each under its
-    connector's row lock. With `dry_run`, only report.
+    connector's row lock; sync runs that ended unrecorded (a crash whose event was missed) are
+    recorded in their connectors' status. With `dry_run`, only report the drift.
     """
     await label_run(actor=actor, name="reconcile connectors" + (" (dry run)" if dry_run else ""))
     async with session_scope() as session:
@@ -32,6 +34,8 @@ async def reconcile_connectors(
         logger.info("%s %s: %s", item.action, item.deployment, "; ".join(item.differences))
     if not dry_run:
         await reconcile.repair_all(drift)
+        for flow_run_id, end in (await record_unfinished()).items():
+            logger.info("sync run %s ended unrecorded: recorded as %s", flow_run_id, end)
     rows = [item.as_row() for item in drift]
     await create_table_artifact(
         key="reconcile-connectors",

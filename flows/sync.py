@@ -4,15 +4,18 @@ import asyncio
 from typing import Any
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import State, flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import FlowRunPolicy
 from prefect.runtime import flow_run
+from prefect.states import Cancelled
 
-from control_plane import crud, events, sync
+from control_plane import crud, sync
 from control_plane.db import session_scope
-from control_plane.errors import InvalidInput
+from control_plane.errors import Conflict, InvalidInput, NotFound
+from control_plane.faults import pause_point
+from control_plane.orchestrator import prefect_client
 from control_plane.settings import get_settings
-from models import Connector
 
 
 def _report(plan: sync.SyncPlan, moved: sync.Moved) -> str:
@@ -28,80 +31,91 @@ def _report(plan: sync.SyncPlan, moved: sync.Moved) -> str:
     )
 
 
-def _warn_when_failing(connector: Connector, error: str) -> None:
-    """Past its threshold, a failing connector says so; the shipped automation switches it off."""
-    failures, threshold = connector.consecutive_failures, sync.failure_threshold(connector)
-    if threshold and failures >= threshold:
-        events.emit(
-            events.FAILING,
-            connector,
-            actor="sync-connector",
-            reason=f"{failures} consecutive failed runs, last: {error}",
-            consecutiveFailures=failures,
-            threshold=threshold,
-        )
-
-
 async def _failed(
-    connector_id: int, run_id: UUID, *, cursor: Any, error: Exception, started: bool
+    connector_id: int, run_id: UUID, error: Exception, *, end: crud.RunEnd, started: bool
 ) -> None:
-    """Record the failed run in the connector's status; past its threshold, say so."""
+    """Record the failed try in the connector's status; past its threshold, say so."""
     message = f"{type(error).__name__}: {error}"
     async with session_scope() as session:
         if not started:
             await crud.start_sync_run(
-                session=session, connector_id=connector_id, flow_run_id=run_id
+                session=session, connector_id=connector_id, flow_run_id=run_id, resets=0
             )
-        await crud.finish_sync_run(
-            session=session,
-            connector_id=connector_id,
-            flow_run_id=run_id,
-            records_read=0,
-            records_written=0,
-            cursor=cursor,
-            error=message,
-        )
+        await crud.finish_sync_run(session=session, flow_run_id=run_id, end=end, error=message)
         await session.commit()
         connector = await crud.get_connector(session=session, connector_id=connector_id)
-    _warn_when_failing(connector, message)
+    if end == "FAILED":
+        sync.warn_when_failing(connector, message)
+
+
+async def _retry_as_planned(plan: sync.SyncPlan, run_id: UUID) -> None:
+    """Give the run the connector's retries: Prefect's server reads them from the run's policy
+    when the run fails, and schedules the next try (the engine runs it in this process)."""
+    if plan.retries and flow_run.get_run_count() == 1:
+        policy = FlowRunPolicy(retries=plan.retries, retry_delay=plan.retry_delay_seconds)
+        async with prefect_client() as client:
+            await client.update_flow_run(run_id, empirical_policy=policy)
 
 
 @flow(name="sync-connector", flow_run_name="sync connector {connector_id}")
-async def sync_connector(connector_id: int) -> dict[str, Any]:
-    """Move the connector's new records from its defined source to its defined destination."""
+async def sync_connector(connector_id: int) -> dict[str, Any] | State:
+    """Move the connector's new records from its defined source to its defined destination.
+
+    A run whose connector was deleted or switched off since it was scheduled ends Cancelled,
+    saying so. The destination keeps the load's state with the records (where it can), so a
+    run that died after the destination committed is not loaded twice: the next run resumes
+    after it (`sync.resume`).
+    """
     logger = get_run_logger()
     run_id = UUID(flow_run.get_id())
     try:
         async with session_scope() as session:
             plan = await sync.plan(session=session, connector_id=connector_id)
             await crud.start_sync_run(
-                session=session, connector_id=connector_id, flow_run_id=run_id
+                session=session, connector_id=connector_id, flow_run_id=run_id, resets=plan.resets
             )
             await session.commit()
+    except (NotFound, Conflict) as gone:
+        logger.info("nothing to run: %s", gone.detail)
+        return Cancelled(message=gone.detail)
     except InvalidInput as refused:
         # A config outside the project's reach: refused before anything was opened.
-        await _failed(connector_id, run_id, cursor=None, error=refused, started=False)
+        await _failed(connector_id, run_id, refused, end="FAILED", started=False)
         raise
-    logger.info(
-        "moving %s -> %s, resuming after %r", plan.source_label, plan.destination_label, plan.cursor
-    )
+    await _retry_as_planned(plan, run_id)
     try:
-        moved = await asyncio.to_thread(sync.move, plan, batch_size=get_settings().batch_size)
+        async with session_scope() as session:
+            if adopted := await sync.resume(session=session, plan=plan):
+                logger.warning(adopted)
+        logger.info(
+            "moving %s -> %s, resuming after %r",
+            plan.source_label,
+            plan.destination_label,
+            plan.cursor,
+        )
+        moved = await asyncio.to_thread(
+            sync.move, plan, load_id=run_id, batch_size=get_settings().batch_size
+        )
     except Exception as error:
-        await _failed(connector_id, run_id, cursor=plan.cursor, error=error, started=True)
+        retry_follows = flow_run.get_run_count() <= plan.retries
+        end: crud.RunEnd = "AWAITING_RETRY" if retry_follows else "FAILED"
+        await _failed(connector_id, run_id, error, end=end, started=True)
         raise
+    await pause_point("sync-connector:after-destination-commit")
     # The cursor advances only now that the destination has the records.
     async with session_scope() as session:
-        await crud.finish_sync_run(
+        saved = await crud.finish_sync_run(
             session=session,
-            connector_id=connector_id,
             flow_run_id=run_id,
+            end="COMPLETED",
             records_read=moved.records_read,
             records_written=moved.records_written,
             cursor=moved.cursor,
-            error=None,
         )
         await session.commit()
+    if not saved:
+        logger.warning("the connector was reset during this run: its cursor was not saved")
+    await pause_point("sync-connector:after-control-commit")
     await create_markdown_artifact(
         key=f"connector-{connector_id}-sync",
         markdown=_report(plan, moved),

@@ -28,6 +28,8 @@ from models.catalog import Description, Name, Timestamps
 
 Cron = Annotated[str, AfterValidator(check_cron)]
 Timezone = Annotated[str, AfterValidator(check_timezone)]
+MAX_RETRIES = 10
+MAX_SECONDS = 7 * 24 * 3600
 # Overrides travel as control flow parameters, which Prefect stores: their JSON form (flow run
 # parameters and API answers alike) masks the secret values.
 SourceOverride = Annotated[
@@ -73,6 +75,30 @@ class ConnectorBase(ApiModel):
             "null: the setting's default; 0: never."
         ),
     )
+    retries: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_RETRIES,
+        description=(
+            "Times a failed sync run is tried again (Prefect's flow retries) before it counts as "
+            "a failure; null: the setting's default."
+        ),
+    )
+    retry_delay_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SECONDS,
+        description="Seconds between a failed try and the next; null: the setting's default.",
+    )
+    timeout_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_SECONDS,
+        description=(
+            "Seconds a sync run may take before it fails and its partial load is rolled back; "
+            "null: the setting's default; 0: no limit."
+        ),
+    )
 
 
 class ConnectorStatus(ApiModel):
@@ -97,6 +123,8 @@ class Connector(ConnectorBase, ConnectorStatus, table=True):
     consecutive_failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # Counts the changes made through the control flows; the ETag of the connector.
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    # Counts its resets: a run that started before the last one does not save its cursor.
+    resets: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = timestamp_field()
     updated_at: datetime = timestamp_field()
 
@@ -108,7 +136,16 @@ class ConnectorCreate(ConnectorBase, InputModel):
 class ConnectorUpdate(UpdateModel):
     """Any field of a connector; a field left out keeps its value."""
 
-    nullable = frozenset({"description", "schedule", "max_consecutive_failures"})
+    nullable = frozenset(
+        {
+            "description",
+            "schedule",
+            "max_consecutive_failures",
+            "retries",
+            "retry_delay_seconds",
+            "timeout_seconds",
+        }
+    )
 
     name: Name | None = None
     description: Description | None = None
@@ -121,6 +158,9 @@ class ConnectorUpdate(UpdateModel):
     source_config_override: SourceOverride | None = None
     destination_config_override: DestinationOverride | None = None
     max_consecutive_failures: int | None = Field(default=None, ge=0, le=MAX_INT)
+    retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
+    retry_delay_seconds: int | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    timeout_seconds: int | None = Field(default=None, ge=0, le=MAX_SECONDS)
 
 
 class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):

@@ -25,6 +25,7 @@ class SyncState(SQLModel, table=True):
     __tablename__ = "sync_state"
     connector_id: int = _connector_key(primary_key=True)
     cursor: Any | None = Field(default=None, sa_type=JSON)
+    load_id: UUID | None = None  # the run whose load the cursor follows
     updated_at: datetime = timestamp_field()
 
 
@@ -38,6 +39,8 @@ class SyncRun(SQLModel, table=True):
     records_written: int = 0
     cursor: Any | None = Field(default=None, sa_type=JSON)
     error: str | None = None
+    # The connector's resets when the run started: a reset since, and its cursor is not saved.
+    resets: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     started_at: datetime = timestamp_field()
     ended_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 

@@ -158,6 +158,8 @@ def control_deployments(stack: Stack, tmp_path_factory) -> Iterator[list[str]]:
     settings = Settings(reconcile_interval_seconds=0)
     registered = asyncio.run(deployments.deploy_control_flows(settings=settings))
     [pool] = {entry["work_pool"]["name"] for entry in deployments.control_deployments()}
+    # As `up` starts them: each run is Prefect's engine in this interpreter, imported once.
+    asyncio.run(deployments.ensure_work_pool(pool, command=deployments.LOCAL_ENGINE))
     log = tmp_path_factory.mktemp("control-worker") / "worker.log"
     with running(worker(stack.env, pool, log)):
         yield registered

@@ -1,4 +1,4 @@
-"""The sync-connector flow refuses, with a clear reason, to run a connector that is gone."""
+"""The sync-connector flow ends Cancelled, with the reason, for a connector that is gone or off."""
 
 from uuid import UUID
 
@@ -15,7 +15,7 @@ def _run_deployment(prefect: SyncPrefectClient, deployment_id: str):
     return wait_final(prefect, run.id)
 
 
-class TestSyncRefusesStaleRuns:
+class TestSyncCancelsStaleRuns:
     # Drift made on purpose, behind the API's back: the row changes, the deployment stays.
     @pytest.mark.parametrize(
         ("statement", "reason"),
@@ -24,7 +24,7 @@ class TestSyncRefusesStaleRuns:
             ("DELETE FROM connector WHERE id = :id", "does not exist"),
         ],
     )
-    def test_fails_with_the_reason(
+    def test_cancels_with_the_reason(
         self, api, prefect: SyncPrefectClient, catalog: Catalog, stack, statement, reason
     ):
         connector = created(api.post("/connectors", json=catalog.connector(schedule=None)))
@@ -33,5 +33,5 @@ class TestSyncRefusesStaleRuns:
             db.execute(text(statement), {"id": connector["id"]})
         engine.dispose()
         run = _run_deployment(prefect, connector["prefectDeploymentId"])
-        assert run.state.type == StateType.FAILED
+        assert run.state.type == StateType.CANCELLED
         assert f"connector {connector['id']} {reason}" in run.state.message

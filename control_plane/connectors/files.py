@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from itertools import chain, zip_longest
 from pathlib import Path
@@ -149,8 +149,9 @@ class JsonlDestination(Destination):
 
     Guaranteed, among writers that go through this type: once `write` returns, its records and
     its load are on disk; if it dies before, the next write removes what it appended and
-    `last_load` still names the previous load. Not guaranteed: until that next write, readers
-    of the file see the dead write's records (its last line maybe cut); writers that ignore the
+    `last_load` still names the previous load, and one that fails takes back what it appended
+    at once. Not guaranteed: until that next write, readers of the file see a killed write's
+    records (its last line maybe cut); writers that ignore the
     lock are not kept out, and what they append is cut off like a dead write's tail. A file
     without a manifest (written before loads were kept), or whose committed part changed from
     outside (replaced, rewritten, cut shorter), counts as committed as it is.
@@ -183,10 +184,17 @@ class JsonlDestination(Destination):
         with _open(self.scope, path, _APPEND, mode="a", encoding="utf-8") as file:
             fcntl.flock(file, fcntl.LOCK_EX)  # released when the file is closed
             manifest = _committed(self.scope, manifest_path, file.fileno())
-            for batch in chain([] if first is None else [first], batches):
-                file.writelines(json.dumps(record, default=str) + "\n" for record in batch)
-                written += len(batch)
-            file.flush()
+            try:
+                for batch in chain([] if first is None else [first], batches):
+                    file.writelines(json.dumps(record, default=str) + "\n" for record in batch)
+                    written += len(batch)
+                file.flush()
+            except BaseException:
+                # A write that fails (its source, its timeout) takes back what it appended.
+                with suppress(OSError):
+                    file.flush()
+                os.ftruncate(file.fileno(), manifest["size"])
+                raise
             os.fsync(file.fileno())
             size = os.fstat(file.fileno()).st_size
             manifest.update(size=size, tail_sha256=_tail_hash(file.fileno(), size))
