@@ -4,10 +4,7 @@ import argparse
 import asyncio
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,22 +20,10 @@ import models  # noqa: F401  (registers every table on SQLModel.metadata, for ro
 from control_plane import deployments, encryption
 from control_plane.api.auth import READ, WRITE, mint
 from control_plane.db import get_engine, migrate
+from control_plane.errors import ControlPlaneError
 from control_plane.settings import Settings, get_settings
+from control_plane.supervisor import StartFailed, Supervisor, port_taken
 from flows.reconcile import reconcile_connectors
-
-
-def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"{' '.join(map(str, process.args))} exited with {process.returncode}")  # type: ignore[arg-type]
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    sys.exit(f"{url} did not answer within {timeout:.0f} s")
 
 
 def prefect_server_env(settings: Settings, home: Path) -> dict[str, str]:
@@ -69,11 +54,6 @@ def prefect_server_env(settings: Settings, home: Path) -> dict[str, str]:
     }
 
 
-def _start(command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    # Each child leads its own process group, so stopping it stops what it started too.
-    return subprocess.Popen(command, env=env, start_new_session=True)
-
-
 # What a worker and its runs never get: the API's auth settings (a run has no use for the JWT
 # secret), and libpq's variables, which would fill in what a tenant's PostgreSQL URL left out.
 _NOT_FOR_WORKERS = ("CONTROL_PLANE_AUTH_", "PG")
@@ -91,28 +71,40 @@ def worker_environment(env: dict[str, str], settings: Settings) -> dict[str, str
     return {name: value for name, value in merged.items() if not name.startswith(_NOT_FOR_WORKERS)}
 
 
-def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in reversed(processes):
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for process in reversed(processes):
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+def _check_ports(settings: Settings, *, own_server: bool) -> None:
+    """Exit with status 1, naming the process that holds it, when a port the stack would listen
+    on is taken: a stack started half against someone else's server (an orphaned Prefect
+    server of an earlier `up`, whose database may be gone) serves errors that look healthy."""
+    ports = [("the API", "CONTROL_PLANE_API_PORT", settings.api_host, settings.api_port)]
+    if own_server:
+        ports.append(
+            ("Prefect", "CONTROL_PLANE_PREFECT_PORT", settings.prefect_host, settings.prefect_port)
+        )
+    for owner, variable, host, port in ports:
+        if problem := port_taken(host, port):
+            sys.exit(
+                f"control-plane up: port {port} of {owner} on {host} {problem}; stop it, or set "
+                f"{variable} to a free port. Nothing was started."
+            )
 
 
 def up() -> None:
-    """Migrate, then run Prefect's server (unless PREFECT_API_URL is set), a worker and the API."""
-    # A shell that starts us in the background ignores SIGINT for us; take both signals back.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    """Migrate, then run Prefect's server (unless PREFECT_API_URL is set), a worker per pool and
+    the API, restart what dies, and stop it all on SIGINT, SIGTERM or SIGHUP.
+
+    Exits with 0 after a clean stop, with 1 when the stack did not start or a process had to be
+    killed because it did not stop within `stop_grace_seconds`.
+    """
     settings = get_settings()
+    own_server = not os.environ.get("PREFECT_API_URL")
+    _check_ports(settings, own_server=own_server)
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     migrate()
@@ -123,57 +115,81 @@ def up() -> None:
         "CONTROL_PLANE_SECRET_KEY_FILE": str(settings.resolved_secret_key_file),
         "CONTROL_PLANE_FILE_ROOTS": json.dumps([str(r) for r in settings.resolved_file_roots]),
     }
-    processes: list[subprocess.Popen[bytes]] = []
+    supervisor = Supervisor(grace=settings.stop_grace_seconds, state_file=data_dir / "up.json")
+    sys.exit(supervisor.run(lambda: _start_stack(supervisor, settings, env, own_server)))
+
+
+def _start_stack(
+    supervisor: Supervisor, settings: Settings, env: dict[str, str], own_server: bool
+) -> None:
+    """Start the stack's processes under `supervisor`, each once the one it needs answers."""
     control_pools = {d["work_pool"]["name"] for d in deployments.control_deployments()}
     pools = sorted({settings.work_pool} | control_pools)
-    own_server = not env.get("PREFECT_API_URL")
-    try:
-        if own_server:
-            home = data_dir / "prefect"
-            home.mkdir(exist_ok=True)
-            server = f"http://{settings.prefect_host}:{settings.prefect_port}"
-            command = [sys.executable, "-m", "prefect", "server", "start"]
-            command += ["--host", settings.prefect_host]
-            command += ["--port", str(settings.prefect_port)]
-            processes.append(_start(command, {**env, **prefect_server_env(settings, home)}))
-            _wait_until_healthy(f"{server}/api/health", processes[-1], timeout=120)
-            env["PREFECT_API_URL"] = f"{server}/api"
-        # Prefect read its settings at import: point this process at the server explicitly.
-        with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
-            # On a server of our own, whose workers all run here, runs start the engine directly.
-            engine = deployments.LOCAL_ENGINE if own_server else None
+    if own_server:
+        home = settings.data_dir.resolve() / "prefect"
+        home.mkdir(exist_ok=True)
+        server = f"http://{settings.prefect_host}:{settings.prefect_port}"
+        command = [sys.executable, "-m", "prefect", "server", "start"]
+        command += ["--host", settings.prefect_host]
+        command += ["--port", str(settings.prefect_port)]
+        prefect = supervisor.start(
+            "Prefect server",
+            command,
+            {**env, **prefect_server_env(settings, home)},
+            tier=0,
+            ready=lambda: _answers(f"{server}/api/health"),
+            # By the time it could restart, `env` has the server's PREFECT_API_URL (below).
+            on_ready_again=lambda: _after_prefect_restart(supervisor, env),
+        )
+        supervisor.wait_ready(prefect, timeout=120)
+        env["PREFECT_API_URL"] = f"{server}/api"
+    # Prefect read its settings at import: point this process at the server explicitly.
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        # On a server of our own, whose workers all run here, runs start the engine directly.
+        engine = deployments.LOCAL_ENGINE if own_server else None
+        try:
             for pool in pools:
                 asyncio.run(deployments.ensure_work_pool(pool, command=engine))
             for name in asyncio.run(deployments.deploy_control_flows()):
                 print(f"deployed {name}")
-        worker_env = {
-            **worker_environment(env, settings),
-            "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds),
-        }
-        for pool in pools:
-            command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
-            processes.append(_start([*command, "--pool", pool], worker_env))
-        api = f"http://{settings.api_host}:{settings.api_port}"
-        command = [sys.executable, "-m", "uvicorn", "control_plane.api.app:app"]
-        command += ["--host", settings.api_host]
-        command += ["--port", str(settings.api_port)]
-        processes.append(_start(command, env))
-        _wait_until_healthy(f"{api}/health", processes[-1], timeout=60)
-        print(
-            f"\nConnector control plane is up.\n"
-            f"  API:        {api}/api/v1  (docs: {api}/docs)\n"
-            f"  Prefect UI: {env['PREFECT_API_URL'].removesuffix('/api')}\n"
-            f"  Workers:    pools {', '.join(pools)}\n"
-            f"Ctrl-C stops everything started here.\n",
-            flush=True,
-        )
-        while all(process.poll() is None for process in processes):
-            time.sleep(0.5)
-        sys.exit("a process of the stack exited; stopping the rest")
-    except KeyboardInterrupt:
-        pass
-    finally:
-        _stop(processes)
+        except ControlPlaneError as error:
+            raise StartFailed(f"registering the work pools and deployments: {error}") from error
+    worker_env = {
+        **worker_environment(env, settings),
+        "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds),
+    }
+    for pool in pools:
+        command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
+        supervisor.start(f"worker {pool}", [*command, "--pool", pool], worker_env, tier=1)
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    command = [sys.executable, "-m", "uvicorn", "control_plane.api.app:app"]
+    command += ["--host", settings.api_host, "--port", str(settings.api_port)]
+    # Half the grace period for the requests in flight; the rest to answer the ones cut short
+    # with a 503 and to shut down, before the supervisor kills the process.
+    command += ["--timeout-graceful-shutdown", str(max(1, int(settings.stop_grace_seconds / 2)))]
+    api_process = supervisor.start(
+        "API", command, env, tier=1, ready=lambda: _answers(f"{api}/readyz")
+    )
+    supervisor.wait_ready(api_process, timeout=60)
+    print(
+        f"\nConnector control plane is up.\n"
+        f"  API:        {api}/api/v1  (docs: {api}/docs)\n"
+        f"  Prefect UI: {env['PREFECT_API_URL'].removesuffix('/api')}\n"
+        f"  Workers:    pools {', '.join(pools)}\n"
+        f"  Processes:  {supervisor.state_file}\n"
+        f"Ctrl-C (or SIGTERM, SIGHUP) stops everything started here.\n",
+        flush=True,
+    )
+
+
+def _after_prefect_restart(supervisor: Supervisor, env: dict[str, str]) -> None:
+    """Once a restarted Prefect server answers: bring back at once the workers that died
+    without it, and run a reconcile, which repairs what the outage left half-done (a change
+    the database has and Prefect does not, or the reverse)."""
+    supervisor.restart_waiting()
+    if not supervisor.running("reconcile"):
+        command = [sys.executable, "-m", "control_plane.cli", "reconcile"]
+        supervisor.start("reconcile", command, env, tier=1, once=True)
 
 
 def rotate_key() -> None:
@@ -228,7 +244,15 @@ def _prefect_api_url(settings: Settings) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="control-plane", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="start Prefect (unless PREFECT_API_URL is set), worker, API")
+    commands.add_parser(
+        "up",
+        help="run Prefect (unless PREFECT_API_URL is set), workers and the API until stopped",
+        description=(
+            "Run and supervise the stack: what dies is restarted; SIGINT, SIGTERM or SIGHUP "
+            "stops it all. Exit status: 0 after a clean stop, 1 when a port is taken, the stack "
+            "did not start, or a process had to be killed."
+        ),
+    )
     commands.add_parser("migrate", help="bring the database schema up to date")
     commands.add_parser(
         "rotate-key", help="encrypt every stored config under a new key of the key file"
@@ -283,3 +307,7 @@ def _run(args: argparse.Namespace) -> None:
         rotate_key()
     else:
         migrate()
+
+
+if __name__ == "__main__":
+    main()

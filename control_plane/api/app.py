@@ -1,20 +1,39 @@
 """The FastAPI app: `uvicorn control_plane.api.app:app`."""
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 
 from fastapi import APIRouter, Depends, FastAPI, Security
+from prefect import flow_engine
 from prefect.settings import PREFECT_API_URL
 
 from control_plane.api.auth import bearer
 from control_plane.api.deps import current_caller
-from control_plane.api.errors import add_error_handlers
+from control_plane.api.errors import AnswerCutRequests, add_error_handlers
 from control_plane.api.flow_context import FlowContext, SharedFlowContext, flow_context
 from control_plane.api.limits import BodyLimit
 from control_plane.api.routes import connectors, endpoints, health, projects
 from control_plane.db import get_engine
 from control_plane.encryption import check_key_file
 from control_plane.settings import get_settings
+
+
+@contextmanager
+def _sigterm_left_to_uvicorn() -> Iterator[None]:
+    """Keep Prefect's flow engine from taking SIGTERM over while the API runs control flows.
+
+    In a flow run's own process, the engine turns SIGTERM into a TerminationSignal raised
+    wherever the main thread is. Here the flows run in uvicorn's event loop, so the raise lands
+    in the loop itself: uvicorn's graceful shutdown never starts, asyncio cancels every request
+    in flight, and uvicorn answers each with a plain-text 500. Without it, SIGTERM reaches
+    uvicorn, which lets the requests in flight finish.
+    """
+    capture_sigterm = flow_engine.capture_sigterm
+    flow_engine.capture_sigterm = nullcontext  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        flow_engine.capture_sigterm = capture_sigterm
 
 
 @asynccontextmanager
@@ -26,8 +45,9 @@ async def _lifespan(_: FastAPI) -> AsyncIterator[dict[str, FlowContext]]:
         )
     # Refuse to start, rather than fail every request that reads a config.
     check_key_file()
-    async with flow_context() as state:
-        yield state
+    with _sigterm_left_to_uvicorn():
+        async with flow_context() as state:
+            yield state
     await get_engine().dispose()
 
 
@@ -54,6 +74,8 @@ def create_app() -> FastAPI:
     app.add_middleware(SharedFlowContext)
     # Outside the routes, so an oversized or undecodable body is refused before it is parsed.
     app.add_middleware(BodyLimit)
+    # Outermost, so every request a shutdown cuts short answers JSON, whatever it was doing.
+    app.add_middleware(AnswerCutRequests)
     return app
 
 

@@ -1,5 +1,6 @@
 """Every error the API answers, mapped in one place to `{"detail": ...}` with its status."""
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.errors import ControlPlaneError, InvalidInput, Unauthorized
 from control_plane.orchestrator import translate_error
@@ -83,6 +85,51 @@ class _AsciiJSONResponse(JSONResponse):
 async def _request_validation_error(_: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     return _AsciiJSONResponse({"detail": jsonable_encoder(error.errors())}, status_code=422)
+
+
+_CUT_SHORT = "the API is shutting down and stopped this request before it finished; retry it"
+
+
+class AnswerCutRequests:
+    """ASGI middleware: a request cancelled before its answer started gets a JSON 503.
+
+    uvicorn cancels the requests still running when its graceful shutdown times out
+    (`--timeout-graceful-shutdown`), and answers each with a plain-text 500 of its own. Here
+    the request runs in a task of its own, shielded from that cancellation, so the 503 goes out
+    at once and the task is cancelled after it: a cancelled control flow first reports its
+    crash to Prefect, which takes a minute of the client's retries when Prefect is down.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = answered = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if answered:
+                return  # the 503 went out instead
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        request = asyncio.ensure_future(self.app(scope, receive, tracked_send))
+        try:
+            await asyncio.shield(request)
+        except asyncio.CancelledError:
+            request.cancel()
+            # Nobody awaits it any more: take its outcome, so none is logged as unretrieved.
+            request.add_done_callback(lambda task: task.cancelled() or task.exception())
+            if started:
+                raise  # too late for another answer; uvicorn closes the connection
+            answered = True
+            logger.warning("%s %s cut short by shutdown", scope["method"], scope["path"])
+            cut = JSONResponse({"detail": _CUT_SHORT}, status_code=503)
+            cut.headers["Connection"] = "close"
+            await cut(scope, receive, send)
 
 
 def add_error_handlers(app: FastAPI) -> None:

@@ -1,4 +1,12 @@
-"""Health: 200 when the database and Prefect answer, 503 naming what is down."""
+"""Probes: `/livez` says the process serves; `/readyz` that the database and Prefect's database
+answer a query, 503 naming what is down; `/health` is `/readyz` for the clients that use it.
+
+Liveness depends on nothing else on purpose: a probe that restarts the process when it fails
+would restart every API process during a Prefect outage, although a restart brings nothing
+back and the processes answer again on their own once Prefect does.
+"""
+
+import asyncio
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -11,19 +19,35 @@ from control_plane.errors import Unavailable
 
 router = APIRouter(tags=["health"])
 
+# A probe waits for an answer; a dependency slower than this counts as down.
+_CHECK_SECONDS = 5
 
+
+@router.get("/livez")
+async def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
 @router.get("/health")
-async def health(session: SessionDep) -> JSONResponse:
+async def readyz(session: SessionDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:
-        await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+        async with asyncio.timeout(_CHECK_SECONDS):
+            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
         checks["database"] = "ok"
     except DBAPIError as error:
         checks["database"] = f"failed: {error.orig}"
+    except TimeoutError:
+        checks["database"] = f"no answer within {_CHECK_SECONDS} s"
     try:
-        checks["prefect"] = await deployments.check_health() or "ok"
+        async with asyncio.timeout(_CHECK_SECONDS):
+            await deployments.check_health()
+        checks["prefect"] = "ok"
     except Unavailable as error:
         checks["prefect"] = error.detail
+    except TimeoutError:
+        checks["prefect"] = f"Prefect's API answered no query within {_CHECK_SECONDS} s"
     if all(value == "ok" for value in checks.values()):
         return JSONResponse(checks)
     return JSONResponse({"detail": checks}, status_code=503)
