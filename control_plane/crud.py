@@ -11,7 +11,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from pydantic.alias_generators import to_camel
-from sqlalchemy import delete, func, or_, update
+from sqlalchemy import DateTime, case, delete, func, literal, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -383,6 +383,19 @@ async def save_cursor(
     )
 
 
+async def add_sync_run(
+    *, session: AsyncSession, connector_id: int, flow_run_id: UUID, started_at: datetime
+) -> None:
+    """The run's row, if it has none yet, leaving the connector as it is: for a run that ended
+    before it could record its start."""
+    if await session.get(SyncRun, flow_run_id) is None:
+        if await session.get(Connector, connector_id) is not None:
+            session.add(
+                SyncRun(flow_run_id=flow_run_id, connector_id=connector_id, started_at=started_at)
+            )
+            await session.flush()
+
+
 async def start_sync_run(
     *, session: AsyncSession, connector_id: int, flow_run_id: UUID, resets: int
 ) -> None:
@@ -397,6 +410,24 @@ async def start_sync_run(
     )
 
 
+async def lock_connector(*, session: AsyncSession, connector_id: Any) -> tuple[int, int] | None:
+    """Lock the connector's row with a write that changes nothing, and return its id and its
+    resets; None when it is gone. `connector_id` may be a scalar subquery.
+
+    A write, not SELECT ... FOR UPDATE: it locks the row on PostgreSQL and takes the one write
+    lock on SQLite, where reads run outside the transaction. Whoever records a run's end takes
+    it first, in the order the control flows lock in (the connector, then its runs).
+    """
+    locked = (
+        update(Connector)
+        .where(col(Connector.id) == connector_id)
+        .values(resets=Connector.resets)
+        .returning(col(Connector.id), col(Connector.resets))
+    )
+    row = (await session.exec(locked)).first()  # type: ignore[call-overload]
+    return None if row is None else (row[0], row[1])
+
+
 async def finish_sync_run(
     *,
     session: AsyncSession,
@@ -408,46 +439,49 @@ async def finish_sync_run(
     error: str | None = None,
     if_unfinished: bool = False,
 ) -> bool:
-    """Record the run's end and figures and, if no later run started, the connector's status;
-    a completed run also saves its cursor unless the connector was reset since it started.
+    """Record the run's end and the connector's status; a completed run also saves its cursor,
+    unless the connector was reset since the run started.
 
-    With `if_unfinished` (someone else noticed the run end), only if no end is recorded yet:
-    of two such recorders, one wins. Returns whether the run's end was recorded and, for a
-    completed run, its cursor saved. The run's row is written first, then the connector's
-    locked, so a reset is either before this (the cursor is not saved) or after (it deletes it).
+    The connector's last run state moves only if no later run started; a failed or crashed run
+    counts unless a success started after it. With `if_unfinished` (someone else noticed the
+    run end), only the end and the error, and only if no end is recorded yet: of two such
+    recorders, one wins. Returns whether the end was recorded and, for a completed run, its
+    cursor saved. The connector is locked first, so a reset is either before this (the cursor
+    is not saved) or after it (it deletes the cursor).
     """
-    now = utcnow()
+    owner = select(SyncRun.connector_id).where(col(SyncRun.flow_run_id) == flow_run_id)
+    locked = await lock_connector(session=session, connector_id=owner.scalar_subquery())
+    if locked is None:
+        return False  # the run or its connector is gone
+    connector_id, resets = locked
+    now = literal(utcnow(), DateTime(timezone=True))
+    figures = {"records_read": records_read, "records_written": records_written, "cursor": cursor}
     query = update(SyncRun).where(col(SyncRun.flow_run_id) == flow_run_id)
     if if_unfinished:
         query = query.where(col(SyncRun.ended_at).is_(None))
-    ended = query.values(
-        records_read=records_read,
-        records_written=records_written,
-        cursor=cursor,
-        error=error,
-        ended_at=now,
-    ).returning(col(SyncRun.connector_id), col(SyncRun.resets), col(SyncRun.started_at))
+    ended = query.values(error=error, ended_at=now, **({} if if_unfinished else figures)).returning(
+        col(SyncRun.resets), col(SyncRun.started_at)
+    )
     run = (await session.exec(ended)).first()  # type: ignore[call-overload]
     if run is None:
         return False
-    connector_id, run_resets, started_at = run
-    resets = await session.scalar(
-        select(Connector.resets).where(col(Connector.id) == connector_id).with_for_update()
-    )
-    if resets is None:
-        return False  # the connector is gone
-    status: dict[str, Any] = {"last_run_state": end}
+    run_resets, started_at = run
+    latest = or_(col(Connector.last_run_at).is_(None), col(Connector.last_run_at) <= started_at)
+    status: dict[str, Any] = {"last_run_state": case((latest, end), else_=Connector.last_run_state)}
     if end == "COMPLETED":
         status |= {"last_success_at": now, "consecutive_failures": 0}
     elif end in _COUNTED:
+        unanswered = or_(
+            col(Connector.last_success_at).is_(None), col(Connector.last_success_at) < started_at
+        )
         status |= {
-            "last_failure_at": now,
-            "consecutive_failures": Connector.consecutive_failures + 1,
+            "last_failure_at": case((unanswered, now), else_=Connector.last_failure_at),
+            "consecutive_failures": case(
+                (unanswered, Connector.consecutive_failures + 1),
+                else_=Connector.consecutive_failures,
+            ),
         }
-    latest = or_(col(Connector.last_run_at).is_(None), col(Connector.last_run_at) <= started_at)
-    await session.exec(
-        update(Connector).where(col(Connector.id) == connector_id, latest).values(**status)
-    )
+    await session.exec(update(Connector).where(col(Connector.id) == connector_id).values(**status))
     if end != "COMPLETED":
         return True
     if resets != run_resets:

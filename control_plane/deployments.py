@@ -55,6 +55,8 @@ SYNC_ENTRYPOINT = "flows.sync:sync_connector"
 # engine, which imports it again: 1.4 s more from trigger to Running.
 LOCAL_ENGINE = command_to_string([sys.executable, "-m", "prefect.engine"])
 _PARAMETER_SCHEMA = parameter_schema(sync_connector).model_dump()
+HEARTBEAT_SECONDS = 30  # Prefect's least
+_HEARTBEAT_ENV = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)}
 
 
 class DeploymentSpec(BaseModel):
@@ -224,28 +226,34 @@ async def run_now(deployment_id: UUID, *, tags: list[str]) -> UUID:
 
 
 async def ensure_work_pool(name: str, *, command: str | None = None) -> None:
-    """Create the process work pool the deployments run on, unless it exists.
+    """Create the process work pool the deployments run on, unless it exists; its runs send
+    heartbeats, so one lost with its worker is noticed (`lost_runs_automation`).
 
     With `command` (only for a pool whose workers run here, on a Prefect server of our own), the
     pool's runs start with it, also when the pool exists: a moved checkout moves the interpreter.
+    A pool that exists otherwise keeps its job template, with the heartbeat added to its env.
     """
     template = ProcessWorker.get_default_base_job_template()
     template["variables"]["properties"]["command"]["default"] = command
-    # Every run of the pool says it is alive, so one lost with its worker is noticed.
-    template["variables"]["properties"]["env"]["default"] = {
-        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_SECONDS)
-    }
+    template["variables"]["properties"]["env"]["default"] = _HEARTBEAT_ENV
     async with prefect_client() as client:
         try:
             await client.create_work_pool(
                 WorkPoolCreate(name=name, type="process", base_job_template=template)
             )
+            return
         except ObjectAlreadyExists:
-            if command:
-                await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+            if not command:
+                template = (await client.read_work_pool(name)).base_job_template
+                env = template.get("variables", {}).get("properties", {}).get("env")
+                if env is None or _HEARTBEAT_ENV.items() <= (env.get("default") or {}).items():
+                    return
+                env["default"] = {**(env.get("default") or {}), **_HEARTBEAT_ENV}
+        await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
 
-HEARTBEAT_SECONDS = 30  # Prefect's least
+# States after which a run sends no heartbeats and is not lost: it ended, or waits to retry.
+_ENDED_STATES = ("Completed", "Failed", "Cancelled", "Crashed", "AwaitingRetry", "Paused")
 
 
 def lost_runs_automation() -> AutomationCore:
@@ -277,9 +285,6 @@ def lost_runs_automation() -> AutomationCore:
         ],
     )
 
-
-# States after which a run sends no heartbeats and is not lost: it ended, or waits to retry.
-_ENDED_STATES = ("Completed", "Failed", "Cancelled", "Crashed", "AwaitingRetry", "Paused")
 
 PROJECT_FILE = Path(__file__).resolve().parent.parent / "prefect.yaml"
 # Automations of prefect.yaml that a setting switches on or off.

@@ -35,6 +35,13 @@ def connector_tag(connector_id: int) -> str:
     return f"connector:{connector_id}"
 
 
+def connector_id_of(tags: Sequence[str]) -> int | None:
+    """The connector a run is tagged with, if any."""
+    prefix = connector_tag(0).removesuffix("0")
+    ids = [tag.removeprefix(prefix) for tag in tags if tag.startswith(prefix)]
+    return int(ids[0]) if ids and ids[0].isdigit() else None
+
+
 def _filters(connector_id: int, states: Sequence[StateType] | None) -> dict:
     run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[connector_tag(connector_id)]))
     if states:
@@ -107,16 +114,17 @@ STOP_SECONDS = 20.0
 
 
 async def cancel_all(connector_id: int, *, wait: float) -> list[UUID]:
-    """Cancel every run of the connector that has not ended; returns their ids.
+    """Cancel every run of the connector that a worker took and that has not ended; returns
+    their ids.
 
-    Call it before the connector's deployment goes: Prefect's server cannot end a run that
-    holds a slot of a deployment deleted meanwhile (releasing the slot fails with a 500), so
-    such a run would stay Pending or Running for good. A run that has not started is cancelled
-    outright. A running one is asked to stop (Cancelling: its worker kills it, and its
-    destination rolls back) and waited for, at most `wait` seconds, then cancelled outright
-    (its process stops at its next word with Prefect).
+    Call it before the connector's deployment goes, which deletes the scheduled runs itself:
+    Prefect's server cannot end a run that holds a slot of a deployment deleted meanwhile
+    (releasing the slot fails with a 500), so such a run would stay Pending or Running for
+    good. A pending or paused run is cancelled outright. A running one is asked to stop
+    (Cancelling: its worker stops its process, and the destination rolls back what it had not
+    committed) and waited for, at most `wait` seconds, then cancelled outright.
     """
-    states = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING]
+    states = [StateType.PENDING, StateType.PAUSED, StateType.RUNNING, StateType.CANCELLING]
     stopping: list[UUID] = []
     cancelled: list[UUID] = []
     deadline = time.monotonic() + wait
@@ -124,9 +132,10 @@ async def cancel_all(connector_id: int, *, wait: float) -> list[UUID]:
         for run in await client.read_flow_runs(
             **_filters(connector_id, states), limit=PREFECT_PAGE
         ):
-            running = run.state is not None and run.state.type == StateType.RUNNING
-            if running and wait:
-                await client.set_flow_run_state(run.id, Cancelling())
+            state = run.state.type if run.state else None
+            if wait and state in (StateType.RUNNING, StateType.CANCELLING):
+                if state == StateType.RUNNING:
+                    await client.set_flow_run_state(run.id, Cancelling())
                 stopping.append(run.id)
             else:
                 await client.set_flow_run_state(run.id, Cancelled(), force=True)
@@ -149,4 +158,12 @@ async def cancel_all(connector_id: int, *, wait: float) -> list[UUID]:
     return cancelled
 
 
-__all__ = ["active_runs", "cancel", "cancel_all", "connector_tag", "list_runs", "trigger_of"]
+__all__ = [
+    "active_runs",
+    "cancel",
+    "cancel_all",
+    "connector_id_of",
+    "connector_tag",
+    "list_runs",
+    "trigger_of",
+]

@@ -57,10 +57,15 @@ class StartFailed(Exception):
 
 
 def _log(message: str) -> None:
-    """A line on stderr, unless stderr is gone (a closed terminal): stopping matters more."""
+    """A line on stderr, unless stderr is gone (a closed terminal): stopping matters more.
+
+    Written to the descriptor, unbuffered: a signal handler logs too, and `print` interrupted
+    by one that prints raises `RuntimeError: reentrant call`.
+    """
+    line = f"{datetime.now():%H:%M:%S} control-plane up: {message}\n"
     try:
-        print(f"{datetime.now():%H:%M:%S} control-plane up: {message}", file=sys.stderr, flush=True)
-    except OSError:
+        os.write(sys.stderr.fileno(), line.encode())
+    except (OSError, ValueError):
         pass
 
 

@@ -2,10 +2,12 @@
 really is, then move the records with the load's state."""
 
 import asyncio
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -17,6 +19,8 @@ from control_plane.faults import blocking_pause_point
 from control_plane.runs import connector_tag
 from control_plane.settings import get_settings
 from models import Connector
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -127,23 +131,27 @@ async def resume(*, session: AsyncSession, plan: SyncPlan) -> str | None:
     """Make the plan resume after the destination's last load when the control plane never
     recorded it: a run that committed into the destination and died before its own commit.
 
-    The destination's load counts only if it is a run of this connector that started after the
-    connector's last reset and whose success no one recorded; then its cursor is saved as the
-    connector's, and the run's row says so. Returns what was adopted, for the log; None when
-    the control plane's cursor stands. Blocking reads of the destination run in a thread.
+    The destination's load counts only if it is a run of this connector, started after the
+    connector's last reset, whose success no one recorded; then its cursor is saved as the
+    connector's, under the connector's lock (a reset meanwhile wins), and the run's row says
+    so. Returns what was adopted, for the log; None when the control plane's cursor stands.
+    A destination that keeps no load state is not asked. Its reads run in a thread.
     """
+    if not plan.destination.keeps_loads:
+        return None
     committed = await asyncio.to_thread(plan.destination.last_load, plan.stream)
     if committed is None:
         return None
     load_id = UUID(committed.load_id)
+    locked = await crud.lock_connector(session=session, connector_id=plan.connector_id)
     state = await crud.get_state(session=session, connector_id=plan.connector_id)
-    if state is not None and state.load_id == load_id:
+    if locked is None or (state is not None and state.load_id == load_id):
         return None
     run = await crud.get_sync_run(session=session, flow_run_id=load_id)
     recorded = run is not None and run.ended_at is not None and run.error is None
     if run is None or recorded or run.connector_id != plan.connector_id:
         return None
-    if run.resets != plan.resets:
+    if run.resets != locked[1]:
         return None  # loaded before a reset: the next read starts over, as the reset asked
     await crud.save_cursor(
         session=session, connector_id=plan.connector_id, cursor=committed.cursor, load_id=load_id
@@ -153,6 +161,34 @@ async def resume(*, session: AsyncSession, plan: SyncPlan) -> str | None:
     await session.commit()
     plan.cursor = committed.cursor
     return f"the destination holds run {load_id}'s load: resuming after {committed.cursor!r}"
+
+
+async def in_daemon_thread(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`asyncio.to_thread`, in a daemon thread: a run told to stop (its worker's SIGTERM on a
+    cancel) exits at once, and the destination's open transaction dies with its process. From
+    the executor's threads, which Python waits for at exit, the load would go on to the end,
+    and might commit after the run was cancelled and the next one started."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():
+            return
+        if error is None:
+            done.set_result(result)  # type: ignore[arg-type]
+        else:
+            done.set_exception(error)
+
+    def run() -> None:
+        try:
+            outcome: tuple[T | None, BaseException | None] = (function(*args, **kwargs), None)
+        except BaseException as error:
+            outcome = (None, error)
+        with suppress(RuntimeError):  # the loop closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, *outcome)
+
+    threading.Thread(target=run, name=f"{function.__name__} of the run", daemon=True).start()
+    return await done
 
 
 def _in_time(deadline: float | None, timeout_seconds: int) -> None:
@@ -191,7 +227,10 @@ def move(plan: SyncPlan, *, load_id: UUID, batch_size: int) -> Moved:
         _in_time(deadline, plan.timeout_seconds)
         blocking_pause_point("sync-connector:before-destination-commit")
 
-    written = plan.destination.write(batches(), load)
+    if plan.destination.keeps_loads:
+        written = plan.destination.write(batches(), load)
+    else:
+        written = plan.destination.write(batches())
     cursor = load.cursor if cursor_field else None
     return Moved(read, written, cursor, time.perf_counter() - started)
 
@@ -201,6 +240,7 @@ __all__ = [
     "RunTimedOut",
     "SyncPlan",
     "failure_threshold",
+    "in_daemon_thread",
     "move",
     "plan",
     "resume",

@@ -1,6 +1,5 @@
 """The `sync-connector` flow that every connector's deployment runs."""
 
-import asyncio
 from typing import Any
 from uuid import UUID
 
@@ -9,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.schemas.objects import FlowRunPolicy
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
+from sqlalchemy.exc import IntegrityError
 
 from control_plane import crud, sync
 from control_plane.db import session_scope
@@ -78,6 +78,10 @@ async def sync_connector(connector_id: int) -> dict[str, Any] | State:
     except (NotFound, Conflict) as gone:
         logger.info("nothing to run: %s", gone.detail)
         return Cancelled(message=gone.detail)
+    except IntegrityError:
+        # Its row went between the plan and the start: a delete that raced this run.
+        logger.info("connector %s was deleted as the run started", connector_id)
+        return Cancelled(message=f"connector {connector_id} was deleted as the run started")
     except InvalidInput as refused:
         # A config outside the project's reach: refused before anything was opened.
         await _failed(connector_id, run_id, refused, end="FAILED", started=False)
@@ -93,7 +97,7 @@ async def sync_connector(connector_id: int) -> dict[str, Any] | State:
             plan.destination_label,
             plan.cursor,
         )
-        moved = await asyncio.to_thread(
+        moved = await sync.in_daemon_thread(
             sync.move, plan, load_id=run_id, batch_size=get_settings().batch_size
         )
     except Exception as error:

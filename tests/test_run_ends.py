@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from uuid import UUID
@@ -113,11 +114,14 @@ class TestCrashes:
 
     def test_reconcile_records_a_run_gone_from_prefect(self, api, stack, project):
         connector = _csv_to_jsonl(api, project)
-        # A run whose process died before Prefect knew it, and whose flow run was deleted since.
+        # A run that started ten minutes ago, whose flow run was deleted from Prefect since.
         engine = create_engine(stack.database_url)
+        started = datetime.now(UTC) - timedelta(minutes=10)
         with engine.begin() as db:
             db.execute(
-                insert(SyncRun).values(flow_run_id=uuid.uuid4(), connector_id=connector["id"])
+                insert(SyncRun).values(
+                    flow_run_id=uuid.uuid4(), connector_id=connector["id"], started_at=started
+                )
             )
         reconcile_cli(stack.env)
         with engine.begin() as db:

@@ -8,13 +8,14 @@ A source reads records in batches, and when it has a cursor field it resumes aft
 cursor value of the last successful run. A destination writes the batches it is given, as one
 unit where it can (a database transaction), and can merge on a key.
 
-Loads are exactly-once where the destination keeps load state: a run hands `write` a `Load`
+Loads are exactly-once where the destination keeps load state (`keeps_loads`): a run hands
+`write` a `Load`
 (its stream, its id, and the cursor it moves while the batches are read), and the destination
 records it in the same unit as the records. The run saves its cursor in the control plane's
 database only afterwards, so a crash between the two commits leaves the destination ahead;
 the next run asks `last_load` what the destination really committed and resumes from there
-instead of reading those records again. A destination without load state (`last_load` is
-None) is at-least-once across such a crash.
+instead of reading those records again. A destination without load state (the default, for
+types written before it) is written as `write(batches)`, at-least-once across such a crash.
 
 Config fields declared with `secret_field()` (tokens, passwords, headers) or
 `url_field()` (a URL whose password and secret-looking query parameters are secret) are masked
@@ -122,6 +123,9 @@ class Load:
 
 class Destination(ConnectorType):
     kind = "destination"
+    # A destination that keeps load state records `load` with the records in `write` and
+    # answers `last_load`; the run hands it one. Others are written as `write(batches)`.
+    keeps_loads: ClassVar[bool] = False
 
     @property
     def replaces(self) -> bool:

@@ -158,6 +158,7 @@ class JsonlDestination(Destination):
     """
 
     name = "jsonl"
+    keeps_loads = True
 
     class Config(TypeConfig):
         path: TargetPath = Field(

@@ -215,6 +215,7 @@ class SqlSource(Source):
 
 class SqlDestination(Destination):
     name = "sql"
+    keeps_loads = True
 
     class Config(TypeConfig):
         url: DatabaseUrl = url_field(
