@@ -7,6 +7,7 @@ survives the connector's deployment being deleted and created again.
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from uuid import UUID
 
 from prefect.client.schemas.filters import (
@@ -25,6 +26,7 @@ from prefect.states import Cancelled, Cancelling
 
 from control_plane.errors import Conflict, NotFound
 from control_plane.orchestrator import prefect_client
+from models.base import utcnow
 
 SYNC_FLOW = "sync-connector"
 MANUAL_TAG = "trigger:manual"
@@ -109,22 +111,39 @@ async def cancel(connector_id: int, flow_run_id: UUID) -> FlowRun:
         return await client.read_flow_run(flow_run_id)
 
 
+# A worker takes runs due within its prefetch (Prefect's default: 10 s) ahead of time.
+_DUE_SOON = timedelta(minutes=1)
+
+
+def _goes_with_deployment(run: FlowRun) -> bool:
+    """A run that Prefect deletes with the deployment before any worker takes it: scheduled,
+    never run, not waiting for the deployment's concurrency slot
+    (`models.deployments._delete_scheduled_runs`), and not due soon."""
+    assert run.state is not None
+    later = run.expected_start_time is None or run.expected_start_time > utcnow() + _DUE_SOON
+    return run.run_count == 0 and run.state.name != "AwaitingConcurrencySlot" and later
+
+
 # How long a running run gets to stop (its worker kills it) before it is cancelled outright.
 STOP_SECONDS = 20.0
 
 
 async def cancel_all(connector_id: int, *, wait: float) -> list[UUID]:
-    """Cancel every run of the connector that a worker took and that has not ended; returns
-    their ids.
+    """Cancel every run of the connector that has not ended and that deleting its deployment
+    would leave behind; returns their ids.
 
-    Call it before the connector's deployment goes, which deletes the scheduled runs itself:
+    Call it before the connector's deployment goes. Deleting it deletes the scheduled runs that
+    never ran, but not a run waiting for the deployment's concurrency slot (a trigger during a
+    run) or to retry, nor one a worker takes meanwhile (due now, as a trigger's is); and
     Prefect's server cannot end a run that holds a slot of a deployment deleted meanwhile
-    (releasing the slot fails with a 500), so such a run would stay Pending or Running for
-    good. A pending or paused run is cancelled outright. A running one is asked to stop
-    (Cancelling: its worker stops its process, and the destination rolls back what it had not
-    committed) and waited for, at most `wait` seconds, then cancelled outright.
+    (releasing the slot fails with a 500): such runs would stay Scheduled, Pending or Running
+    for good. A run that has not started is cancelled outright. A running
+    one is asked to stop (Cancelling: its worker stops its process, and the destination rolls
+    back what it had not committed) and waited for, at most `wait` seconds, then cancelled
+    outright.
     """
-    states = [StateType.PENDING, StateType.PAUSED, StateType.RUNNING, StateType.CANCELLING]
+    states = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING]
+    states.append(StateType.CANCELLING)
     stopping: list[UUID] = []
     cancelled: list[UUID] = []
     deadline = time.monotonic() + wait
@@ -132,6 +151,8 @@ async def cancel_all(connector_id: int, *, wait: float) -> list[UUID]:
         for run in await client.read_flow_runs(
             **_filters(connector_id, states), limit=PREFECT_PAGE
         ):
+            if run.state and run.state.is_scheduled() and _goes_with_deployment(run):
+                continue
             state = run.state.type if run.state else None
             if wait and state in (StateType.RUNNING, StateType.CANCELLING):
                 if state == StateType.RUNNING:
