@@ -28,10 +28,11 @@ test: $(VENV)/.test java
 	$(VENV)/bin/ruff format --check .
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-# The five benchmarks of the README's Performance section, one after the other (about 13 min).
+# The six benchmarks of the README's Performance section, one after the other (about 14 min).
 bench: $(VENV)/.test
 	$(PYTHON) -m bench.actions
 	$(PYTHON) -m bench.throughput
 	$(PYTHON) -m bench.scale
 	$(PYTHON) -m bench.trigger
 	$(PYTHON) -m bench.data_plane
+	$(PYTHON) -m bench.crash
