@@ -25,6 +25,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
+from sqlalchemy import create_engine, text
 
 from tests.stack import wait_for
 
@@ -95,6 +96,17 @@ def make_catalog(api: httpx.Client, files: Path) -> Catalog:
         )
     ]
     return Catalog(project["id"], *ids, folder)
+
+
+def execute(url: str, sql: str) -> list[tuple]:
+    """Run one SQL statement on the database at `url`, behind the connectors' back; its rows."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as db:
+            result = db.execute(text(sql))
+            return [tuple(row) for row in result] if result.returns_rows else []
+    finally:
+        engine.dispose()
 
 
 def scheduled_runs(prefect: SyncPrefectClient, deployment_id: str | UUID) -> list[FlowRun]:

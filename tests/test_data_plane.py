@@ -20,10 +20,9 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
 )
 from prefect.client.schemas.objects import StateType
-from sqlalchemy import create_engine, text
 
 from tests.conftest import PUBLIC_TEST_HOST, Stack, fresh_postgres
-from tests.helpers import created, trigger_and_wait, unique, wait_final
+from tests.helpers import created, execute, trigger_and_wait, unique, wait_final
 from tests.stack import wait_for
 
 
@@ -102,13 +101,7 @@ def warehouse(request: pytest.FixtureRequest, stack: Stack, project: Project) ->
 
 
 def _query(warehouse: Warehouse, sql: str) -> list[tuple]:
-    engine = create_engine(warehouse.local_url)
-    try:
-        with engine.begin() as db:
-            result = db.execute(text(sql))
-            return [tuple(row) for row in result] if result.returns_rows else []
-    finally:
-        engine.dispose()
+    return execute(warehouse.local_url, sql)
 
 
 class TestCsvToJsonl:

@@ -18,10 +18,9 @@ from uuid import UUID
 import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
-from sqlalchemy import create_engine, text
 
 from tests.conftest import Stack, fresh_postgres
-from tests.helpers import created, trigger_and_wait, unique, wait_final
+from tests.helpers import created, execute, trigger_and_wait, unique, wait_final
 from tests.stack import wait_for
 
 ROWS = 3000
@@ -41,22 +40,12 @@ CRASHED_BEFORE_RECORDING = POINTS[:3]
 def lake() -> Iterator[str]:
     """A PostgreSQL database of the module's own with the source table `orders`."""
     with fresh_postgres(f"exactly_once_{os.getpid()}_{int(time.time())}") as url:
-        _execute(url, "CREATE TABLE orders (id bigint PRIMARY KEY, amount text)")
-        _execute(
+        execute(url, "CREATE TABLE orders (id bigint PRIMARY KEY, amount text)")
+        execute(
             url,
             f"INSERT INTO orders SELECT i, 'amount-' || i FROM generate_series(1, {ROWS}) i",
         )
         yield url
-
-
-def _execute(url: str, sql: str) -> list[tuple]:
-    engine = create_engine(url)
-    try:
-        with engine.begin() as db:
-            result = db.execute(text(sql))
-            return [tuple(row) for row in result] if result.returns_rows else []
-    finally:
-        engine.dispose()
 
 
 def _connector(api: httpx.Client, project_id: int, lake: str, table: str, mode: str) -> dict:
@@ -108,7 +97,7 @@ def _kill(prefect: SyncPrefectClient, flow_run_id: UUID) -> None:
 
 
 def _counts(lake: str, table: str) -> tuple[int, int]:
-    [(rows, distinct)] = _execute(lake, f"SELECT count(*), count(DISTINCT id) FROM {table}")
+    [(rows, distinct)] = execute(lake, f"SELECT count(*), count(DISTINCT id) FROM {table}")
     return rows, distinct
 
 
