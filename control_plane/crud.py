@@ -34,7 +34,7 @@ from models import (
     SyncRun,
     SyncState,
 )
-from models.base import utcnow
+from models.base import check_cron, check_timezone, utcnow
 
 Endpoint = DefinedSource | DefinedDestination
 ENDPOINT_TABLES: dict[Kind, type[DefinedSource] | type[DefinedDestination]] = {
@@ -279,7 +279,14 @@ async def list_connectors(
 
 
 async def _check_connector(session: AsyncSession, connector: Connector) -> None:
-    """The connector's references exist, belong to its project, and its overrides fit."""
+    """The connector's references exist, belong to its project, its overrides fit, and an
+    active one's schedule passes today's checks (a row may be older than one of them)."""
+    if connector.is_active:
+        for field, check in (("schedule", check_cron), ("timezone", check_timezone)):
+            try:
+                check(getattr(connector, field))
+            except ValueError as error:
+                raise InvalidInput(field, str(error)) from None
     with session.no_autoflush:
         await _check_connector_references(session, connector)
 

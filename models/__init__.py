@@ -25,6 +25,7 @@ from models.connector import (
     TriggerRequest,
     TriggerResult,
 )
+from models.schedule import ScheduledRun, SchedulePreview, SchedulePreviewRequest
 from models.sync import IdempotencyKey, RunPublic, RunsPublic, SyncRun, SyncState
 
 __all__ = [
@@ -48,6 +49,9 @@ __all__ = [
     "ProjectsPublic",
     "RunPublic",
     "RunsPublic",
+    "SchedulePreview",
+    "SchedulePreviewRequest",
+    "ScheduledRun",
     "SyncRun",
     "SyncState",
     "TriggerRequest",

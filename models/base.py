@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from annotated_types import Interval
 from croniter import CroniterBadDateError, croniter
-from pydantic import AfterValidator, ConfigDict, ValidationInfo, field_validator
+from prefect.server.schemas.schedules import CronSchedule  # what the scheduler reads
+from pydantic import AfterValidator, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
@@ -38,7 +39,7 @@ def check_cron(value: str | None) -> str | None:
     if value is None:
         return None
     value = " ".join(value.split())
-    if len(value.split(" ")) != 5 or not croniter.is_valid(value):
+    if len(value.split(" ")) != 5 or not croniter.is_valid(value) or not _prefect_takes(value):
         raise ValueError(
             f"{value!r} is not a cron expression of five fields "
             "(minute hour day-of-month month day-of-week), e.g. '0 */4 * * *'"
@@ -52,19 +53,26 @@ def check_cron(value: str | None) -> str | None:
     return value
 
 
-@lru_cache(maxsize=4096)
-def next_fire(schedule: str, timezone: str, after: datetime) -> datetime:
-    """When the schedule fires next after `after`, in UTC. Callers pass `after` rounded down to
-    the minute, cron's resolution, so connectors sharing a schedule share the answer."""
-    start = after.astimezone(ZoneInfo(timezone))
-    return croniter(schedule, start).get_next(datetime).astimezone(UTC)
+def _prefect_takes(cron: str, timezone: str = "UTC") -> bool:
+    """Whether Prefect's own schedule accepts them: its croniter is a vendored one, and its
+    zones are the IANA database's names (not `posixrules` or `right/UTC`)."""
+    try:
+        CronSchedule(cron=cron, timezone=timezone)
+    except ValidationError:
+        return False
+    return True
 
 
+@lru_cache(maxsize=1024)  # Prefect's check reads the list of zones from disk
 def check_timezone(value: str) -> str:
     """An IANA time zone name such as 'UTC' or 'Europe/Berlin'."""
     try:
         ZoneInfo(value)
     except (ZoneInfoNotFoundError, ValueError):
+        valid = False
+    else:
+        valid = _prefect_takes("0 0 * * *", value)
+    if not valid:
         raise ValueError(
             f"{value!r} is not an IANA time zone name, e.g. 'UTC' or 'Europe/Berlin'"
         ) from None

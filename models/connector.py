@@ -9,6 +9,7 @@ from pydantic import AfterValidator, PlainSerializer, computed_field
 from sqlalchemy import DateTime, UniqueConstraint
 from sqlmodel import Field
 
+from control_plane import schedules
 from control_plane.connectors import mask_secrets
 from control_plane.encryption import EncryptedJSON
 from models.base import (
@@ -20,7 +21,6 @@ from models.base import (
     UtcDatetime,
     check_cron,
     check_timezone,
-    next_fire,
     timestamp_field,
     utcnow,
 )
@@ -164,6 +164,9 @@ class ConnectorUpdate(UpdateModel):
 
 
 class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):
+    # As stored, not checked again: a value stored before a check was added still reads.
+    schedule: str | None = Field(default=None, description="Five-field cron expression.")
+    timezone: str = Field(default="UTC", description="IANA time zone of the schedule.")
     id: int
     version: int = Field(description="Grows with every change; the ETag of the connector.")
     prefect_deployment_id: UUID | None = None
@@ -174,7 +177,16 @@ class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):
         """When the schedule fires next (UTC); null when inactive or manual only."""
         if not (self.is_active and self.schedule):
             return None
-        return next_fire(self.schedule, self.timezone, utcnow().replace(second=0, microsecond=0))
+        now = utcnow().replace(second=0, microsecond=0)
+        return schedules.next_fire(self.schedule, self.timezone, now)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def schedule_warnings(self) -> list[str]:
+        """What daylight saving time does to the schedule within a year: a run that moves, is
+        skipped or runs once where its local time happens twice. Never blocks a change;
+        `GET /connectors/{id}/schedule` shows each run."""
+        return schedules.warnings(self.schedule, self.timezone, utcnow())
 
 
 class ConnectorsPublic(ApiModel):

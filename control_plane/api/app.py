@@ -12,7 +12,7 @@ from control_plane.api.deps import current_caller
 from control_plane.api.errors import AnswerCutRequests, add_error_handlers
 from control_plane.api.flow_context import FlowContext, SharedFlowContext, flow_context
 from control_plane.api.limits import BodyLimit
-from control_plane.api.routes import connectors, endpoints, health, projects
+from control_plane.api.routes import connectors, endpoints, health, projects, schedules
 from control_plane.db import get_engine
 from control_plane.encryption import check_key_file
 from control_plane.settings import get_settings
@@ -68,6 +68,7 @@ def create_app() -> FastAPI:
     api.include_router(endpoints.endpoint_router("destination"))
     api.include_router(endpoints.types_router)
     api.include_router(connectors.router)
+    api.include_router(schedules.router)
     app.include_router(api)
     app.include_router(health.router)
     add_error_handlers(app)

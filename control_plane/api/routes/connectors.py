@@ -15,7 +15,9 @@ from control_plane.api.deps import (
     check_project_reference,
 )
 from control_plane.api.idempotency import IdempotencyDep
+from control_plane.api.routes.schedules import add_warnings, schedule_preview
 from control_plane.errors import PreconditionFailed
+from control_plane.schedules import MAX_PREVIEW, PREVIEW_COUNT
 from flows.lifecycle import (
     cancel_connector_run,
     create_connector,
@@ -32,11 +34,13 @@ from models import (
     DriftPublic,
     RunPublic,
     RunsPublic,
+    SchedulePreview,
     SyncRun,
     TriggerRequest,
     TriggerResult,
 )
 from models.base import Id
+from models.schedule import PreviewStart
 
 router = APIRouter(prefix="/connectors", tags=["connectors"])
 
@@ -76,6 +80,7 @@ async def create(
     )
     if isinstance(connector, ConnectorPublic):
         response.headers["ETag"] = _etag(connector.version)
+        add_warnings(response, connector.schedule_warnings)
     return connector
 
 
@@ -121,6 +126,7 @@ async def update(
         expected_version=_expected_version(if_match),
     )
     response.headers["ETag"] = _etag(updated.version)
+    add_warnings(response, updated.schedule_warnings)
     return updated
 
 
@@ -141,6 +147,19 @@ async def trigger(
         return TriggerResult(flow_run_id=flow_run_id)
 
     return await idempotency.run(start, body=request.model_dump(), status_code=status.HTTP_200_OK)
+
+
+@router.get("/{connector_id}/schedule", response_model=SchedulePreview)
+def schedule(
+    connector: ConnectorDep,
+    count: Annotated[int, Query(ge=1, le=MAX_PREVIEW, description="Runs to show.")] = PREVIEW_COUNT,
+    start: Annotated[PreviewStart | None, Query(description="Default now.")] = None,
+):
+    """The connector's next runs, as Prefect's scheduler creates them: in UTC and in the
+    connector's time zone, each with what daylight saving time does to it."""
+    return schedule_preview(
+        connector.schedule, connector.timezone, count, start, runs=connector.is_active
+    )
 
 
 @router.get("/{connector_id}/runs", response_model=RunsPublic)
