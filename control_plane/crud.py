@@ -317,10 +317,16 @@ async def _check_connector_references(session: AsyncSession, connector: Connecto
         )
 
 
-async def add_connector(*, session: AsyncSession, spec: ConnectorCreate) -> Connector:
-    """Insert the connector (its id is known afterwards); the caller commits."""
+async def new_connector(*, session: AsyncSession, spec: ConnectorCreate) -> Connector:
+    """The connector the spec makes, checked, not added: it has no id yet."""
     connector = Connector.model_validate(spec)
     await _check_connector(session, connector)
+    return connector
+
+
+async def add_connector(*, session: AsyncSession, spec: ConnectorCreate) -> Connector:
+    """Insert the connector (its id is known afterwards); the caller commits."""
+    connector = await new_connector(session=session, spec=spec)
     session.add(connector)
     await session.flush()
     return connector

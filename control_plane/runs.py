@@ -31,6 +31,7 @@ from models.base import utcnow
 SYNC_FLOW = "sync-connector"
 MANUAL_TAG = "trigger:manual"
 ACTIVE_STATES = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
+UNENDED_STATES = [StateType.SCHEDULED, *ACTIVE_STATES]
 
 
 def connector_tag(connector_id: int) -> str:
@@ -115,13 +116,25 @@ async def cancel(connector_id: int, flow_run_id: UUID) -> FlowRun:
 _DUE_SOON = timedelta(minutes=1)
 
 
-def _goes_with_deployment(run: FlowRun) -> bool:
-    """A run that Prefect deletes with the deployment before any worker takes it: scheduled,
-    never run, not waiting for the deployment's concurrency slot
-    (`models.deployments._delete_scheduled_runs`), and not due soon."""
-    assert run.state is not None
+def _deletable(run: FlowRun) -> bool:
+    """Scheduled, never run, not waiting for the deployment's concurrency slot: what Prefect
+    deletes of a deployment's runs (`models.deployments._delete_scheduled_runs`)."""
+    scheduled = run.state is not None and run.state.is_scheduled()
+    return scheduled and run.run_count == 0 and run.state.name != "AwaitingConcurrencySlot"
+
+
+def goes_with_deployment(run: FlowRun) -> bool:
+    """A run that Prefect deletes with the deployment before any worker takes it (not due
+    soon)."""
     later = run.expected_start_time is None or run.expected_start_time > utcnow() + _DUE_SOON
-    return run.run_count == 0 and run.state.name != "AwaitingConcurrencySlot" and later
+    return _deletable(run) and later
+
+
+def goes_with_update(run: FlowRun) -> bool:
+    """A run that Prefect deletes when the deployment changes: one its scheduler created for
+    the future (`models.deployments.update_deployment`)."""
+    future = run.expected_start_time is not None and run.expected_start_time > utcnow()
+    return _deletable(run) and run.auto_scheduled and future
 
 
 # How long a running run gets to stop (its worker kills it) before it is cancelled outright.
@@ -142,16 +155,14 @@ async def cancel_all(connector_id: int, *, wait: float) -> list[UUID]:
     back what it had not committed) and waited for, at most `wait` seconds, then cancelled
     outright.
     """
-    states = [StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED, StateType.RUNNING]
-    states.append(StateType.CANCELLING)
     stopping: list[UUID] = []
     cancelled: list[UUID] = []
     deadline = time.monotonic() + wait
     async with prefect_client() as client:
         for run in await client.read_flow_runs(
-            **_filters(connector_id, states), limit=PREFECT_PAGE
+            **_filters(connector_id, UNENDED_STATES), limit=PREFECT_PAGE
         ):
-            if run.state and run.state.is_scheduled() and _goes_with_deployment(run):
+            if goes_with_deployment(run):
                 continue
             state = run.state.type if run.state else None
             if wait and state in (StateType.RUNNING, StateType.CANCELLING):
@@ -185,6 +196,8 @@ __all__ = [
     "cancel_all",
     "connector_id_of",
     "connector_tag",
+    "goes_with_deployment",
+    "goes_with_update",
     "list_runs",
     "trigger_of",
 ]

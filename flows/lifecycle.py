@@ -14,6 +14,7 @@ lookup.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -21,15 +22,18 @@ from prefect.runtime import flow_run
 from pydantic.alias_generators import to_camel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane import crud, deployments, events, runs
+from control_plane import crud, deployments, events, runs, schedules
 from control_plane.audit import actor_tag, label_refused, label_run
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import Conflict, NotFound
 from control_plane.faults import pause_point
 from control_plane.sync import failure_threshold
-from models import Connector, ConnectorCreate, ConnectorPublic, ConnectorUpdate
+from models import Connector, ConnectorCreate, ConnectorPlan, ConnectorPublic, ConnectorUpdate
+from models.base import utcnow
 from models.connector import OnConflict
+from models.plan import DeploymentPlan, FieldChange, RunDropped
+from models.schedule import scheduled_runs
 
 UI_ACTOR = "prefect-ui"
 
@@ -342,11 +346,172 @@ async def delete_connector(
     events.emit(events.DELETED, connector, actor=actor)
 
 
+# Fields no change sets by itself, and on create the runs' bookkeeping: not in a plan.
+_BOOKKEEPING = {"id", "createdAt", "updatedAt", "nextRunAt", "scheduleWarnings"}
+_RUN_STATUS = {
+    "lastRunAt",
+    "lastRunState",
+    "lastSuccessAt",
+    "lastFailureAt",
+    "consecutiveFailures",
+    "statusReason",
+    "prefectDeploymentId",
+}
+# On create the id is given on commit: the deployment's fields that carry it are left out.
+_CARRY_THE_ID = {"name", "parameters", "tags"}
+_PLANNED_RUNS = 5
+
+
+@flow(
+    name="plan-connector-change",
+    persist_result=False,
+    on_failure=[label_refused("plan a change of connector")],
+)
+async def plan_connector_change(
+    action: Literal["create", "update", "delete"],
+    connector_id: int | None = None,
+    spec: ConnectorCreate | None = None,
+    changes: ConnectorUpdate | None = None,
+    actor: str = UI_ACTOR,
+    expected_version: int | None = None,
+) -> ConnectorPlan:
+    """What the create, update or delete would do, from the same checks, stopped short of
+    Prefect and rolled back: a run of its own flow, so the audit log tells plans from changes.
+    """
+    if action == "create":
+        assert spec is not None
+        described = f"create connector {spec.name!r} in project {spec.project_id}"
+    elif action == "update":
+        assert connector_id is not None and changes is not None
+        described = _describe_update(connector_id, changes)
+    else:
+        described = f"delete connector {connector_id}"
+    await label_run(actor=actor, name=f"plan: {described}", connector_id=connector_id)
+    # The real change's lock: on SQLite an update's flush takes the one writer's place.
+    key = f"create:{spec.project_id}:{spec.name}" if spec else f"connector:{connector_id}"
+    async with write_lock(key), session_scope() as session:
+        if spec is not None:
+            # Not inserted: PostgreSQL would spend an id on it. 0 stands in for the id.
+            connector = await crud.new_connector(session=session, spec=spec)
+            connector.id = 0
+            before, before_spec = None, None
+        else:
+            assert connector_id is not None
+            connector = await crud.get_connector(session=session, connector_id=connector_id)
+            crud.check_version(connector, expected_version)
+            before, before_spec = ConnectorPublic.model_validate(connector), _spec(connector)
+            if changes is not None:
+                await crud.change_connector(session=session, connector=connector, changes=changes)
+        after = None if action == "delete" else ConnectorPublic.model_validate(connector)
+        after_spec = None if action == "delete" else _spec(connector)
+        await session.rollback()
+    now = utcnow()
+    schedule, timezone = (after.schedule, after.timezone) if after else (None, "UTC")
+    return ConnectorPlan(
+        action=action,
+        connector_id=connector_id,
+        changes=_field_changes(before, after),
+        deployment=_deployment_plan(before_spec, after_spec, creates=spec is not None),
+        runs_dropped=await _runs_dropped(
+            connector_id, before_spec, after_spec, deletes=action == "delete"
+        ),
+        next_runs=scheduled_runs(
+            schedules.preview(schedule, timezone, _PLANNED_RUNS, now)
+            if after_spec and schedule
+            else []
+        ),
+        warnings=schedules.warnings(schedule, timezone, now),
+    )
+
+
+def _field_changes(
+    before: ConnectorPublic | None, after: ConnectorPublic | None
+) -> list[FieldChange]:
+    """Field by field, masked; a secret that changes shows as `secretChanged`."""
+    shown = [
+        model.model_dump(mode="json", by_alias=True) if model else {} for model in (before, after)
+    ]
+    # Unmasked, to see a secret change; only compared, never answered.
+    values = [
+        {to_camel(name): getattr(model, name) for name in ConnectorPublic.model_fields}
+        if model
+        else {}
+        for model in (before, after)
+    ]
+    skipped = _BOOKKEEPING | (_RUN_STATUS if before is None or after is None else set())
+    changed = []
+    for field in shown[1] or shown[0]:
+        old, new = (side.get(field) for side in shown)
+        if field in skipped or values[0].get(field) == values[1].get(field):
+            continue
+        changed.append(FieldChange(field=field, before=old, after=new, secret_changed=old == new))
+    return changed
+
+
+def _deployment_plan(
+    before: DeploymentSpec | None, after: DeploymentSpec | None, *, creates: bool
+) -> DeploymentPlan:
+    if before is None and after is None:
+        return DeploymentPlan(action="none", name=None, differences=[])
+    action = "create" if before is None else "delete" if after is None else "update"
+    fields = [f for f in DeploymentSpec.model_fields if not (creates and f in _CARRY_THE_ID)]
+    old = before.model_dump(mode="json") if before else {}
+    new = after.model_dump(mode="json") if after else {}
+    differences = [
+        FieldChange(field=to_camel(field), before=old.get(field), after=new.get(field))
+        for field in fields
+        if old.get(field) != new.get(field)
+    ]
+    if action == "update" and not differences:
+        action = "none"
+    either = before or after
+    assert either is not None
+    return DeploymentPlan(
+        action=action, name=None if creates else either.name, differences=differences
+    )
+
+
+async def _runs_dropped(
+    connector_id: int | None,
+    before: DeploymentSpec | None,
+    after: DeploymentSpec | None,
+    *,
+    deletes: bool,
+) -> list[RunDropped]:
+    """The runs the change would end or remove: on delete and deactivate all that have not
+    ended (`runs.cancel_all`, then Prefect's delete of the deployment); on a change of the
+    deployment the future ones its schedule made (Prefect deletes them on every update)."""
+    goes = deletes or (before is not None and after is None)
+    if connector_id is None or not (goes or before != after):
+        return []
+    found, _ = await runs.list_runs(
+        connector_id, states=runs.UNENDED_STATES, limit=runs.PREFECT_PAGE, offset=0
+    )
+    dropped = []
+    for run in found:
+        if goes:
+            why = "deleted with the deployment" if runs.goes_with_deployment(run) else "cancelled"
+        elif before is not None and runs.goes_with_update(run):
+            why = "deleted by the deployment's update"
+        else:
+            continue
+        dropped.append(
+            RunDropped(
+                flow_run_id=run.id,
+                state=run.state.name if run.state else "unknown",
+                scheduled_at=run.expected_start_time,
+                why=why,
+            )
+        )
+    return dropped
+
+
 __all__ = [
     "cancel_connector_run",
     "create_connector",
     "deactivate_connector",
     "delete_connector",
+    "plan_connector_change",
     "reset_connector",
     "trigger_connector",
     "update_connector",

@@ -25,6 +25,7 @@ from models.connector import (
     TriggerRequest,
     TriggerResult,
 )
+from models.plan import ConnectorPlan
 from models.schedule import ScheduledRun, SchedulePreview, SchedulePreviewRequest
 from models.sync import IdempotencyKey, RunPublic, RunsPublic, SyncRun, SyncState
 
@@ -32,6 +33,7 @@ __all__ = [
     "Connector",
     "ConnectorCreate",
     "ConnectorPublic",
+    "ConnectorPlan",
     "ConnectorUpdate",
     "ConnectorsPublic",
     "DefinedDestination",

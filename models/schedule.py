@@ -6,7 +6,7 @@ from typing import Annotated
 from pydantic import AfterValidator
 from sqlmodel import Field
 
-from control_plane.schedules import FIRST_YEAR, LAST_YEAR, MAX_PREVIEW, PREVIEW_COUNT
+from control_plane.schedules import FIRST_YEAR, LAST_YEAR, MAX_PREVIEW, PREVIEW_COUNT, PlannedRun
 from models.base import ApiModel, InputModel, UtcDatetime
 from models.connector import Cron, Timezone
 
@@ -26,6 +26,10 @@ class ScheduledRun(ApiModel):
     dst: str | None = Field(
         default=None, description="What daylight saving time does to this run, if anything."
     )
+
+
+def scheduled_runs(planned: list[PlannedRun]) -> list[ScheduledRun]:
+    return [ScheduledRun(at=run.at, local_time=run.local, dst=run.dst) for run in planned]
 
 
 class SchedulePreview(ApiModel):

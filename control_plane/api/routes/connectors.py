@@ -4,6 +4,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import JSONResponse
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from control_plane import crud, deployments, reconcile, runs
@@ -22,12 +23,14 @@ from flows.lifecycle import (
     cancel_connector_run,
     create_connector,
     delete_connector,
+    plan_connector_change,
     reset_connector,
     trigger_connector,
     update_connector,
 )
 from models import (
     ConnectorCreate,
+    ConnectorPlan,
     ConnectorPublic,
     ConnectorsPublic,
     ConnectorUpdate,
@@ -67,12 +70,37 @@ def _expected_version(if_match: str | None) -> int | None:
     return int(tag)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ConnectorPublic)
+_DryRun = Annotated[
+    bool,
+    Query(
+        alias="dryRun",
+        description="Answer 200 with what the change would do, and change nothing.",
+    ),
+]
+_PLANNED = {200: {"model": ConnectorPlan, "description": "With dryRun=true: the plan."}}
+
+
+def _planned(plan: ConnectorPlan) -> JSONResponse:
+    return JSONResponse(plan.model_dump(mode="json", by_alias=True))
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ConnectorPublic,
+    responses=_PLANNED,
+)
 async def create(
-    spec: ConnectorCreate, caller: CallerDep, idempotency: IdempotencyDep, response: Response
+    spec: ConnectorCreate,
+    caller: CallerDep,
+    idempotency: IdempotencyDep,
+    response: Response,
+    dry_run: _DryRun = False,
 ):
     """Store the connector and create its Prefect deployment (when active)."""
     check_project_reference(caller, spec.project_id)
+    if dry_run:
+        return _planned(await plan_connector_change(action="create", spec=spec, actor=caller.actor))
     connector = await idempotency.run(
         lambda: create_connector(spec=spec, actor=caller.actor),
         body=spec.model_dump(),
@@ -109,16 +137,26 @@ async def read(connector: ConnectorDep, response: Response):
     return connector
 
 
-@router.patch("/{connector_id}", response_model=ConnectorPublic)
+@router.patch("/{connector_id}", response_model=ConnectorPublic, responses=_PLANNED)
 async def update(
     connector: ConnectorDep,
     changes: ConnectorUpdate,
     caller: CallerDep,
     response: Response,
     if_match: IfMatch = None,
+    dry_run: _DryRun = False,
 ):
     """Change any field; the deployment follows (reschedule, activate, deactivate)."""
     check_project_reference(caller, changes.project_id)
+    if dry_run:
+        plan = await plan_connector_change(
+            action="update",
+            connector_id=connector.id,
+            changes=changes,
+            actor=caller.actor,
+            expected_version=_expected_version(if_match),
+        )
+        return _planned(plan)
     updated = await update_connector(
         connector_id=connector.id,
         changes=changes,
@@ -225,9 +263,19 @@ async def reset(connector: ConnectorDep, caller: CallerDep) -> None:
     await reset_connector(connector_id=connector.id, actor=caller.actor)
 
 
-@router.delete("/{connector_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete(connector: ConnectorDep, caller: CallerDep, if_match: IfMatch = None) -> None:
+@router.delete("/{connector_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_PLANNED)
+async def delete(
+    connector: ConnectorDep, caller: CallerDep, if_match: IfMatch = None, dry_run: _DryRun = False
+):
     """Remove the connector, its deployment and its scheduled runs."""
+    if dry_run:
+        plan = await plan_connector_change(
+            action="delete",
+            connector_id=connector.id,
+            actor=caller.actor,
+            expected_version=_expected_version(if_match),
+        )
+        return _planned(plan)
     await delete_connector(
         connector_id=connector.id, actor=caller.actor, expected_version=_expected_version(if_match)
     )

@@ -5,8 +5,9 @@ from datetime import datetime
 from fastapi import APIRouter, Response
 
 from control_plane import schedules
-from models import ScheduledRun, SchedulePreview, SchedulePreviewRequest
+from models import SchedulePreview, SchedulePreviewRequest
 from models.base import utcnow
+from models.schedule import scheduled_runs
 
 router = APIRouter(prefix="/schedules", tags=["schedules"])
 
@@ -21,7 +22,7 @@ def schedule_preview(
     return SchedulePreview(
         schedule=schedule,
         timezone=timezone,
-        runs=[ScheduledRun(at=run.at, local_time=run.local, dst=run.dst) for run in planned],
+        runs=scheduled_runs(planned),
         warnings=schedules.warnings(schedule, timezone, start),
     )
 
