@@ -137,7 +137,8 @@ async def read(connector: ConnectorDep, response: Response):
     return connector
 
 
-@router.patch("/{connector_id}", response_model=ConnectorPublic, responses=_PLANNED)
+# One status for both answers: the schema says either.
+@router.patch("/{connector_id}", response_model=ConnectorPublic | ConnectorPlan)
 async def update(
     connector: ConnectorDep,
     changes: ConnectorUpdate,
