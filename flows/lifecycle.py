@@ -107,6 +107,10 @@ def _deactivates(connector: Connector, only_if_failing: bool) -> bool:
     return connector.is_active and (failing or not only_if_failing)
 
 
+def _describe_create(spec: ConnectorCreate) -> str:
+    return f"create connector {spec.name!r} in project {spec.project_id}"
+
+
 def _describe_update(connector_id: int, changes: ConnectorUpdate) -> str:
     """What the caller asked for, from the request alone: the row is not read yet."""
     values = changes.model_dump(exclude_unset=True)
@@ -161,9 +165,7 @@ def _emit_update(
 @flow(name="create-connector", persist_result=False, on_failure=[label_refused("create connector")])
 async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> ConnectorPublic:
     """Store a new connector and, when active, create its scheduled deployment."""
-    await label_run(
-        actor=actor, name=f"create connector {spec.name!r} in project {spec.project_id}"
-    )
+    await label_run(actor=actor, name=_describe_create(spec))
     async with write_lock(f"create:{spec.project_id}:{spec.name}"), session_scope() as session:
         connector = await crud.add_connector(session=session, spec=spec)
         # The id exists only now: one more Prefect call, on create alone.
@@ -380,7 +382,7 @@ async def plan_connector_change(
     """
     if action == "create":
         assert spec is not None
-        described = f"create connector {spec.name!r} in project {spec.project_id}"
+        described = _describe_create(spec)
     elif action == "update":
         assert connector_id is not None and changes is not None
         described = _describe_update(connector_id, changes)
