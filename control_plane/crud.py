@@ -351,11 +351,12 @@ async def change_connector(
     return connector
 
 
-def deactivate(*, connector: Connector, reason: str) -> None:
+async def deactivate(*, session: AsyncSession, connector: Connector, reason: str) -> None:
     """Switch the connector off, saying why; the caller applies the deployment and commits."""
     _touch(
         connector, {"is_active": False, "status_reason": reason, "version": connector.version + 1}
     )
+    await session.flush()
 
 
 async def remove_connector(*, session: AsyncSession, connector: Connector) -> None:

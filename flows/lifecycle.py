@@ -250,8 +250,8 @@ async def deactivate_connector(
                 get_run_logger().info("connector %s: nothing to deactivate", connector_id)
                 return ConnectorPublic.model_validate(connector)
             before, deployment_id = _spec(connector), connector.prefect_deployment_id
+            await crud.deactivate(session=session, connector=connector, reason=reason)
             await _cancel_runs(connector_id, wait=0)
-            crud.deactivate(connector=connector, reason=reason)
             public = await _apply_and_commit(session, connector, before)
     event = events.AUTO_DEACTIVATED if only_if_failing else events.DEACTIVATED
     events.emit(event, connector, actor=actor, reason=reason, deployment_id=deployment_id)
@@ -272,12 +272,12 @@ async def trigger_connector(
     await label_run(
         actor=actor, name=f"trigger connector {connector_id}", connector_id=connector_id
     )
-    # Under the connector's lock: a delete or deactivate after this sees the new run and
-    # cancels it; one before it leaves nothing to trigger.
+    # Under the connector's lock, taken by a write (on SQLite, where FOR UPDATE locks nothing,
+    # that takes the database's one write lock): a delete or deactivate writes the row before
+    # it cancels the runs, so it either sees the new run or leaves nothing to trigger.
     async with write_lock(f"connector:{connector_id}"), session_scope() as session:
-        connector = await crud.get_connector(
-            session=session, connector_id=connector_id, for_update=True
-        )
+        await crud.lock_connector(session=session, connector_id=connector_id)
+        connector = await crud.get_connector(session=session, connector_id=connector_id)
         if not connector.is_active or connector.prefect_deployment_id is None:
             raise Conflict(
                 f"connector {connector_id} is inactive; activate it (isActive: true) to run it"
@@ -341,8 +341,8 @@ async def delete_connector(
             )
             crud.check_version(connector, expected_version)
             before = _spec(connector)
-            await _cancel_runs(connector_id, wait=0)
             await crud.remove_connector(session=session, connector=connector)
+            await _cancel_runs(connector_id, wait=0)
             await deployments.apply(connector.prefect_deployment_id, before, None)
             await _commit(session, deployment_id=None, applied=None, previous=before)
     events.emit(events.DELETED, connector, actor=actor)
