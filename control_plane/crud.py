@@ -90,9 +90,14 @@ async def _check_project_name(session: AsyncSession, name: str) -> None:
         raise Conflict(f"a project named {name!r} exists already")
 
 
-async def create_project(*, session: AsyncSession, spec: ProjectCreate) -> Project:
+async def new_project(*, session: AsyncSession, spec: ProjectCreate) -> Project:
+    """The project the spec makes, checked, not added: it has no id yet."""
     await _check_project_name(session, spec.name)
-    project = Project.model_validate(spec)
+    return Project.model_validate(spec)
+
+
+async def create_project(*, session: AsyncSession, spec: ProjectCreate) -> Project:
+    project = await new_project(session=session, spec=spec)
     session.add(project)
     await session.flush()
     return project
@@ -172,12 +177,17 @@ async def _validated(
     return await asyncio.to_thread(validate_config, kind, name, config, field=field, scope=scope)
 
 
-async def create_endpoint(*, session: AsyncSession, kind: Kind, spec: EndpointCreate) -> Endpoint:
+async def new_endpoint(*, session: AsyncSession, kind: Kind, spec: EndpointCreate) -> Endpoint:
+    """The source or destination the spec makes, checked, not added: it has no id yet."""
     scope = await project_scope(spec.project_id)
     await _validated(kind, spec.type, spec.config, field="config", scope=scope)
     await _referenced_project(session, spec.project_id)
     await _check_endpoint_name(session, kind, spec.project_id, spec.name)
-    endpoint = ENDPOINT_TABLES[kind].model_validate(spec)
+    return ENDPOINT_TABLES[kind].model_validate(spec)
+
+
+async def create_endpoint(*, session: AsyncSession, kind: Kind, spec: EndpointCreate) -> Endpoint:
+    endpoint = await new_endpoint(session=session, kind=kind, spec=spec)
     session.add(endpoint)
     await session.flush()
     return endpoint
@@ -194,7 +204,7 @@ async def update_endpoint(
     await _validated(kind, type_, config, field="config", scope=scope)
     if values.get("name", endpoint.name) != endpoint.name:
         await _check_endpoint_name(session, kind, endpoint.project_id, values["name"])
-    users = await _connectors_where(session, _endpoint_column(kind) == endpoint.id)
+    users = await endpoint_users(session=session, kind=kind, endpoint=endpoint)
     for connector in users:
         merged = deep_merge(config, _override(connector, kind))
         await _validated(kind, type_, merged, field="config", scope=scope)
@@ -204,11 +214,18 @@ async def update_endpoint(
 
 
 async def delete_endpoint(*, session: AsyncSession, kind: Kind, endpoint: Endpoint) -> None:
-    users = await _connectors_where(session, _endpoint_column(kind) == endpoint.id)
+    users = await endpoint_users(session=session, kind=kind, endpoint=endpoint)
     if users:
         raise Conflict(f"defined {kind} {endpoint.id} is used by connectors: {_names(users)}")
     await session.delete(endpoint)
     await session.flush()
+
+
+async def endpoint_users(
+    *, session: AsyncSession, kind: Kind, endpoint: Endpoint
+) -> Sequence[Connector]:
+    """The connectors that read the source or destination, in the order of their ids."""
+    return await _connectors_where(session, _endpoint_column(kind) == endpoint.id)
 
 
 def _endpoint_column(kind: Kind) -> Any:

@@ -32,7 +32,7 @@ from control_plane.sync import failure_threshold
 from models import Connector, ConnectorCreate, ConnectorPlan, ConnectorPublic, ConnectorUpdate
 from models.base import utcnow
 from models.connector import OnConflict
-from models.plan import DeploymentPlan, FieldChange, RunDropped
+from models.plan import DeploymentPlan, FieldChange, RunDropped, field_changes
 from models.schedule import scheduled_runs
 
 UI_ACTOR = "prefect-ui"
@@ -441,13 +441,7 @@ def _field_changes(
         for model in (before, after)
     ]
     skipped = _BOOKKEEPING | (_RUN_STATUS if before is None or after is None else set())
-    changed = []
-    for field in shown[1] or shown[0]:
-        old, new = (side.get(field) for side in shown)
-        if field in skipped or values[0].get(field) == values[1].get(field):
-            continue
-        changed.append(FieldChange(field=field, before=old, after=new, secret_changed=old == new))
-    return changed
+    return field_changes(shown=shown, unmasked=values, skipped=skipped)
 
 
 def _deployment_plan(

@@ -25,11 +25,12 @@ from models.connector import (
     TriggerRequest,
     TriggerResult,
 )
-from models.plan import ConnectorPlan
+from models.plan import CatalogPlan, ConnectorPlan
 from models.schedule import ScheduledRun, SchedulePreview, SchedulePreviewRequest
 from models.sync import IdempotencyKey, RunPublic, RunsPublic, SyncRun, SyncState
 
 __all__ = [
+    "CatalogPlan",
     "Connector",
     "ConnectorCreate",
     "ConnectorPublic",

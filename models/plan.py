@@ -1,5 +1,7 @@
-"""What a change of a connector would do, answered by `?dryRun=true` without doing it."""
+"""What a change would do, answered by `?dryRun=true` without doing it: of a connector, or of
+the catalog (a project, a defined source or destination)."""
 
+from collections.abc import Mapping, Sequence, Set
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
@@ -17,6 +19,27 @@ class FieldChange(ApiModel):
     secret_changed: bool = Field(
         default=False, description="A secret in it changes, which the masked values hide."
     )
+
+
+def field_changes(
+    *,
+    shown: Sequence[Mapping[str, Any]],
+    unmasked: Sequence[Mapping[str, Any]],
+    skipped: Set[str],
+) -> list[FieldChange]:
+    """Field by field from before to after (`{}` where there is no row), as the API shows them.
+
+    `unmasked` holds the same fields with their secrets, only to tell a change the masks hide,
+    which shows as `secretChanged`; its values are never answered.
+    """
+    (old_shown, new_shown), (old_values, new_values) = shown, unmasked
+    changed = []
+    for field in new_shown or old_shown:
+        old, new = old_shown.get(field), new_shown.get(field)
+        if field in skipped or old_values.get(field) == new_values.get(field):
+            continue
+        changed.append(FieldChange(field=field, before=old, after=new, secret_changed=old == new))
+    return changed
 
 
 class DeploymentPlan(ApiModel):
@@ -43,3 +66,18 @@ class ConnectorPlan(ApiModel):
     runs_dropped: list[RunDropped] = Field(description="Runs the change would end or remove.")
     next_runs: list[ScheduledRun] = Field(description="The first runs after the change.")
     warnings: list[str] = Field(description="What DST does to the schedule within a year.")
+
+
+CatalogKind = Literal["project", "source", "destination"]
+
+
+class CatalogPlan(ApiModel):
+    dry_run: Literal[True] = True
+    action: Literal["create", "update", "delete"]
+    kind: CatalogKind
+    id: int | None = Field(description="Null on create: the id is given on commit.")
+    changes: list[FieldChange]
+    used_by: list[int] = Field(
+        description="On a source's or destination's update, the connectors that use it: their "
+        "next runs read the change. Empty otherwise (a project's fields reach no run)."
+    )

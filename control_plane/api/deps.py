@@ -41,6 +41,13 @@ class Page:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 CallerDep = Annotated[Caller, Depends(current_caller)]
 PageDep = Annotated[Page, Depends()]
+DryRun = Annotated[
+    bool,
+    Query(
+        alias="dryRun",
+        description="Answer 200 with what the change would do, and change nothing.",
+    ),
+]
 
 
 def check_project_reference(caller: Caller, project_id: int | None) -> None:

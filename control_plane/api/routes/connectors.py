@@ -4,18 +4,19 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.responses import JSONResponse
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from control_plane import crud, deployments, reconcile, runs
 from control_plane.api.deps import (
     CallerDep,
     ConnectorDep,
+    DryRun,
     PageDep,
     SessionDep,
     check_project_reference,
 )
 from control_plane.api.idempotency import IdempotencyDep
+from control_plane.api.plans import planned
 from control_plane.api.routes.schedules import add_warnings, schedule_preview
 from control_plane.errors import PreconditionFailed
 from control_plane.schedules import MAX_PREVIEW, PREVIEW_COUNT
@@ -70,18 +71,7 @@ def _expected_version(if_match: str | None) -> int | None:
     return int(tag)
 
 
-_DryRun = Annotated[
-    bool,
-    Query(
-        alias="dryRun",
-        description="Answer 200 with what the change would do, and change nothing.",
-    ),
-]
 _PLANNED = {200: {"model": ConnectorPlan, "description": "With dryRun=true: the plan."}}
-
-
-def _planned(plan: ConnectorPlan) -> JSONResponse:
-    return JSONResponse(plan.model_dump(mode="json", by_alias=True))
 
 
 @router.post(
@@ -95,12 +85,12 @@ async def create(
     caller: CallerDep,
     idempotency: IdempotencyDep,
     response: Response,
-    dry_run: _DryRun = False,
+    dry_run: DryRun = False,
 ):
     """Store the connector and create its Prefect deployment (when active)."""
     check_project_reference(caller, spec.project_id)
     if dry_run:
-        return _planned(await plan_connector_change(action="create", spec=spec, actor=caller.actor))
+        return planned(await plan_connector_change(action="create", spec=spec, actor=caller.actor))
     connector = await idempotency.run(
         lambda: create_connector(spec=spec, actor=caller.actor),
         body=spec.model_dump(),
@@ -145,7 +135,7 @@ async def update(
     caller: CallerDep,
     response: Response,
     if_match: IfMatch = None,
-    dry_run: _DryRun = False,
+    dry_run: DryRun = False,
 ):
     """Change any field; the deployment follows (reschedule, activate, deactivate)."""
     check_project_reference(caller, changes.project_id)
@@ -157,7 +147,7 @@ async def update(
             actor=caller.actor,
             expected_version=_expected_version(if_match),
         )
-        return _planned(plan)
+        return planned(plan)
     updated = await update_connector(
         connector_id=connector.id,
         changes=changes,
@@ -266,7 +256,7 @@ async def reset(connector: ConnectorDep, caller: CallerDep) -> None:
 
 @router.delete("/{connector_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_PLANNED)
 async def delete(
-    connector: ConnectorDep, caller: CallerDep, if_match: IfMatch = None, dry_run: _DryRun = False
+    connector: ConnectorDep, caller: CallerDep, if_match: IfMatch = None, dry_run: DryRun = False
 ):
     """Remove the connector, its deployment and its scheduled runs."""
     if dry_run:
@@ -276,7 +266,7 @@ async def delete(
             actor=caller.actor,
             expected_version=_expected_version(if_match),
         )
-        return _planned(plan)
+        return planned(plan)
     await delete_connector(
         connector_id=connector.id, actor=caller.actor, expected_version=_expected_version(if_match)
     )

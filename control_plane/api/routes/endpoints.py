@@ -5,12 +5,20 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from control_plane import crud
-from control_plane.api.deps import CallerDep, PageDep, SessionDep, check_project_reference
+from control_plane.api.deps import (
+    CallerDep,
+    DryRun,
+    PageDep,
+    SessionDep,
+    check_project_reference,
+)
+from control_plane.api.plans import PLANNED, plan_change, plan_create
 from control_plane.connectors import Kind, registered_types
 from control_plane.crud import Endpoint
 from control_plane.errors import NotFound
 from control_plane.public import endpoint_public
 from models import (
+    CatalogPlan,
     EndpointCreate,
     EndpointPublic,
     EndpointsPublic,
@@ -35,9 +43,15 @@ def endpoint_router(kind: Kind) -> APIRouter:
 
     EndpointDep = Annotated[Endpoint, Depends(visible_endpoint)]
 
-    @router.post("", status_code=status.HTTP_201_CREATED, response_model=EndpointPublic)
-    async def create(spec: EndpointCreate, session: SessionDep, caller: CallerDep):
+    @router.post(
+        "", status_code=status.HTTP_201_CREATED, response_model=EndpointPublic, responses=PLANNED
+    )
+    async def create(
+        spec: EndpointCreate, session: SessionDep, caller: CallerDep, dry_run: DryRun = False
+    ):
         check_project_reference(caller, spec.project_id)
+        if dry_run:
+            return plan_create(await crud.new_endpoint(session=session, kind=kind, spec=spec))
         endpoint = await crud.create_endpoint(session=session, kind=kind, spec=spec)
         await session.commit()
         return endpoint_public(kind, endpoint)
@@ -60,14 +74,33 @@ def endpoint_router(kind: Kind) -> APIRouter:
     async def read(endpoint: EndpointDep):
         return endpoint_public(kind, endpoint)
 
-    @router.patch("/{endpoint_id}", response_model=EndpointPublic)
-    async def update(endpoint: EndpointDep, changes: EndpointUpdate, session: SessionDep):
+    # One status for both answers: the schema says either.
+    @router.patch("/{endpoint_id}", response_model=EndpointPublic | CatalogPlan)
+    async def update(
+        endpoint: EndpointDep, changes: EndpointUpdate, session: SessionDep, dry_run: DryRun = False
+    ):
+        if dry_run:
+            return await plan_change(
+                session,
+                action="update",
+                row=endpoint,
+                change=lambda: crud.update_endpoint(
+                    session=session, kind=kind, endpoint=endpoint, changes=changes
+                ),
+            )
         await crud.update_endpoint(session=session, kind=kind, endpoint=endpoint, changes=changes)
         await session.commit()
         return endpoint_public(kind, endpoint)
 
-    @router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT)
-    async def delete(endpoint: EndpointDep, session: SessionDep) -> None:
+    @router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=PLANNED)
+    async def delete(endpoint: EndpointDep, session: SessionDep, dry_run: DryRun = False):
+        if dry_run:
+            return await plan_change(
+                session,
+                action="delete",
+                row=endpoint,
+                change=lambda: crud.delete_endpoint(session=session, kind=kind, endpoint=endpoint),
+            )
         await crud.delete_endpoint(session=session, kind=kind, endpoint=endpoint)
         await session.commit()
 

@@ -5,19 +5,27 @@ from fastapi import APIRouter, status
 from control_plane import crud
 from control_plane.api.deps import (
     CallerDep,
+    DryRun,
     PageDep,
     ProjectDep,
     SessionDep,
     check_may_create_projects,
 )
-from models import ProjectCreate, ProjectPublic, ProjectsPublic, ProjectUpdate
+from control_plane.api.plans import PLANNED, plan_change, plan_create
+from models import CatalogPlan, ProjectCreate, ProjectPublic, ProjectsPublic, ProjectUpdate
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ProjectPublic)
-async def create_project(spec: ProjectCreate, session: SessionDep, caller: CallerDep):
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=ProjectPublic, responses=PLANNED
+)
+async def create_project(
+    spec: ProjectCreate, session: SessionDep, caller: CallerDep, dry_run: DryRun = False
+):
     check_may_create_projects(caller)
+    if dry_run:
+        return plan_create(await crud.new_project(session=session, spec=spec))
     project = await crud.create_project(session=session, spec=spec)
     await session.commit()
     return project
@@ -36,14 +44,31 @@ async def read_project(project: ProjectDep):
     return project
 
 
-@router.patch("/{project_id}", response_model=ProjectPublic)
-async def update_project(project: ProjectDep, changes: ProjectUpdate, session: SessionDep):
+# One status for both answers: the schema says either.
+@router.patch("/{project_id}", response_model=ProjectPublic | CatalogPlan)
+async def update_project(
+    project: ProjectDep, changes: ProjectUpdate, session: SessionDep, dry_run: DryRun = False
+):
+    if dry_run:
+        return await plan_change(
+            session,
+            action="update",
+            row=project,
+            change=lambda: crud.update_project(session=session, project=project, changes=changes),
+        )
     await crud.update_project(session=session, project=project, changes=changes)
     await session.commit()
     return project
 
 
-@router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_project(project: ProjectDep, session: SessionDep) -> None:
+@router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT, responses=PLANNED)
+async def delete_project(project: ProjectDep, session: SessionDep, dry_run: DryRun = False):
+    if dry_run:
+        return await plan_change(
+            session,
+            action="delete",
+            row=project,
+            change=lambda: crud.delete_project(session=session, project=project),
+        )
     await crud.delete_project(session=session, project=project)
     await session.commit()
