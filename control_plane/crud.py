@@ -16,7 +16,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane.connectors import Kind, TypeConfig, deep_merge, keep_secrets, validate_config
+from control_plane.connectors import (
+    MASK,
+    Kind,
+    TypeConfig,
+    deep_merge,
+    holds_mask,
+    keep_secrets,
+    mask_secrets,
+    validate_config,
+)
 from control_plane.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from control_plane.policy import Scope, scope_for
 from models import (
@@ -356,6 +365,7 @@ async def change_connector(
     values = changes.model_dump(exclude_unset=True)
     for kind in ENDPOINT_TABLES:
         field = f"{kind}_config_override"
+        _check_override_follows(connector, kind, values)
         if field in values:
             values[field] = keep_secrets(
                 kind, values[field], getattr(connector, field), field=to_camel(field)
@@ -366,6 +376,22 @@ async def change_connector(
     await _check_connector(session, connector)
     await session.flush()
     return connector
+
+
+def _check_override_follows(connector: Connector, kind: Kind, values: dict[str, Any]) -> None:
+    """A connector moving to another source (or destination) sends its override's secrets
+    again: the stored ones were given for the old one's hosts, not the new one's."""
+    reference, field = f"defined_{kind}_id", f"{kind}_config_override"
+    if values.get(reference, getattr(connector, reference)) == getattr(connector, reference):
+        return
+    override = values.get(field, getattr(connector, field))
+    carried = field not in values and mask_secrets(kind, override) != override
+    if carried or holds_mask(values.get(field)):
+        raise InvalidInput(
+            to_camel(field),
+            f"the connector moves to another defined {kind}: send this override again with its "
+            f"secrets (not {MASK}), which were given for the old one",
+        )
 
 
 async def deactivate(*, session: AsyncSession, connector: Connector, reason: str) -> None:

@@ -316,6 +316,35 @@ class TestMaskedSecrets:
             == config["url"]
         )
 
+    def test_a_mask_with_no_secret_stored_behind_it_is_refused(self, tenant: Tenant, serve):
+        public = serve(PUBLIC_TEST_HOST)
+        source = created(tenant.source("http", {"url": f"{public.url}/x"}))
+        added = {"url": f"{public.url}/x", "headers": {API_KEY: MASK}}
+        response = tenant.client.patch(f"/defined-sources/{source['id']}", json={"config": added})
+        refused(response, "config", f"none is stored for {API_KEY}")
+        stored = tenant.client.get(f"/defined-sources/{source['id']}").json()["config"]
+        assert stored == source["config"]
+
+    def test_a_connector_moving_to_another_source_sends_its_secrets_again(
+        self, tenant: Tenant, serve
+    ):
+        public, other = serve(PUBLIC_TEST_HOST), serve(PUBLIC_TEST_HOST)
+        key = secrets.token_hex(8)
+        connector = _connector_reading(tenant, {"url": f"{public.url}/x"})
+        path = f"/connectors/{connector['id']}"
+        override = {"headers": {API_KEY: key}}
+        response = tenant.client.patch(path, json={"sourceConfigOverride": override})
+        assert response.status_code == 200, response.text
+        moved = created(tenant.source("http", {"url": f"{other.url}/x"}))["id"]
+
+        for change in ({}, {"sourceConfigOverride": {"headers": {API_KEY: MASK}}}):
+            response = tenant.client.patch(path, json={"definedSourceId": moved, **change})
+            refused(response, "sourceConfigOverride", "moves to another defined source")
+        assert tenant.client.get(path).json()["definedSourceId"] == connector["definedSourceId"]
+
+        again = {"definedSourceId": moved, "sourceConfigOverride": override}
+        assert tenant.client.patch(path, json=again).status_code == 200
+
 
 class TestDatabases:
     def test_the_control_planes_database_is_refused_in_every_spelling(

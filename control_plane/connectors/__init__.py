@@ -207,6 +207,23 @@ def _secret_keys(kind: Kind) -> dict[str, str]:
     return keys
 
 
+def secret_values(kind: Kind, config: dict[str, Any]) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Each secret in the config by where it is: a whole value, a header, a URL's part (under
+    the URL's key). Raises ValueError for a URL that cannot be split."""
+    for key, how in _secret_keys(kind).items():
+        value = config.get(key)
+        if not value:
+            continue
+        if how == "url" and isinstance(value, str):
+            for secret in secrets_of(value).values():
+                yield (key,), secret
+        elif isinstance(value, dict):
+            for name, secret in value.items():
+                yield (key, name), secret
+        else:
+            yield (key,), value
+
+
 def mask_secrets(kind: Kind, config: dict[str, Any]) -> dict[str, Any]:
     """The config with its secret values replaced by `MASK`, for showing."""
     masked = dict(config)
@@ -243,22 +260,45 @@ def keep_secrets(
     kept = dict(new)
     for key, how in keys.items():
         value, stored = kept.get(key), old.get(key)
-        if stored is None:
-            continue
-        if how == "url" and isinstance(value, str) and isinstance(stored, str):
+        if how == "url" and isinstance(value, str):
             masked = [part for part, sent in secrets_of(value).items() if sent == MASK]
             if masked:
                 _refuse_if_moved(field, key, moved)
-                known = secrets_of(stored)
-                kept[key] = with_secrets(value, {part: known.get(part, MASK) for part in masked})
-        elif isinstance(value, dict) and isinstance(stored, dict):
-            if MASK in value.values():
+                known = secrets_of(stored) if isinstance(stored, str) else {}
+                _refuse_if_none([part for part in masked if part not in known], field, key)
+                kept[key] = with_secrets(value, {part: known[part] for part in masked})
+        elif isinstance(value, dict):
+            masked = [k for k, v in value.items() if v == MASK]
+            if masked:
                 _refuse_if_moved(field, key, moved)
-            kept[key] = {k: stored.get(k, v) if v == MASK else v for k, v in value.items()}
+                known = stored if isinstance(stored, dict) else {}
+                _refuse_if_none([k for k in masked if k not in known], field, key)
+                kept[key] = {k: known[k] if v == MASK else v for k, v in value.items()}
         elif value == MASK:
             _refuse_if_moved(field, key, moved)
+            _refuse_if_none([] if stored is not None else [key], field, key)
             kept[key] = stored
     return kept
+
+
+def holds_mask(value: Any) -> bool:
+    """Whether `value` sends `MASK` back anywhere: it asks to keep a stored secret."""
+    if isinstance(value, str):
+        return MASK in value
+    if isinstance(value, dict):
+        return any(holds_mask(item) for item in value.values())
+    if isinstance(value, list):
+        return any(holds_mask(item) for item in value)
+    return False
+
+
+def _refuse_if_none(unknown: list[str], field: str, key: str) -> None:
+    if unknown:
+        raise InvalidInput(
+            f"{field}.{key}",
+            f"{MASK} keeps a stored secret, but none is stored for "
+            f"{', '.join(part.lstrip(':') for part in unknown)}: send the secret itself",
+        )
 
 
 def _refuse_if_moved(field: str, key: str, moved: list[str]) -> None:
@@ -286,11 +326,13 @@ __all__ = [
     "TypeConfig",
     "deep_merge",
     "get_type",
+    "holds_mask",
     "keep_secrets",
     "mask_secrets",
     "mask_url",
     "registered_types",
     "secret_field",
+    "secret_values",
     "url_field",
     "validate_config",
 ]
