@@ -1,4 +1,5 @@
-"""The `control-plane` command: `up` starts the stack; `migrate`, `deploy`, `reconcile`, `token`."""
+"""The `control-plane` command: `up` starts the stack; `migrate`, `deploy`, `reconcile`, `token`;
+`plan`, `apply` and `export` keep connectors as code through the REST API."""
 
 import argparse
 import asyncio
@@ -17,10 +18,11 @@ from prefect.settings import (
 from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers every table on SQLModel.metadata, for rotate-key)
-from control_plane import deployments, encryption
+from control_plane import as_code, deployments, encryption
 from control_plane.api.auth import READ, WRITE, mint
 from control_plane.db import get_engine, migrate
 from control_plane.errors import ControlPlaneError
+from control_plane.manifest import ManifestError, load
 from control_plane.settings import Settings, get_settings
 from control_plane.supervisor import StartFailed, Supervisor, port_taken
 from flows.reconcile import reconcile_connectors
@@ -218,7 +220,8 @@ async def _rotate_key(key_file: Path) -> dict[str, int]:
 
 # Commands that need no Prefect server: `up` starts (or finds) its own, the others touch only the
 # database or sign tokens.
-_WITHOUT_PREFECT = {"up", "migrate", "rotate-key", "token"}
+_WITHOUT_PREFECT = {"up", "migrate", "rotate-key", "token", "plan", "apply", "export"}
+_AS_CODE = {"plan", "apply", "export"}
 
 
 def _prefect_api_url(settings: Settings) -> str:
@@ -271,7 +274,26 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--project", action="append", type=int, default=[], help="limit to a project id; repeat"
     )
     token.add_argument("--hours", type=float, default=24, help="lifetime (default: 24)")
+    for name, help_ in (
+        ("plan", "show what `apply` would change, and where Prefect drifted (exit 2: changes)"),
+        ("apply", "make the file's changes, each an audited call of the API"),
+    ):
+        command = commands.add_parser(name, help=help_, description=_AS_CODE_HELP)
+        command.add_argument("-f", "--file", required=True, type=Path, help="the YAML file")
+        command.add_argument(
+            "--prune", action="store_true", help="delete what the file's projects hold and it lacks"
+        )
+        command.add_argument("--json", action="store_true", help="answer in JSON")
+    export = commands.add_parser(
+        "export", help="write today's state as a file for `plan` and `apply`"
+    )
+    export.add_argument("-o", "--output", type=Path, help="the file (default: standard output)")
+    export.add_argument(
+        "--project", action="append", default=[], help="only this project; repeat for more"
+    )
     args = parser.parse_args(argv)
+    if args.command in _AS_CODE:
+        sys.exit(_as_code(args))
     if args.command in _WITHOUT_PREFECT:
         _run(args)
         return
@@ -280,6 +302,49 @@ def main(argv: Sequence[str] | None = None) -> None:
     url = _prefect_api_url(get_settings())
     with temporary_settings({PREFECT_API_URL: url, PREFECT_SERVER_EPHEMERAL_ENABLED: False}):
         _run(args)
+
+
+_AS_CODE_HELP = (
+    "Through the REST API at CONTROL_PLANE_API_URL with CONTROL_PLANE_API_TOKEN. Exit status: "
+    "0 nothing to change (plan) or all applied (apply), 2 changes planned, 1 an error."
+)
+
+
+def _as_code(args: argparse.Namespace) -> int:
+    """`plan`, `apply` or `export`; the exit status."""
+    settings = get_settings()
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    api = as_code.Api(settings.resolved_api_url, token)
+    try:
+        if args.command == "export":
+            text = as_code.export(api, args.project)
+            if args.output:
+                args.output.write_text(text)
+            else:
+                print(text, end="")
+            return 0
+        planned = as_code.plan(api, load(args.file, os.environ), prune=args.prune)
+        if args.command == "plan":
+            print(json.dumps(planned.public(), indent=2) if args.json else as_code.render(planned))
+            return 2 if planned.changes else 0
+        applied = as_code.apply(api, planned)
+        if args.json:
+            print(json.dumps({"plan": planned.public(), **applied.public()}, indent=2))
+        else:
+            print(as_code.render(planned))
+            public = applied.public()
+            for title in public["applied"]:
+                print(f"applied: {title}")
+            if applied.failed is not None:
+                print(f"failed: {public['failed']['step']}: {applied.error}", file=sys.stderr)
+                for title in public["notApplied"]:
+                    print(f"not applied: {title}", file=sys.stderr)
+        return 0 if applied.failed is None else 1
+    except (ManifestError, as_code.ApiError, OSError) as error:
+        print(error if isinstance(error, ManifestError) else f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        api.close()
 
 
 def _run(args: argparse.Namespace) -> None:

@@ -56,6 +56,17 @@ class Settings(BaseSettings):
     )
     api_host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
     api_port: int = Field(default=8000, description="Port the REST API listens on.")
+    api_url: str | None = Field(
+        default=None,
+        description=(
+            "The API that `plan`, `apply` and `export` talk to. Default: "
+            "`http://<api_host>:<api_port>`, the one `up` starts."
+        ),
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token (JWT) that `plan`, `apply` and `export` send, when auth is on.",
+    )
     prefect_host: str = Field(
         default="127.0.0.1", description="Address of the Prefect server that `up` starts."
     )
@@ -164,6 +175,10 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite under `data_dir`."""
         return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'control-plane.db'}"
+
+    @property
+    def resolved_api_url(self) -> str:
+        return self.api_url or f"http://{self.api_host}:{self.api_port}"
 
     @property
     def resolved_file_roots(self) -> list[Path]:
