@@ -1,20 +1,40 @@
-"""Labels on control flow runs, so the Prefect UI reads as an audit log.
+"""Labels and artifacts on control flow runs, so the Prefect UI reads as an audit log, and
+that log read back for the API.
 
 Every attempt is labelled, refused ones too: a control flow calls `label_run` before anything
 can fail, and `label_refused` covers the one failure that comes earlier still, parameters
-that Prefect's engine refuses before the flow's body runs.
+that Prefect's engine refuses before the flow's body runs. A run that changed a connector
+publishes the fields it changed, before and after (`publish_changes`); a refused one what it
+was asked and why it was refused. Both are table artifacts: the UI shows them as tables, and
+their rows are data that `history` reads back as they were written.
 """
 
 import inspect
-from collections.abc import Callable, Coroutine
+import json
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
+from uuid import UUID
 
 from prefect import Flow
+from prefect.client.schemas.actions import ArtifactCreate
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowFilter,
+    FlowFilterName,
+    FlowRunFilter,
+    FlowRunFilterTags,
+)
 from prefect.client.schemas.objects import FlowRun, State
+from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import FlowRunContext
 
 from control_plane.deployments import MANAGED_TAG
 from control_plane.orchestrator import prefect_client
+from control_plane.runs import PREFECT_PAGE
+from models import HistoryEntry
+from models.history import AskedField
+from models.plan import FieldChange
 
 ACTOR_PREFIX = "actor:"
 
@@ -63,6 +83,7 @@ def label_refused(action: str) -> FailureHook:
     """
 
     async def label_if_unlabelled(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> None:
+        await _publish_refusal(flow_run, state)
         if any(tag.startswith(ACTOR_PREFIX) for tag in flow_run.tags):
             return
         parameters = flow_run.parameters
@@ -78,4 +99,120 @@ def label_refused(action: str) -> FailureHook:
     return label_if_unlabelled
 
 
-__all__ = ["actor_tag", "label_refused", "label_run"]
+_REFUSED = "Refused: "
+# A flow's parameters that say what was asked, field by field: the spec or the changes.
+_ASKED_MODELS = ("spec", "changes")
+
+
+async def publish_changes(changes: Sequence[FieldChange]) -> None:
+    """The current run's changes as its artifact: each field before and after, as the API
+    shows them (secrets masked; `secretChanged` where the masks hide a change)."""
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None, "call inside a flow run"
+    rows = [
+        {
+            "field": change.field,
+            "before": json.dumps(change.before),
+            "after": json.dumps(change.after),
+            "secretChanged": change.secret_changed,
+        }
+        for change in changes
+    ]
+    description = "What this run changed: each field before and after, secrets masked."
+    await _publish(context.flow_run.id, rows, description)
+
+
+async def _publish_refusal(flow_run: FlowRun, state: State) -> None:
+    """A refused run's artifact: what it was asked (its parameters, masked as Prefect keeps
+    them) and why it was refused."""
+    parameters = flow_run.parameters
+    asked = {k: v for k, v in parameters.items() if k not in _ASKED_MODELS}
+    for model in _ASKED_MODELS:
+        if isinstance(parameters.get(model), dict):
+            asked |= parameters[model]
+    rows = [{"field": field, "asked": json.dumps(value)} for field, value in asked.items()]
+    await _publish(flow_run.id, rows, f"{_REFUSED}{state.message or state.name}")
+
+
+async def _publish(flow_run_id: UUID, rows: list[dict[str, Any]], description: str) -> None:
+    async with prefect_client() as client:
+        await client.create_artifact(
+            ArtifactCreate(
+                type="table",
+                data=json.dumps(rows),
+                flow_run_id=flow_run_id,
+                description=description,
+            )
+        )
+
+
+async def history(
+    connector_id: int, *, flows: Sequence[str], limit: int, offset: int
+) -> tuple[list[HistoryEntry], int]:
+    """The connector's control runs of `flows`, newest first, with what each changed or was
+    refused; and how many there are."""
+    filters = {
+        "flow_filter": FlowFilter(name=FlowFilterName(any_=list(flows))),
+        "flow_run_filter": FlowRunFilter(
+            tags=FlowRunFilterTags(all_=[f"connector:{connector_id}"])
+        ),
+    }
+    async with prefect_client() as client:
+        # One page of Prefect's at most: it serves no more in one request.
+        found = await client.read_flow_runs(
+            **filters,
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=min(limit, PREFECT_PAGE),
+            offset=offset,
+        )
+        count = await client.count_flow_runs(**filters)
+        artifacts = (
+            await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[run.id for run in found])
+                )
+            )
+            if found
+            else []
+        )
+        names = {
+            flow.id: flow.name
+            for flow in await client.read_flows(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=list(flows)))
+            )
+        }
+    by_run = {artifact.flow_run_id: artifact for artifact in artifacts}
+    return [_entry(run, names.get(run.flow_id, ""), by_run.get(run.id)) for run in found], count
+
+
+def _entry(run: FlowRun, action: str, artifact: Any) -> HistoryEntry:
+    rows = json.loads(artifact.data) if artifact is not None else []
+    description = (artifact.description or "") if artifact is not None else ""
+    refused = description.removeprefix(_REFUSED) if description.startswith(_REFUSED) else None
+    actors = [tag.removeprefix(ACTOR_PREFIX) for tag in run.tags if tag.startswith(ACTOR_PREFIX)]
+    return HistoryEntry(
+        flow_run_id=run.id,
+        action=action,
+        name=run.name,
+        actor=actors[0] if actors else None,
+        at=run.start_time or run.expected_start_time,
+        state=run.state_type.value if run.state_type else "UNKNOWN",
+        changes=[]
+        if refused is not None
+        else [
+            FieldChange(
+                field=row["field"],
+                before=json.loads(row["before"]),
+                after=json.loads(row["after"]),
+                secret_changed=row.get("secretChanged", False),
+            )
+            for row in rows
+        ],
+        refused=refused,
+        asked=[]
+        if refused is None
+        else [AskedField(field=row["field"], value=json.loads(row["asked"])) for row in rows],
+    )
+
+
+__all__ = ["actor_tag", "history", "label_refused", "label_run", "publish_changes"]

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 from control_plane.errors import DeploymentMissing
 from control_plane.orchestrator import prefect_client
 from control_plane.settings import Settings, get_settings
+from control_plane.titles import field_title
 from flows.sync import sync_connector
 from models import Connector
 
@@ -319,7 +320,7 @@ async def deploy_control_flows(
                 entrypoint=entry["entrypoint"],
                 description=entry.get("description"),
                 tags=entry.get("tags", []),
-                parameter_openapi_schema=parameter_schema(control_flow).model_dump(),
+                parameter_openapi_schema=_titled(parameter_schema(control_flow).model_dump()),
                 enforce_parameter_schema=True,
             )
             for spec in entry.get("triggers", []):
@@ -332,6 +333,14 @@ async def deploy_control_flows(
     async with prefect_client() as client:
         await _upsert_automation(client, lost_runs_automation())
     return registered
+
+
+def _titled(schema: dict[str, Any]) -> dict[str, Any]:
+    """The run form's schema with titles a person reads: Prefect titles a flow's parameters
+    with their names (`connector_id`); the models inside title their own fields."""
+    for name, field in schema.get("properties", {}).items():
+        field["title"] = field_title(name)
+    return schema
 
 
 def _control_schedules(entry: dict[str, Any], settings: Settings) -> list[DeploymentScheduleCreate]:

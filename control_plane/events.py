@@ -2,8 +2,9 @@
 
 Each event's resource is the connector (`connector.<id>`, with its name and a `connector-id`
 label automations can template), related to its project and its deployment; emitted inside a
-flow run, Prefect relates it to that run, its flow and its tags as well. The payload says what
-changed, who asked and why. Configs never go into events.
+flow run, Prefect relates it to that run, its flow and its tags as well. The payload says who
+asked and why, and `changes`: every field the run changed, before and after, as the API shows
+them (secrets masked), the same rows as the run's artifact.
 """
 
 from typing import Any

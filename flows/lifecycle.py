@@ -14,7 +14,7 @@ lookup.
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -23,7 +23,7 @@ from pydantic.alias_generators import to_camel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import crud, deployments, events, runs, schedules
-from control_plane.audit import actor_tag, label_refused, label_run
+from control_plane.audit import actor_tag, label_refused, label_run, publish_changes
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import Conflict, NotFound
@@ -141,13 +141,21 @@ class _Snapshot:
 
 
 def _emit_update(
-    connector: Connector, previous: _Snapshot, changes: ConnectorUpdate, actor: str
+    connector: Connector,
+    previous: _Snapshot,
+    changes: ConnectorUpdate,
+    actor: str,
+    changed: list[dict[str, Any]],
 ) -> None:
-    """One event per kind of change: activated/deactivated, rescheduled, updated."""
+    """One event per kind of change: activated/deactivated, rescheduled, updated; each with
+    every field the run changed, before and after."""
     current = _Snapshot.of(connector)
     if current.is_active != previous.is_active:
         events.emit(
-            events.ACTIVATED if current.is_active else events.DEACTIVATED, connector, actor=actor
+            events.ACTIVATED if current.is_active else events.DEACTIVATED,
+            connector,
+            actor=actor,
+            changes=changed,
         )
     if (current.schedule, current.timezone) != (previous.schedule, previous.timezone):
         events.emit(
@@ -156,10 +164,26 @@ def _emit_update(
             actor=actor,
             before={"schedule": previous.schedule, "timezone": previous.timezone},
             after={"schedule": current.schedule, "timezone": current.timezone},
+            changes=changed,
         )
     others = changes.model_fields_set - {"schedule", "timezone", "is_active"}
     if others:
-        events.emit(events.UPDATED, connector, actor=actor, fields=sorted(map(to_camel, others)))
+        events.emit(
+            events.UPDATED,
+            connector,
+            actor=actor,
+            fields=sorted(map(to_camel, others)),
+            changes=changed,
+        )
+
+
+async def _publish_changes(
+    before: ConnectorPublic | None, after: ConnectorPublic | None
+) -> list[dict[str, Any]]:
+    """What the committed run changed, as its artifact; the same goes into its events."""
+    changes = _field_changes(before, after)
+    await publish_changes(changes)
+    return [change.model_dump(mode="json", by_alias=True) for change in changes]
 
 
 @flow(name="create-connector", persist_result=False, on_failure=[label_refused("create connector")])
@@ -182,6 +206,7 @@ async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> Conn
         schedule=connector.schedule,
         timezone=connector.timezone,
         isActive=connector.is_active,
+        changes=await _publish_changes(None, public),
     )
     return public
 
@@ -213,11 +238,12 @@ async def update_connector(
             )
             crud.check_version(connector, expected_version)
             before, previous = _spec(connector), _Snapshot.of(connector)
+            shown = ConnectorPublic.model_validate(connector)
             await crud.change_connector(session=session, connector=connector, changes=changes)
             if previous.is_active and not connector.is_active:
                 await _cancel_runs(connector_id, wait=0)
             public = await _apply_and_commit(session, connector, before)
-    _emit_update(connector, previous, changes, actor)
+    _emit_update(connector, previous, changes, actor, await _publish_changes(shown, public))
     return public
 
 
@@ -250,11 +276,19 @@ async def deactivate_connector(
                 get_run_logger().info("connector %s: nothing to deactivate", connector_id)
                 return ConnectorPublic.model_validate(connector)
             before, deployment_id = _spec(connector), connector.prefect_deployment_id
+            shown = ConnectorPublic.model_validate(connector)
             await crud.deactivate(session=session, connector=connector, reason=reason)
             await _cancel_runs(connector_id, wait=0)
             public = await _apply_and_commit(session, connector, before)
     event = events.AUTO_DEACTIVATED if only_if_failing else events.DEACTIVATED
-    events.emit(event, connector, actor=actor, reason=reason, deployment_id=deployment_id)
+    events.emit(
+        event,
+        connector,
+        actor=actor,
+        reason=reason,
+        deployment_id=deployment_id,
+        changes=await _publish_changes(shown, public),
+    )
     return public
 
 
@@ -340,12 +374,12 @@ async def delete_connector(
                 session=session, connector_id=connector_id, for_update=True
             )
             crud.check_version(connector, expected_version)
-            before = _spec(connector)
+            before, shown = _spec(connector), ConnectorPublic.model_validate(connector)
             await crud.remove_connector(session=session, connector=connector)
             await _cancel_runs(connector_id, wait=0)
             await deployments.apply(connector.prefect_deployment_id, before, None)
             await _commit(session, deployment_id=None, applied=None, previous=before)
-    events.emit(events.DELETED, connector, actor=actor)
+    events.emit(events.DELETED, connector, actor=actor, changes=await _publish_changes(shown, None))
 
 
 # Fields no change sets by itself, and on create the runs' bookkeeping: not in a plan.
@@ -502,7 +536,23 @@ async def _runs_dropped(
     return dropped
 
 
+# The flows whose runs make a connector's history (GET /connectors/{id}/history).
+LIFECYCLE_FLOWS = [
+    flow_.name
+    for flow_ in (
+        create_connector,
+        update_connector,
+        deactivate_connector,
+        trigger_connector,
+        cancel_connector_run,
+        reset_connector,
+        delete_connector,
+        plan_connector_change,
+    )
+]
+
 __all__ = [
+    "LIFECYCLE_FLOWS",
     "cancel_connector_run",
     "create_connector",
     "deactivate_connector",

@@ -25,6 +25,7 @@ from models.connector import (
     TriggerRequest,
     TriggerResult,
 )
+from models.history import HistoryEntry, HistoryPublic
 from models.plan import CatalogPlan, ConnectorPlan
 from models.schedule import ScheduledRun, SchedulePreview, SchedulePreviewRequest
 from models.sync import IdempotencyKey, RunPublic, RunsPublic, SyncRun, SyncState
@@ -33,17 +34,19 @@ __all__ = [
     "CatalogPlan",
     "Connector",
     "ConnectorCreate",
-    "ConnectorPublic",
     "ConnectorPlan",
+    "ConnectorPublic",
     "ConnectorUpdate",
     "ConnectorsPublic",
     "DefinedDestination",
-    "DriftPublic",
     "DefinedSource",
+    "DriftPublic",
     "EndpointCreate",
     "EndpointPublic",
     "EndpointUpdate",
     "EndpointsPublic",
+    "HistoryEntry",
+    "HistoryPublic",
     "IdempotencyKey",
     "Project",
     "ProjectCreate",

@@ -14,6 +14,8 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
 
+from control_plane.titles import field_title
+
 MAX_JSON_DEPTH = 32
 
 # Ids, counts and offsets are INTEGER columns: PostgreSQL's int4.
@@ -86,7 +88,9 @@ def timestamp_field() -> datetime:
 class ApiModel(SQLModel):
     """Request and response bodies: camelCase JSON, snake_case Python."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, field_title_generator=field_title
+    )
 
 
 class InputModel(ApiModel):

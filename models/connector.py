@@ -41,7 +41,9 @@ DestinationOverride = Annotated[
 
 
 class ConnectorBase(ApiModel):
-    name: Name = Field(description="Unique within the project.")
+    name: Name = Field(
+        description="Unique within the project.", schema_extra={"examples": ["orders-hourly"]}
+    )
     description: Description | None = None
     project_id: int = Field(foreign_key="project.id", index=True, ge=1, le=MAX_INT)
     defined_source_id: int = Field(foreign_key="defined_source.id", index=True, ge=1, le=MAX_INT)
@@ -51,8 +53,13 @@ class ConnectorBase(ApiModel):
     schedule: Cron | None = Field(
         default=None,
         description="Five-field cron expression, e.g. '0 */4 * * *'; null for manual runs only.",
+        schema_extra={"examples": ["0 */4 * * *"]},
     )
-    timezone: Timezone = Field(default="UTC", description="IANA time zone of the schedule.")
+    timezone: Timezone = Field(
+        default="UTC",
+        description="IANA time zone of the schedule.",
+        schema_extra={"examples": ["America/New_York"]},
+    )
     is_active: bool = Field(
         default=True, description="Inactive connectors have no deployment and never run."
     )

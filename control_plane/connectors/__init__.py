@@ -39,6 +39,7 @@ from pydantic.alias_generators import to_camel
 from control_plane.connectors._urls import MASK, mask_url, origin, secrets_of, with_secrets
 from control_plane.errors import InvalidInput
 from control_plane.policy import Scope, checked
+from control_plane.titles import field_title
 
 ENTRY_POINT_GROUP = "control_plane.connectors"
 
@@ -48,7 +49,12 @@ Kind = Literal["source", "destination"]
 class TypeConfig(BaseModel):
     """Base of every type's config: camelCase keys, unknown keys refused."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        field_title_generator=field_title,
+    )
 
 
 Record = dict[str, Any]

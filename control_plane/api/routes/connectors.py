@@ -6,7 +6,7 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Query, Response, status
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from control_plane import crud, deployments, reconcile, runs
+from control_plane import audit, crud, deployments, reconcile, runs
 from control_plane.api.deps import (
     CallerDep,
     ConnectorDep,
@@ -21,6 +21,7 @@ from control_plane.api.routes.schedules import add_warnings, schedule_preview
 from control_plane.errors import PreconditionFailed
 from control_plane.schedules import MAX_PREVIEW, PREVIEW_COUNT
 from flows.lifecycle import (
+    LIFECYCLE_FLOWS,
     cancel_connector_run,
     create_connector,
     delete_connector,
@@ -36,6 +37,7 @@ from models import (
     ConnectorsPublic,
     ConnectorUpdate,
     DriftPublic,
+    HistoryPublic,
     RunPublic,
     RunsPublic,
     SchedulePreview,
@@ -233,6 +235,17 @@ async def cancel_run(connector: ConnectorDep, flow_run_id: UUID, caller: CallerD
         connector_id=connector.id, flow_run_id=flow_run_id, actor=caller.actor
     )
     return {"flowRunId": flow_run_id, "state": state}
+
+
+@router.get("/{connector_id}/history", response_model=HistoryPublic)
+async def history(connector: ConnectorDep, page: PageDep):
+    """The connector's audit trail from Prefect, newest first: each control run with who asked,
+    what it changed (before and after, secrets masked), or what it was asked and why it was
+    refused."""
+    entries, count = await audit.history(
+        connector.id, flows=LIFECYCLE_FLOWS, limit=page.limit, offset=page.offset
+    )
+    return HistoryPublic(data=entries, count=count)
 
 
 @router.get("/{connector_id}/drift", response_model=DriftPublic)

@@ -1,0 +1,169 @@
+"""What a person reads of the audit log: run forms and schemas with human titles, each control
+run's before and after (its artifact and its event), and the history the API reads back."""
+
+import json
+import secrets
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+from tests.conftest import PUBLIC_TEST_HOST, Stack
+from tests.helpers import Catalog, control_runs, created
+from tests.stack import wait_for
+
+MASK = "********"
+
+
+def _events(prefect_api_url: str, resource_id: str, since: datetime) -> list[dict]:
+    body = {
+        "filter": {
+            "occurred": {"since": since.isoformat()},
+            "resource": {"id": [resource_id]},
+            "order": "ASC",
+        },
+        "limit": 50,
+    }
+    response = httpx.post(f"{prefect_api_url}/events/filter", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()["events"]
+
+
+class TestTitles:
+    def test_the_api_schemas_title_fields_for_a_person(self, stack: Stack):
+        schemas = httpx.get(f"{stack.api_url}/openapi.json").json()["components"]["schemas"]
+        titles = [field["title"] for field in schemas["ConnectorCreate"]["properties"].values()]
+        assert titles[:8] == [
+            "Name",
+            "Description",
+            "Project ID",
+            "Defined source ID",
+            "Defined destination ID",
+            "Schedule",
+            "Time zone",
+            "Active",
+        ]
+        assert "Source config override" in titles
+        assert schemas["ConnectorCreate"]["properties"]["schedule"]["examples"] == ["0 */4 * * *"]
+
+    @pytest.mark.usefixtures("control_deployments")
+    def test_the_run_forms_title_fields_for_a_person(self, prefect: SyncPrefectClient):
+        form = prefect.read_deployment_by_name("update-connector/update-connector")
+        schema = form.parameter_openapi_schema
+        assert [field["title"] for field in schema["properties"].values()] == [
+            "Connector ID",
+            "Changes",
+            "Actor",
+            "Expected version",
+        ]
+        changes = schema["definitions"]["ConnectorUpdate"]["properties"]
+        assert changes["definedSourceId"]["title"] == "Defined source ID"
+        assert changes["isActive"]["title"] == "Active"
+
+
+def _http_connector(api: httpx.Client, catalog: Catalog, key: str) -> dict:
+    source = created(
+        api.post(
+            "/defined-sources",
+            json={
+                "name": f"api-{secrets.token_hex(4)}",
+                "type": "http",
+                "config": {"url": f"http://{PUBLIC_TEST_HOST}:9/items"},
+                "projectId": catalog.project_id,
+            },
+        )
+    )
+    body = catalog.connector(
+        definedSourceId=source["id"], sourceConfigOverride={"headers": {"X-Api-Key": key}}
+    )
+    return created(api.post("/connectors", json=body))
+
+
+class TestBeforeAndAfter:
+    def test_an_update_publishes_its_changes_in_its_artifact_and_its_event(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog, prefect_api_url
+    ):
+        since = datetime.now(UTC) - timedelta(seconds=5)
+        old_key, new_key = secrets.token_hex(8), secrets.token_hex(8)
+        connector = _http_connector(api, catalog, old_key)
+        change = {
+            "schedule": "0 6 * * *",
+            "sourceConfigOverride": {"headers": {"X-Api-Key": new_key}},
+        }
+        assert api.patch(f"/connectors/{connector['id']}", json=change).status_code == 200
+
+        update = next(
+            r for r in control_runs(prefect, connector["id"]) if r.name.startswith("update")
+        )
+        [artifact] = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[update.id]))
+        )
+        assert artifact.type == "table"
+        assert old_key not in artifact.data and new_key not in artifact.data
+        rows = {row["field"]: row for row in json.loads(artifact.data)}
+        assert (rows["schedule"]["before"], rows["schedule"]["after"]) == (
+            '"0 */4 * * *"',
+            '"0 6 * * *"',
+        )
+        secret = rows["sourceConfigOverride"]
+        assert secret["secretChanged"] and secret["before"] == secret["after"]
+        assert json.loads(secret["after"]) == {"headers": {"X-Api-Key": MASK}}
+
+        events = wait_for(
+            lambda: [
+                e
+                for e in _events(prefect_api_url, f"connector.{connector['id']}", since)
+                if e["event"] == "connector.rescheduled"
+            ],
+            timeout=60,
+            what="the connector.rescheduled event",
+        )
+        changes = {c["field"]: c for c in events[0]["payload"]["changes"]}
+        assert changes["schedule"] == {
+            "field": "schedule",
+            "before": "0 */4 * * *",
+            "after": "0 6 * * *",
+            "secretChanged": False,
+        }
+        assert changes["sourceConfigOverride"]["secretChanged"] is True
+        assert new_key not in json.dumps(events) and old_key not in json.dumps(events)
+
+
+class TestHistory:
+    def test_history_reads_back_each_change_and_the_refusal_newest_first(
+        self, api: httpx.Client, catalog: Catalog
+    ):
+        connector = created(api.post("/connectors", json=catalog.connector()))
+        path = f"/connectors/{connector['id']}"
+        assert api.patch(path, json={"schedule": "0 5 * * *"}).status_code == 200
+        assert api.patch(path, json={"description": "nightly"}).status_code == 200
+        stale = api.patch(path, json={"retries": 3}, headers={"If-Match": '"1"'})
+        assert stale.status_code == 412
+
+        history = api.get(f"{path}/history").json()
+        assert history["count"] == 4
+        refused, described, rescheduled, create = history["data"]
+        assert [e["action"] for e in history["data"]] == [
+            "update-connector",
+            "update-connector",
+            "update-connector",
+            "create-connector",
+        ]
+        assert {e["actor"] for e in history["data"]} == {"anonymous"}
+        assert "version 3, not 1" in refused["refused"] and refused["changes"] == []
+        assert {"field": "retries", "value": 3} in refused["asked"]
+        assert {"field": "expected_version", "value": 1} in refused["asked"]
+        assert {c["field"]: (c["before"], c["after"]) for c in described["changes"]} == {
+            "description": (None, "nightly"),
+            "version": (2, 3),
+        }
+        assert ("0 */4 * * *", "0 5 * * *") in [
+            (c["before"], c["after"]) for c in rescheduled["changes"]
+        ]
+        assert {c["field"] for c in create["changes"]} >= {"name", "schedule", "isActive"}
+        assert all(c["before"] is None for c in create["changes"])
+
+        page = api.get(f"{path}/history", params={"limit": 1, "offset": 1}).json()
+        assert [e["flowRunId"] for e in page["data"]] == [described["flowRunId"]]
