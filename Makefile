@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: up test bench java
+.PHONY: up test bench java chromium
 
 $(VENV)/.runtime: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,7 +23,11 @@ java:
 		apt-get update -qq && apt-get install -y -qq default-jdk-headless libjackson2-databind-java; \
 	fi
 
-test: $(VENV)/.test java
+# The browser test of the Prefect UI's run form: Debian's Chromium.
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+test: $(VENV)/.test java chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PYTHON) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)

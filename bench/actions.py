@@ -38,6 +38,7 @@ from prefect.client.orchestration import PrefectClient, SyncPrefectClient, get_c
 from prefect.context import AsyncClientContext, SyncClientContext
 from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from bench._stack import local_stack, percentile, write_results
 from control_plane import crud, deployments, events, runs
@@ -107,8 +108,11 @@ class _InProcess:
         await delete_connector(connector_id=connector_id, actor=ACTOR)
 
 
-def _spec(connector: Connector) -> deployments.DeploymentSpec | None:
-    return deployments.desired(connector) if connector.is_active else None
+async def _spec(session: AsyncSession, connector: Connector) -> deployments.DeploymentSpec | None:
+    if not connector.is_active:
+        return None
+    context = await crud.context_of(session=session, connector=connector)
+    return deployments.desired(connector, context)
 
 
 class _Direct:
@@ -121,7 +125,9 @@ class _Direct:
             session_scope() as session,
         ):
             connector = await crud.add_connector(session=session, spec=spec)
-            connector.prefect_deployment_id = await deployments.apply(None, None, _spec(connector))
+            connector.prefect_deployment_id = await deployments.apply(
+                None, None, await _spec(session, connector)
+            )
             await session.commit()
         events.emit(events.CREATED, connector, actor=ACTOR)
         assert connector.id is not None
@@ -133,11 +139,11 @@ class _Direct:
             connector = await crud.get_connector(
                 session=session, connector_id=connector_id, for_update=True
             )
-            before = _spec(connector)
+            before = await _spec(session, connector)
             changes = ConnectorUpdate.model_validate(body)
             await crud.change_connector(session=session, connector=connector, changes=changes)
             connector.prefect_deployment_id = await deployments.apply(
-                connector.prefect_deployment_id, before, _spec(connector)
+                connector.prefect_deployment_id, before, await _spec(session, connector)
             )
             await session.commit()
         events.emit(event, connector, actor=ACTOR)
@@ -156,7 +162,7 @@ class _Direct:
             connector = await crud.get_connector(
                 session=session, connector_id=connector_id, for_update=True
             )
-            before = _spec(connector)
+            before = await _spec(session, connector)
             await crud.remove_connector(session=session, connector=connector)
             await deployments.apply(connector.prefect_deployment_id, before, None)
             await session.commit()

@@ -99,6 +99,7 @@ def label_refused(action: str) -> FailureHook:
     return label_if_unlabelled
 
 
+_CHANGED = "What this run changed: each field before and after, secrets masked."
 _REFUSED = "Refused: "
 # A flow's parameters that say what was asked, field by field: the spec or the changes.
 _ASKED_MODELS = ("spec", "changes")
@@ -118,8 +119,7 @@ async def publish_changes(changes: Sequence[FieldChange]) -> None:
         }
         for change in changes
     ]
-    description = "What this run changed: each field before and after, secrets masked."
-    await _publish(context.flow_run.id, rows, description)
+    await _publish(context.flow_run.id, rows, _CHANGED)
 
 
 async def _publish_refusal(flow_run: FlowRun, state: State) -> None:
@@ -181,7 +181,13 @@ async def history(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=list(flows)))
             )
         }
-    by_run = {artifact.flow_run_id: artifact for artifact in artifacts}
+    # Ours only: another client may publish artifacts on these runs too.
+    by_run = {
+        artifact.flow_run_id: artifact
+        for artifact in artifacts
+        if isinstance(artifact.data, str)
+        and (artifact.description or "").startswith((_CHANGED, _REFUSED))
+    }
     return [_entry(run, names.get(run.flow_id, ""), by_run.get(run.id)) for run in found], count
 
 

@@ -51,6 +51,9 @@ def prefect_server_env(settings: Settings, home: Path) -> dict[str, str]:
         "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE": os.environ.get(
             "PREFECT_SERVER_DATABASE_SQLALCHEMY_POOL_SIZE", "30"
         ),
+        # The UI finds the API at this URL. Prefect derives it from its own host and port
+        # settings, not from `--port`: on any other port than 4200 the UI could not connect.
+        "PREFECT_SERVER_UI_API_URL": f"http://{settings.prefect_host}:{settings.prefect_port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",
     }

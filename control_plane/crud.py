@@ -30,6 +30,7 @@ from control_plane.errors import Conflict, InvalidInput, NotFound, PreconditionF
 from control_plane.policy import Scope, scope_for
 from models import (
     Connector,
+    ConnectorContext,
     ConnectorCreate,
     ConnectorUpdate,
     DefinedDestination,
@@ -392,6 +393,27 @@ def _check_override_follows(connector: Connector, kind: Kind, values: dict[str, 
             f"the connector moves to another defined {kind}: send this override again with its "
             f"secrets (not {MASK}), which were given for the old one",
         )
+
+
+async def context_of(*, session: AsyncSession, connector: Connector) -> ConnectorContext:
+    """Its project's name and its source's and destination's types: from the session's
+    identity map once the connector's checks (or `load_catalog`) read them."""
+    project = await session.get(Project, connector.project_id)
+    source = await session.get(DefinedSource, connector.defined_source_id)
+    destination = await session.get(DefinedDestination, connector.defined_destination_id)
+    assert project and source and destination, "a connector's references exist"
+    return ConnectorContext(project.name, source.type, destination.type)
+
+
+async def all_connectors(*, session: AsyncSession) -> Sequence[Connector]:
+    return (await session.exec(select(Connector).order_by(col(Connector.id)))).all()
+
+
+async def load_catalog(*, session: AsyncSession) -> None:
+    """Every project, source and destination into the session, for `context_of` on many
+    connectors: three queries instead of three per connector."""
+    for table in (Project, DefinedSource, DefinedDestination):
+        (await session.exec(select(table))).all()
 
 
 async def deactivate(*, session: AsyncSession, connector: Connector, reason: str) -> None:

@@ -40,12 +40,13 @@ from prefect.utilities.processutils import command_to_string
 from prefect.workers.process import ProcessWorker
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from control_plane import schedules
 from control_plane.errors import DeploymentMissing
 from control_plane.orchestrator import prefect_client
 from control_plane.settings import Settings, get_settings
 from control_plane.titles import field_title
 from flows.sync import sync_connector
-from models import Connector
+from models import Connector, ConnectorContext
 
 MANAGED_TAG = "control-plane"
 _PAGE = 200  # the most Prefect's read_deployments answers at once
@@ -71,6 +72,7 @@ class DeploymentSpec(BaseModel):
     parameters: dict[str, int]
     tags: tuple[str, ...]  # sorted
     work_pool: str
+    description: str | None = None
     paused: bool = False
 
     def differences(self, actual: "DeploymentSpec") -> list[str]:
@@ -86,7 +88,7 @@ def deployment_name(connector_id: int) -> str:
     return f"connector-{connector_id}"
 
 
-def desired(connector: Connector) -> DeploymentSpec:
+def desired(connector: Connector, context: ConnectorContext) -> DeploymentSpec:
     """The deployment an active connector must have."""
     assert connector.id is not None
     return DeploymentSpec(
@@ -98,6 +100,22 @@ def desired(connector: Connector) -> DeploymentSpec:
             sorted([MANAGED_TAG, f"connector:{connector.id}", f"project:{connector.project_id}"])
         ),
         work_pool=get_settings().work_pool,
+        description=describe(connector, context),
+    )
+
+
+def describe(connector: Connector, context: ConnectorContext) -> str:
+    """The deployment's description in the Prefect UI (markdown): what it moves, for whom,
+    when, and where the API keeps it; no config."""
+    when = (
+        schedules.in_words(connector.schedule, connector.timezone)
+        if connector.schedule
+        else "only when triggered"
+    )
+    return (
+        f"**{connector.name}** of project **{context.project}**: "
+        f"{context.source_type} → {context.destination_type}, runs {when}.\n\n"
+        f"API: `/api/v1/connectors/{connector.id}`"
     )
 
 
@@ -112,6 +130,7 @@ def actual(deployment: DeploymentResponse) -> DeploymentSpec:
         parameters=deployment.parameters,
         tags=tuple(sorted(deployment.tags)),
         work_pool=deployment.work_pool_name or "",
+        description=deployment.description,
         paused=deployment.paused,
     )
 
@@ -162,6 +181,7 @@ async def _create(spec: DeploymentSpec) -> UUID:
             schedules=schedules,
             parameters=dict(spec.parameters),
             tags=list(spec.tags),
+            description=spec.description,
             entrypoint=SYNC_ENTRYPOINT,
             parameter_openapi_schema=_PARAMETER_SCHEMA,
             enforce_parameter_schema=True,
@@ -180,6 +200,7 @@ async def _update(deployment_id: UUID, before: DeploymentSpec, after: Deployment
             parameters=dict(after.parameters),
             tags=list(after.tags),
             work_pool_name=after.work_pool,
+            description=after.description,
             paused=after.paused,
         )
         if after.schedule:

@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 from uuid import UUID
 
-from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import crud, deployments
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import NotFound
-from models import Connector
+from models import Connector, ConnectorContext
 
 Action = Literal["create", "update", "delete", "relink"]
 # Repairs in flight at once. A repair mostly waits on Prefect: one at a time, reconcile created
@@ -55,7 +54,9 @@ def _connector_id(deployment_name: str) -> int | None:
 
 
 def compare(
-    connector: Connector, deployment: deployments.DeploymentResponse | None
+    connector: Connector,
+    deployment: deployments.DeploymentResponse | None,
+    context: ConnectorContext,
 ) -> Drift | None:
     """The drift of one connector against its deployment in Prefect (None: none there)."""
     assert connector.id is not None
@@ -81,7 +82,8 @@ def compare(
         return None
     if deployment is None:
         return drift("create", ["deployment is missing"])
-    differences = deployments.desired(connector).differences(deployments.actual(deployment))
+    want = deployments.desired(connector, context)
+    differences = want.differences(deployments.actual(deployment))
     if differences:
         return drift("update", differences)
     if connector.prefect_deployment_id != deployment.id:
@@ -93,8 +95,11 @@ async def find_drift(*, session: AsyncSession) -> list[Drift]:
     """Every difference between the connectors and the managed deployments: two reads."""
     by_name = {d.name: d for d in await deployments.list_managed()}
     drift = []
-    for connector in (await session.exec(select(Connector).order_by(col(Connector.id)))).all():
-        found = compare(connector, by_name.pop(deployments.deployment_name(connector.id), None))
+    await crud.load_catalog(session=session)
+    for connector in await crud.all_connectors(session=session):
+        context = await crud.context_of(session=session, connector=connector)
+        deployment = by_name.pop(deployments.deployment_name(connector.id), None)
+        found = compare(connector, deployment, context)
         if found:
             drift.append(found)
     for name, orphan in by_name.items():
@@ -118,7 +123,11 @@ async def repair(item: Drift) -> None:
         except NotFound:
             connector = None
         want: DeploymentSpec | None = (
-            deployments.desired(connector) if connector and connector.is_active else None
+            deployments.desired(
+                connector, await crud.context_of(session=session, connector=connector)
+            )
+            if connector and connector.is_active
+            else None
         )
         # A control flow that changed Prefect for this connector since also moved its version.
         # Without one, what was found stands: creating upserts by name, and patching or

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from cron_descriptor import Options, get_description
 from prefect._vendor.croniter import croniter  # the one Prefect's scheduler reads crons with
 from prefect.server.schemas.schedules import CronSchedule
 
@@ -264,3 +265,11 @@ def preview(schedule: str, timezone: str, count: int, start: datetime) -> list[P
             notes.setdefault(run, effect.message)
     zone = ZoneInfo(timezone)
     return [PlannedRun(run, run.astimezone(zone), notes.get(run)) for run in runs]
+
+
+def in_words(cron: str, timezone: str) -> str:
+    """The schedule as a person says it, e.g. "every 4 hours (UTC)"."""
+    options = Options()
+    options.use_24hour_time_format = True
+    words = get_description(cron, options)
+    return f"{words[:1].lower()}{words[1:]} ({timezone})"

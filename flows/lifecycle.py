@@ -38,8 +38,11 @@ from models.schedule import scheduled_runs
 UI_ACTOR = "prefect-ui"
 
 
-def _spec(connector: Connector) -> DeploymentSpec | None:
-    return deployments.desired(connector) if connector.is_active else None
+async def _spec(session: AsyncSession, connector: Connector) -> DeploymentSpec | None:
+    if not connector.is_active:
+        return None
+    context = await crud.context_of(session=session, connector=connector)
+    return deployments.desired(connector, context)
 
 
 async def _commit(
@@ -62,7 +65,7 @@ async def _commit(
 async def _apply_and_commit(
     session: AsyncSession, connector: Connector, before: DeploymentSpec | None
 ) -> ConnectorPublic:
-    after = _spec(connector)
+    after = await _spec(session, connector)
     connector.prefect_deployment_id = await deployments.apply(
         connector.prefect_deployment_id, before, after
     )
@@ -237,7 +240,7 @@ async def update_connector(
                 session=session, connector_id=connector_id, for_update=True
             )
             crud.check_version(connector, expected_version)
-            before, previous = _spec(connector), _Snapshot.of(connector)
+            before, previous = await _spec(session, connector), _Snapshot.of(connector)
             shown = ConnectorPublic.model_validate(connector)
             await crud.change_connector(session=session, connector=connector, changes=changes)
             if previous.is_active and not connector.is_active:
@@ -275,7 +278,7 @@ async def deactivate_connector(
             if not _deactivates(connector, only_if_failing):
                 get_run_logger().info("connector %s: nothing to deactivate", connector_id)
                 return ConnectorPublic.model_validate(connector)
-            before, deployment_id = _spec(connector), connector.prefect_deployment_id
+            before, deployment_id = await _spec(session, connector), connector.prefect_deployment_id
             shown = ConnectorPublic.model_validate(connector)
             await crud.deactivate(session=session, connector=connector, reason=reason)
             await _cancel_runs(connector_id, wait=0)
@@ -374,7 +377,10 @@ async def delete_connector(
                 session=session, connector_id=connector_id, for_update=True
             )
             crud.check_version(connector, expected_version)
-            before, shown = _spec(connector), ConnectorPublic.model_validate(connector)
+            before, shown = (
+                await _spec(session, connector),
+                ConnectorPublic.model_validate(connector),
+            )
             await crud.remove_connector(session=session, connector=connector)
             await _cancel_runs(connector_id, wait=0)
             await deployments.apply(connector.prefect_deployment_id, before, None)
@@ -394,7 +400,7 @@ _RUN_STATUS = {
     "prefectDeploymentId",
 }
 # On create the id is given on commit: the deployment's fields that carry it are left out.
-_CARRY_THE_ID = {"name", "parameters", "tags"}
+_CARRY_THE_ID = {"name", "parameters", "tags", "description"}
 _PLANNED_RUNS = 5
 
 
@@ -435,11 +441,14 @@ async def plan_connector_change(
             assert connector_id is not None
             connector = await crud.get_connector(session=session, connector_id=connector_id)
             crud.check_version(connector, expected_version)
-            before, before_spec = ConnectorPublic.model_validate(connector), _spec(connector)
+            before, before_spec = (
+                ConnectorPublic.model_validate(connector),
+                await _spec(session, connector),
+            )
             if changes is not None:
                 await crud.change_connector(session=session, connector=connector, changes=changes)
         after = None if action == "delete" else ConnectorPublic.model_validate(connector)
-        after_spec = None if action == "delete" else _spec(connector)
+        after_spec = None if action == "delete" else await _spec(session, connector)
         await session.rollback()
     now = utcnow()
     schedule, timezone = (after.schedule, after.timezone) if after else (None, "UTC")

@@ -3,10 +3,12 @@
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from control_plane import reconcile
+from control_plane import crud, reconcile, schedules
 from control_plane.audit import label_refused, label_run
 from control_plane.db import session_scope
 from flows.runs import record_unfinished
+from models import Connector, ConnectorContext
+from models.base import as_utc
 
 SCHEDULE_ACTOR = "schedule"
 
@@ -42,4 +44,56 @@ async def reconcile_connectors(
         table=rows or [{"action": "none", "deployment": "", "connector": "", "differences": ""}],
         description=("Drift found" if dry_run else "Drift repaired") + f": {len(rows)}",
     )
+    await _publish_overview()
     return rows
+
+
+async def _publish_overview() -> None:
+    """Every connector at a glance, as the `connectors-overview` artifact: one key, so the UI
+    shows the latest pass's table and keeps the earlier ones as its history."""
+    async with session_scope() as session:
+        await crud.load_catalog(session=session)
+        connectors = await crud.all_connectors(session=session)
+        rows = [
+            _overview_row(connector, await crud.context_of(session=session, connector=connector))
+            for connector in connectors
+        ]
+    active = sum(connector.is_active for connector in connectors)
+    await create_table_artifact(
+        key="connectors-overview",
+        table=rows or [dict.fromkeys(_OVERVIEW_COLUMNS, "")],
+        description=f"{len(rows)} connectors, {active} active, {len(rows) - active} paused",
+    )
+
+
+_OVERVIEW_COLUMNS = (
+    "connector",
+    "project",
+    "moves",
+    "state",
+    "schedule",
+    "last run",
+    "consecutive failures",
+    "status reason",
+)
+
+
+def _overview_row(connector: Connector, context: ConnectorContext) -> dict[str, str]:
+    last = (
+        f"{connector.last_run_state} at {as_utc(connector.last_run_at):%Y-%m-%d %H:%M} UTC"
+        if connector.last_run_at
+        else "never"
+    )
+    values = (
+        f"{connector.id}: {connector.name}",
+        context.project,
+        f"{context.source_type} → {context.destination_type}",
+        "active" if connector.is_active else "paused",
+        schedules.in_words(connector.schedule, connector.timezone)
+        if connector.schedule
+        else "only when triggered",
+        last,
+        str(connector.consecutive_failures),
+        connector.status_reason or "",
+    )
+    return dict(zip(_OVERVIEW_COLUMNS, values, strict=True))

@@ -17,6 +17,7 @@ from models.catalog import (
 )
 from models.connector import (
     Connector,
+    ConnectorContext,
     ConnectorCreate,
     ConnectorPublic,
     ConnectorsPublic,
@@ -33,6 +34,7 @@ from models.sync import IdempotencyKey, RunPublic, RunsPublic, SyncRun, SyncStat
 __all__ = [
     "CatalogPlan",
     "Connector",
+    "ConnectorContext",
     "ConnectorCreate",
     "ConnectorPlan",
     "ConnectorPublic",

@@ -1,5 +1,6 @@
 """The connector: a schedule that moves data from a defined source to a defined destination."""
 
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from typing import Annotated, Any, Literal
@@ -134,6 +135,16 @@ class Connector(ConnectorBase, ConnectorStatus, table=True):
     resets: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_at: datetime = timestamp_field()
     updated_at: datetime = timestamp_field()
+
+
+@dataclass(frozen=True)
+class ConnectorContext:
+    """What a connector's deployment tells beside the connector's own fields: its catalog's
+    names and types (never a config)."""
+
+    project: str
+    source_type: str
+    destination_type: str
 
 
 class ConnectorCreate(ConnectorBase, InputModel):

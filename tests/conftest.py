@@ -5,9 +5,10 @@ import asyncio
 import json
 import os
 import secrets
+import sqlite3
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ TEST_PREFECT_ENV = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1"}
 
 
 def start_prefect_server(home: Path, port: int):
-    env = {**prefect_server_env(Settings(), home), **TEST_PREFECT_ENV}
+    env = {**prefect_server_env(Settings(prefect_port=port), home), **TEST_PREFECT_ENV}
     return prefect_server(home, port, env)
 
 
@@ -92,8 +93,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[s
     with pytest.MonkeyPatch.context() as environment:
         environment.setenv("CONTROL_PLANE_SECRET_KEY_FILE", str(key_file))
         if request.param == "sqlite":
-            url = f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'control-plane.db'}"
+            path = tmp_path_factory.mktemp("sqlite") / "control-plane.db"
+            url = f"sqlite:///{path}"
             migrate(url, secret_key_file=key_file)
+            # Apart from PostgreSQL's (below) and from the stacks tests start on databases of
+            # their own, whose ids start at 1: they share the session's Prefect server too.
+            with closing(sqlite3.connect(path)) as db, db:
+                for table in ("connector", "project"):
+                    db.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES (?, 2000000)", (table,)
+                    )
             yield url
             return
         with fresh_postgres(f"control_plane_test_{uuid.uuid4().hex[:12]}") as url:

@@ -166,6 +166,21 @@ def reconcile_cli(env: dict[str, str | None], *args: str) -> str:
     return done.stdout
 
 
+def prefect_events(prefect_api_url: str, resource_id: str, since: datetime) -> list[dict]:
+    """The events about one resource since `since`, oldest first, from Prefect's API."""
+    body = {
+        "filter": {
+            "occurred": {"since": since.isoformat()},
+            "resource": {"id": [resource_id]},
+            "order": "ASC",
+        },
+        "limit": 50,
+    }
+    response = httpx.post(f"{prefect_api_url}/events/filter", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()["events"]
+
+
 def trigger_and_wait(api: httpx.Client, prefect: SyncPrefectClient, connector_id: int):
     """Trigger the connector and return its sync run once it has ended."""
     response = api.post(f"/connectors/{connector_id}/trigger")

@@ -103,7 +103,8 @@ class TestDryRuns:
         }
         assert plan["deployment"]["action"] == "update"
         assert plan["deployment"]["name"] == f"connector-{scheduled['id']}"
-        assert {d["field"] for d in plan["deployment"]["differences"]} == {"schedule", "timezone"}
+        differences = {d["field"] for d in plan["deployment"]["differences"]}
+        assert differences == {"schedule", "timezone", "description"}  # the schedule in words
         assert {UUID(run["flowRunId"]) for run in plan["runsDropped"]} == before[4]
         assert {run["why"] for run in plan["runsDropped"]} == {"deleted by the deployment's update"}
         assert all(run["localTime"].endswith(("+01:00", "+02:00")) for run in plan["nextRuns"])

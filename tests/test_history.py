@@ -1,34 +1,27 @@
-"""What a person reads of the audit log: run forms and schemas with human titles, each control
-run's before and after (its artifact and its event), and the history the API reads back."""
+"""What a person reads in the Prefect UI and the API: run forms and schemas with human titles,
+deployments that say what they are, each control run's before and after (its artifact and its
+event), the history the API reads back, and the overview reconcile keeps."""
 
 import json
 import secrets
 from datetime import UTC, datetime, timedelta
+from uuid import UUID
 
 import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
+from prefect.client.schemas.sorting import ArtifactSort
 
 from tests.conftest import PUBLIC_TEST_HOST, Stack
-from tests.helpers import Catalog, control_runs, created
+from tests.helpers import Catalog, control_runs, created, prefect_events, reconcile_cli, unique
 from tests.stack import wait_for
 
 MASK = "********"
-
-
-def _events(prefect_api_url: str, resource_id: str, since: datetime) -> list[dict]:
-    body = {
-        "filter": {
-            "occurred": {"since": since.isoformat()},
-            "resource": {"id": [resource_id]},
-            "order": "ASC",
-        },
-        "limit": 50,
-    }
-    response = httpx.post(f"{prefect_api_url}/events/filter", json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()["events"]
 
 
 class TestTitles:
@@ -114,7 +107,7 @@ class TestBeforeAndAfter:
         events = wait_for(
             lambda: [
                 e
-                for e in _events(prefect_api_url, f"connector.{connector['id']}", since)
+                for e in prefect_events(prefect_api_url, f"connector.{connector['id']}", since)
                 if e["event"] == "connector.rescheduled"
             ],
             timeout=60,
@@ -167,3 +160,64 @@ class TestHistory:
 
         page = api.get(f"{path}/history", params={"limit": 1, "offset": 1}).json()
         assert [e["flowRunId"] for e in page["data"]] == [described["flowRunId"]]
+
+
+class TestDeploymentDescription:
+    def test_it_says_what_moves_for_whom_and_when_and_follows_changes(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
+    ):
+        project = api.get(f"/projects/{catalog.project_id}").json()["name"]
+        connector = created(api.post("/connectors", json=catalog.connector()))
+        path = f"/connectors/{connector['id']}"
+
+        def description() -> str:
+            return prefect.read_deployment(UUID(connector["prefectDeploymentId"])).description
+
+        assert description() == (
+            f"**{connector['name']}** of project **{project}**: csv → jsonl, "
+            f"runs every 4 hours (UTC).\n\nAPI: `/api/v1{path}`"
+        )
+        change = {"schedule": "30 2 * * 1-5", "timezone": "America/New_York"}
+        assert api.patch(path, json=change).status_code == 200
+        assert "runs at 02:30, Monday through Friday (America/New_York)." in description()
+        name = unique("renamed")
+        assert api.patch(path, json={"name": name}).status_code == 200
+        assert description().startswith(f"**{name}** of project **{project}**")
+
+        renamed = unique("project")
+        assert (
+            api.patch(f"/projects/{catalog.project_id}", json={"name": renamed}).status_code == 200
+        )
+        drift = api.get(f"{path}/drift").json()
+        assert drift["action"] == "update"
+        assert any(d.startswith("description:") and renamed in d for d in drift["differences"])
+        assert api.delete(path).status_code == 204  # no drift left for other tests' reconciles
+
+
+class TestOverview:
+    def test_reconcile_publishes_every_connector_at_a_glance(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog, stack: Stack
+    ):
+        since = datetime.now(UTC)
+        active = created(api.post("/connectors", json=catalog.connector()))
+        paused = created(api.post("/connectors", json=catalog.connector(isActive=False)))
+        reconcile_cli(stack.env)
+
+        [artifact] = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["connectors-overview"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+        assert artifact.created >= since
+        rows = {row["connector"]: row for row in json.loads(artifact.data)}
+        assert rows[f"{active['id']}: {active['name']}"] == {
+            "connector": f"{active['id']}: {active['name']}",
+            "project": api.get(f"/projects/{catalog.project_id}").json()["name"],
+            "moves": "csv → jsonl",
+            "state": "active",
+            "schedule": "every 4 hours (UTC)",
+            "last run": "never",
+            "consecutive failures": "0",
+            "status reason": "",
+        }
+        assert rows[f"{paused['id']}: {paused['name']}"]["state"] == "paused"

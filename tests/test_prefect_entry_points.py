@@ -15,27 +15,13 @@ from prefect.exceptions import ObjectNotFound
 
 from control_plane import deployments
 from control_plane.settings import Settings
-from tests.helpers import Catalog, created, trigger_and_wait, unique
+from tests.helpers import Catalog, created, prefect_events, trigger_and_wait, unique
 from tests.stack import wait_for
 
 
 def _run(name: str, **parameters) -> FlowRun:
     """Run a control deployment as the Prefect UI does, and wait for it to end."""
     return run_deployment(name=f"{name}/{name}", parameters=parameters, timeout=120)
-
-
-def _events(prefect_api_url: str, resource_id: str, since: datetime) -> list[dict]:
-    body = {
-        "filter": {
-            "occurred": {"since": since.isoformat()},
-            "resource": {"id": [resource_id]},
-            "order": "ASC",
-        },
-        "limit": 50,
-    }
-    response = httpx.post(f"{prefect_api_url}/events/filter", json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()["events"]
 
 
 @pytest.mark.usefixtures("control_deployments")
@@ -134,7 +120,7 @@ class TestAutoDeactivate:
         events = wait_for(
             lambda: [
                 e
-                for e in _events(prefect_api_url, f"connector.{connector['id']}", since)
+                for e in prefect_events(prefect_api_url, f"connector.{connector['id']}", since)
                 if e["event"] == "connector.auto-deactivated"
             ],
             timeout=30,
@@ -171,7 +157,9 @@ class TestEvents:
         ]
         events = wait_for(
             lambda: (
-                len(e := _events(prefect_api_url, f"connector.{connector['id']}", since)) >= 7 and e
+                len(e := prefect_events(prefect_api_url, f"connector.{connector['id']}", since))
+                >= 7
+                and e
             ),
             timeout=60,
             what="the lifecycle's events to be stored",
@@ -190,6 +178,6 @@ class TestEvents:
         assert events[4]["payload"]["fields"] == ["description", "name"]
         assert all(e["payload"]["actor"] == "anonymous" for e in events)
         # The API runs its control flows in-process without heartbeats (api/flow_context.py).
-        run_events = {e["event"] for e in _events(prefect_api_url, roles["flow-run"], since)}
+        run_events = {e["event"] for e in prefect_events(prefect_api_url, roles["flow-run"], since)}
         assert "prefect.flow-run.Completed" in run_events
         assert "prefect.flow-run.heartbeat" not in run_events

@@ -249,10 +249,11 @@ async def history(connector: ConnectorDep, page: PageDep):
 
 
 @router.get("/{connector_id}/drift", response_model=DriftPublic)
-async def drift(connector: ConnectorDep):
+async def drift(connector: ConnectorDep, session: SessionDep):
     """How the connector's deployment in Prefect differs from the row; nothing is repaired."""
     deployment = await deployments.read_by_name(deployments.deployment_name(connector.id))
-    found = reconcile.compare(connector, deployment)
+    context = await crud.context_of(session=session, connector=connector)
+    found = reconcile.compare(connector, deployment, context)
     return DriftPublic(
         connector_id=connector.id,
         in_sync=found is None,
