@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 from uuid import UUID
 
-from prefect import Flow
+from prefect import Flow, get_run_logger
 from prefect.client.schemas.actions import ArtifactCreate
 from prefect.client.schemas.filters import (
     ArtifactFilter,
@@ -29,7 +29,9 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import FlowRunContext
 
+from control_plane.connectors import MASK, Kind, mask_secrets
 from control_plane.deployments import MANAGED_TAG
+from control_plane.errors import Unavailable
 from control_plane.orchestrator import prefect_client
 from control_plane.runs import PREFECT_PAGE
 from models import HistoryEntry
@@ -78,23 +80,25 @@ def label_refused(action: str) -> FailureHook:
     sets the run Failed, which calls this hook (`AsyncFlowRunEngine.begin_run`, then
     `set_state` and `call_hooks`). The run is named `<action> <id>: invalid parameters` from
     its raw parameters, with the actor they name or the flow's default. A run its body labelled
-    already has its actor tag and is left alone, so the hook makes no Prefect call then, and
-    none at all on success.
+    already has its actor tag and is left alone. Either way it publishes what the run was asked
+    and why it was refused: one Prefect call per refusal, none on success.
     """
 
     async def label_if_unlabelled(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> None:
+        if not any(tag.startswith(ACTOR_PREFIX) for tag in flow_run.tags):
+            parameters = flow_run.parameters
+            actor = parameters.get("actor")
+            if not isinstance(actor, str):
+                actor = inspect.signature(flow.fn).parameters["actor"].default
+            connector_id = _known_id(parameters.get("connector_id"))
+            subject = action if connector_id is None else f"{action} {connector_id}"
+            await _label(
+                flow_run,
+                actor=actor,
+                name=f"{subject}: invalid parameters",
+                connector_id=connector_id,
+            )
         await _publish_refusal(flow_run, state)
-        if any(tag.startswith(ACTOR_PREFIX) for tag in flow_run.tags):
-            return
-        parameters = flow_run.parameters
-        actor = parameters.get("actor")
-        if not isinstance(actor, str):
-            actor = inspect.signature(flow.fn).parameters["actor"].default
-        connector_id = _known_id(parameters.get("connector_id"))
-        subject = action if connector_id is None else f"{action} {connector_id}"
-        await _label(
-            flow_run, actor=actor, name=f"{subject}: invalid parameters", connector_id=connector_id
-        )
 
     return label_if_unlabelled
 
@@ -107,7 +111,10 @@ _ASKED_MODELS = ("spec", "changes")
 
 async def publish_changes(changes: Sequence[FieldChange]) -> None:
     """The current run's changes as its artifact: each field before and after, as the API
-    shows them (secrets masked; `secretChanged` where the masks hide a change)."""
+    shows them (secrets masked; `secretChanged` where the masks hide a change).
+
+    Called once the change is committed: when Prefect fails to take the artifact, the change
+    stands and says so in the run's log, rather than answer a failure for what was done."""
     context = FlowRunContext.get()
     assert context is not None and context.flow_run is not None, "call inside a flow run"
     rows = [
@@ -119,19 +126,43 @@ async def publish_changes(changes: Sequence[FieldChange]) -> None:
         }
         for change in changes
     ]
-    await _publish(context.flow_run.id, rows, _CHANGED)
+    try:
+        await _publish(context.flow_run.id, rows, _CHANGED)
+    except Unavailable:
+        get_run_logger().warning("the artifact of this run's changes was not published")
 
 
 async def _publish_refusal(flow_run: FlowRun, state: State) -> None:
-    """A refused run's artifact: what it was asked (its parameters, masked as Prefect keeps
-    them) and why it was refused."""
+    """A refused run's artifact: what it was asked and why it was refused.
+
+    Its parameters as Prefect keeps them: the API's runs mask their overrides already, but a
+    run from the Prefect UI's form keeps what was typed, so overrides are masked here too.
+    Fields of the spec or the changes that are null are left out: the API's runs carry every
+    field, asked or not.
+    """
     parameters = flow_run.parameters
     asked = {k: v for k, v in parameters.items() if k not in _ASKED_MODELS}
     for model in _ASKED_MODELS:
         if isinstance(parameters.get(model), dict):
-            asked |= parameters[model]
-    rows = [{"field": field, "asked": json.dumps(value)} for field, value in asked.items()]
+            asked |= {k: v for k, v in parameters[model].items() if v is not None}
+    rows = [
+        {"field": field, "asked": json.dumps(_masked(field, value), default=str)}
+        for field, value in asked.items()
+    ]
     await _publish(flow_run.id, rows, f"{_REFUSED}{state.message or state.name}")
+
+
+_OVERRIDES: dict[str, Kind] = {
+    name: kind
+    for kind in ("source", "destination")
+    for name in (f"{kind}ConfigOverride", f"{kind}_config_override")
+}
+
+
+def _masked(field: str, value: Any) -> Any:
+    if field not in _OVERRIDES:
+        return value
+    return mask_secrets(_OVERRIDES[field], value) if isinstance(value, dict) else MASK
 
 
 async def _publish(flow_run_id: UUID, rows: list[dict[str, Any]], description: str) -> None:
@@ -168,9 +199,10 @@ async def history(
         count = await client.count_flow_runs(**filters)
         artifacts = (
             await client.read_artifacts(
+                limit=PREFECT_PAGE,
                 artifact_filter=ArtifactFilter(
                     flow_run_id=ArtifactFilterFlowRunId(any_=[run.id for run in found])
-                )
+                ),
             )
             if found
             else []
@@ -182,19 +214,46 @@ async def history(
             )
         }
     # Ours only: another client may publish artifacts on these runs too.
-    by_run = {
-        artifact.flow_run_id: artifact
-        for artifact in artifacts
-        if isinstance(artifact.data, str)
-        and (artifact.description or "").startswith((_CHANGED, _REFUSED))
-    }
-    return [_entry(run, names.get(run.flow_id, ""), by_run.get(run.id)) for run in found], count
+    read: dict[UUID, _Read] = {}
+    for artifact in artifacts:
+        if artifact.flow_run_id is None:
+            continue
+        try:
+            read[artifact.flow_run_id] = _read(artifact)
+        except (KeyError, TypeError, ValueError):
+            continue
+    entries = [
+        _entry(run, names.get(run.flow_id, ""), read.get(run.id, (None, [], []))) for run in found
+    ]
+    return entries, count
 
 
-def _entry(run: FlowRun, action: str, artifact: Any) -> HistoryEntry:
-    rows = json.loads(artifact.data) if artifact is not None else []
-    description = (artifact.description or "") if artifact is not None else ""
-    refused = description.removeprefix(_REFUSED) if description.startswith(_REFUSED) else None
+_Read = tuple[str | None, list[FieldChange], list[AskedField]]  # refused, changes, asked
+
+
+def _read(artifact: Any) -> _Read:
+    """What one of our artifacts says; KeyError, TypeError or ValueError for any other."""
+    description = artifact.description or ""
+    if artifact.type != "table" or not description.startswith((_CHANGED, _REFUSED)):
+        raise ValueError("not an artifact of the control plane's")
+    rows = json.loads(artifact.data)
+    if description.startswith(_REFUSED):
+        asked = [AskedField(field=row["field"], value=json.loads(row["asked"])) for row in rows]
+        return description.removeprefix(_REFUSED), [], asked
+    changes = [
+        FieldChange(
+            field=row["field"],
+            before=json.loads(row["before"]),
+            after=json.loads(row["after"]),
+            secret_changed=bool(row.get("secretChanged")),
+        )
+        for row in rows
+    ]
+    return None, changes, []
+
+
+def _entry(run: FlowRun, action: str, read: _Read) -> HistoryEntry:
+    refused, changes, asked = read
     actors = [tag.removeprefix(ACTOR_PREFIX) for tag in run.tags if tag.startswith(ACTOR_PREFIX)]
     return HistoryEntry(
         flow_run_id=run.id,
@@ -203,21 +262,9 @@ def _entry(run: FlowRun, action: str, artifact: Any) -> HistoryEntry:
         actor=actors[0] if actors else None,
         at=run.start_time or run.expected_start_time,
         state=run.state_type.value if run.state_type else "UNKNOWN",
-        changes=[]
-        if refused is not None
-        else [
-            FieldChange(
-                field=row["field"],
-                before=json.loads(row["before"]),
-                after=json.loads(row["after"]),
-                secret_changed=row.get("secretChanged", False),
-            )
-            for row in rows
-        ],
+        changes=changes,
         refused=refused,
-        asked=[]
-        if refused is None
-        else [AskedField(field=row["field"], value=json.loads(row["asked"])) for row in rows],
+        asked=asked,
     )
 
 

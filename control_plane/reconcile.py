@@ -95,11 +95,10 @@ async def find_drift(*, session: AsyncSession) -> list[Drift]:
     """Every difference between the connectors and the managed deployments: two reads."""
     by_name = {d.name: d for d in await deployments.list_managed()}
     drift = []
-    await crud.load_catalog(session=session)
+    contexts = await crud.contexts(session=session)
     for connector in await crud.all_connectors(session=session):
-        context = await crud.context_of(session=session, connector=connector)
         deployment = by_name.pop(deployments.deployment_name(connector.id), None)
-        found = compare(connector, deployment, context)
+        found = compare(connector, deployment, contexts[connector.id])
         if found:
             drift.append(found)
     for name, orphan in by_name.items():

@@ -269,7 +269,7 @@ def preview(schedule: str, timezone: str, count: int, start: datetime) -> list[P
 
 def in_words(cron: str, timezone: str) -> str:
     """The schedule as a person says it, e.g. "every 4 hours (UTC)"."""
-    options = Options()
-    options.use_24hour_time_format = True
+    # English whatever the process's locale: the words go into a spec that reconcile compares.
+    options = Options(use_24hour_time_format=True, locale_code="en_US")
     words = get_description(cron, options)
     return f"{words[:1].lower()}{words[1:]} ({timezone})"

@@ -16,6 +16,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
 )
 from prefect.client.schemas.sorting import ArtifactSort
+from prefect.deployments import run_deployment
 
 from tests.conftest import PUBLIC_TEST_HOST, Stack
 from tests.helpers import Catalog, control_runs, created, prefect_events, reconcile_cli, unique
@@ -161,6 +162,27 @@ class TestHistory:
         page = api.get(f"{path}/history", params={"limit": 1, "offset": 1}).json()
         assert [e["flowRunId"] for e in page["data"]] == [described["flowRunId"]]
 
+    @pytest.mark.usefixtures("control_deployments")
+    def test_a_refused_run_from_the_prefect_ui_shows_its_secrets_masked(
+        self, api: httpx.Client, catalog: Catalog
+    ):
+        connector = _http_connector(api, catalog, secrets.token_hex(8))
+        key = secrets.token_hex(8)
+        # As the run form sends it: the raw override, a secret in it, and a stale version.
+        changes = {"sourceConfigOverride": {"headers": {"X-Api-Key": key}}}
+        parameters = {"connector_id": connector["id"], "changes": changes, "expected_version": 9}
+        run = run_deployment(
+            name="update-connector/update-connector", parameters=parameters, timeout=120
+        )
+        assert run.state.is_failed(), run.state
+
+        history = api.get(f"/connectors/{connector['id']}/history").json()
+        assert key not in json.dumps(history)
+        refused = history["data"][0]
+        assert "is at version 1, not 9" in refused["refused"]
+        masked = {"field": "sourceConfigOverride", "value": {"headers": {"X-Api-Key": MASK}}}
+        assert masked in refused["asked"]
+
 
 class TestDeploymentDescription:
     def test_it_says_what_moves_for_whom_and_when_and_follows_changes(
@@ -201,7 +223,7 @@ class TestOverview:
         since = datetime.now(UTC)
         active = created(api.post("/connectors", json=catalog.connector()))
         paused = created(api.post("/connectors", json=catalog.connector(isActive=False)))
-        reconcile_cli(stack.env)
+        reconcile_cli(stack.env, "--dry-run")  # a report of every pass, repairs or not
 
         [artifact] = prefect.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["connectors-overview"])),
