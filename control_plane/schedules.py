@@ -267,6 +267,7 @@ def preview(schedule: str, timezone: str, count: int, start: datetime) -> list[P
     return [PlannedRun(run, run.astimezone(zone), notes.get(run)) for run in runs]
 
 
+@lru_cache(maxsize=4096)  # reconcile describes every connector on each pass
 def in_words(cron: str, timezone: str) -> str:
     """The schedule as a person says it, e.g. "every 4 hours (UTC)"."""
     # English whatever the process's locale: the words go into a spec that reconcile compares.
