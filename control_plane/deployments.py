@@ -107,11 +107,7 @@ def desired(connector: Connector, context: ConnectorContext) -> DeploymentSpec:
 def describe(connector: Connector, context: ConnectorContext) -> str:
     """The deployment's description in the Prefect UI (markdown): what it moves, for whom,
     when, and where the API keeps it; no config."""
-    when = (
-        schedules.in_words(connector.schedule, connector.timezone)
-        if connector.schedule
-        else "only when triggered"
-    )
+    when = schedules.in_words(connector.schedule, connector.timezone)
     return (
         f"**{connector.name}** of project **{context.project}**: "
         f"{context.source_type} → {context.destination_type}, runs {when}.\n\n"

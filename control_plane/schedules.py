@@ -268,8 +268,11 @@ def preview(schedule: str, timezone: str, count: int, start: datetime) -> list[P
 
 
 @lru_cache(maxsize=4096)  # reconcile describes every connector on each pass
-def in_words(cron: str, timezone: str) -> str:
-    """The schedule as a person says it, e.g. "every 4 hours (UTC)"."""
+def in_words(cron: str | None, timezone: str) -> str:
+    """The schedule as a person says it, e.g. "every 4 hours (UTC)"; a connector without one
+    runs "only when triggered"."""
+    if cron is None:
+        return "only when triggered"
     # English whatever the process's locale: the words go into a spec that reconcile compares.
     options = Options(use_24hour_time_format=True, locale_code="en_US")
     words = get_description(cron, options)

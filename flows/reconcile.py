@@ -90,9 +90,7 @@ def _overview_row(connector: Connector, context: ConnectorContext) -> dict[str, 
         context.project,
         f"{context.source_type} → {context.destination_type}",
         "active" if connector.is_active else "paused",
-        schedules.in_words(connector.schedule, connector.timezone)
-        if connector.schedule
-        else "only when triggered",
+        schedules.in_words(connector.schedule, connector.timezone),
         last,
         str(connector.consecutive_failures),
         connector.status_reason or "",
