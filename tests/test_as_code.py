@@ -19,7 +19,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from control_plane.cli import main
 from control_plane.settings import get_settings
 from tests.conftest import PUBLIC_TEST_HOST, AuthApi, Stack
-from tests.helpers import control_runs, unique
+from tests.helpers import MONTHLY, control_runs, unique
 
 CONTROL_PLANE = str(Path(sys.executable).parent / "control-plane")
 
@@ -60,7 +60,10 @@ class Cli:
         return json.loads(done.stdout)
 
 
-def _file(project: str, *, schedule: str = "0 * * * *", connectors: int = 1, **extra) -> dict:
+NEXT_MONTHLY = "0 4 1 * *"  # the schedule a changed file moves to
+
+
+def _file(project: str, *, schedule: str = MONTHLY, connectors: int = 1, **extra) -> dict:
     """A project with an http source whose header is a secret, a JSONL destination and
     `connectors` connectors between them."""
     return {
@@ -152,10 +155,11 @@ class TestPlanAndApply:
             assert "No changes" in done.stdout
 
             rotated = f"Bearer {secrets.token_urlsafe(16)}"
-            _write(path, _file(name, schedule="0 */4 * * *"))
+            _write(path, _file(name, schedule=NEXT_MONTHLY))
             text = cli("plan", "-f", str(path), ORDERS_AUTH=rotated)
             assert text.returncode == 2, text.stdout + text.stderr
-            assert "~ connector" in text.stdout and '"0 * * * *" -> "0 */4 * * *"' in text.stdout
+            assert "~ connector" in text.stdout
+            assert f'"{MONTHLY}" -> "{NEXT_MONTHLY}"' in text.stdout
             assert "config: a secret changed (masked)" in text.stdout and rotated not in text.stdout
             planned = cli.json("plan", "-f", str(path), expect=2, ORDERS_AUTH=rotated)
             assert _titles(planned) == [
@@ -166,7 +170,7 @@ class TestPlanAndApply:
             assert [c["field"] for c in schedule["changes"]] == ["schedule", "version"]
             assert schedule["deployment"]["action"] == "update"
             cli.json("apply", "-f", str(path), expect=0, ORDERS_AUTH=rotated)
-            assert _connectors(api, project["id"])["orders-0"]["schedule"] == "0 */4 * * *"
+            assert _connectors(api, project["id"])["orders-0"]["schedule"] == NEXT_MONTHLY
 
             exported = tmp_path / "exported.yaml"
             done = cli("export", "--project", name, "-o", str(exported))
@@ -177,7 +181,7 @@ class TestPlanAndApply:
                     "name": "orders-0",
                     "source": "orders-api",
                     "destination": "lake",
-                    "schedule": "0 */4 * * *",
+                    "schedule": NEXT_MONTHLY,
                 }
             ]
             # The mask export writes keeps the stored secret: no variable needed, nothing to do.

@@ -12,7 +12,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 
 from tests.conftest import AuthApi
-from tests.helpers import Catalog, control_runs, created, unique
+from tests.helpers import MONTHLY, Catalog, control_runs, created, unique
 
 
 def _unknown_id() -> int:
@@ -198,7 +198,7 @@ class TestInvalidParameters:
             actor="ops-oncall",
             connector_id=connector["id"],
         )
-        assert api.get(f"/connectors/{connector['id']}").json()["schedule"] == "0 */4 * * *"
+        assert api.get(f"/connectors/{connector['id']}").json()["schedule"] == MONTHLY
 
     def test_a_create_takes_the_ui_actor(self, prefect: SyncPrefectClient, catalog: Catalog):
         run = _run("create-connector", spec=catalog.connector(timezone="Mars/Olympus_Mons"))

@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from control_plane.api.auth import READ
 from control_plane.connectors import mask_url
 from tests.conftest import AuthApi, Stack
-from tests.helpers import Catalog, created, make_catalog, scheduled_runs, unique
+from tests.helpers import MONTHLY, Catalog, created, make_catalog, scheduled_runs, unique
 from tests.stack import wait_for
 
 DRY = {"dryRun": "true"}
@@ -34,7 +34,7 @@ def _untouched(api: httpx.Client, prefect: SyncPrefectClient, connector: dict):
 @pytest.fixture
 def scheduled(api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog) -> dict:
     """An active connector whose deployment has its scheduled runs already."""
-    connector = created(api.post("/connectors", json=catalog.connector(schedule="0 */4 * * *")))
+    connector = created(api.post("/connectors", json=catalog.connector(schedule=MONTHLY)))
     wait_for(
         lambda: scheduled_runs(prefect, connector["prefectDeploymentId"]),
         timeout=60,
@@ -97,7 +97,7 @@ class TestDryRuns:
         plan = answer.json()
         assert plan["action"] == "update" and plan["connectorId"] == scheduled["id"]
         assert {c["field"]: (c["before"], c["after"]) for c in plan["changes"]} == {
-            "schedule": ("0 */4 * * *", "15 3 * * *"),
+            "schedule": (MONTHLY, "15 3 * * *"),
             "timezone": ("UTC", "Europe/Berlin"),
             "version": (1, 2),
         }

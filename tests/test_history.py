@@ -19,7 +19,15 @@ from prefect.client.schemas.sorting import ArtifactSort
 from prefect.deployments import run_deployment
 
 from tests.conftest import PUBLIC_TEST_HOST, Stack
-from tests.helpers import Catalog, control_runs, created, prefect_events, reconcile_cli, unique
+from tests.helpers import (
+    MONTHLY,
+    Catalog,
+    control_runs,
+    created,
+    prefect_events,
+    reconcile_cli,
+    unique,
+)
 from tests.stack import wait_for
 
 MASK = "********"
@@ -98,7 +106,7 @@ class TestBeforeAndAfter:
         assert old_key not in artifact.data and new_key not in artifact.data
         rows = {row["field"]: row for row in json.loads(artifact.data)}
         assert (rows["schedule"]["before"], rows["schedule"]["after"]) == (
-            '"0 */4 * * *"',
+            f'"{MONTHLY}"',
             '"0 6 * * *"',
         )
         secret = rows["sourceConfigOverride"]
@@ -117,7 +125,7 @@ class TestBeforeAndAfter:
         changes = {c["field"]: c for c in events[0]["payload"]["changes"]}
         assert changes["schedule"] == {
             "field": "schedule",
-            "before": "0 */4 * * *",
+            "before": MONTHLY,
             "after": "0 6 * * *",
             "secretChanged": False,
         }
@@ -153,9 +161,7 @@ class TestHistory:
             "description": (None, "nightly"),
             "version": (2, 3),
         }
-        assert ("0 */4 * * *", "0 5 * * *") in [
-            (c["before"], c["after"]) for c in rescheduled["changes"]
-        ]
+        assert (MONTHLY, "0 5 * * *") in [(c["before"], c["after"]) for c in rescheduled["changes"]]
         assert {c["field"] for c in create["changes"]} >= {"name", "schedule", "isActive"}
         assert all(c["before"] is None for c in create["changes"])
 
@@ -197,7 +203,7 @@ class TestDeploymentDescription:
 
         assert description() == (
             f"**{connector['name']}** of project **{project}**: csv → jsonl, "
-            f"runs every 4 hours (UTC).\n\nAPI: `/api/v1{path}`"
+            f"runs at 03:00, on day 1 of the month (UTC).\n\nAPI: `/api/v1{path}`"
         )
         change = {"schedule": "30 2 * * 1-5", "timezone": "America/New_York"}
         assert api.patch(path, json=change).status_code == 200
@@ -237,7 +243,7 @@ class TestOverview:
             "project": api.get(f"/projects/{catalog.project_id}").json()["name"],
             "moves": "csv → jsonl",
             "state": "active",
-            "schedule": "every 4 hours (UTC)",
+            "schedule": "at 03:00, on day 1 of the month (UTC)",
             "last run": "never",
             "consecutive failures": "0",
             "status reason": "",

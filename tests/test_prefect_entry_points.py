@@ -15,7 +15,7 @@ from prefect.exceptions import ObjectNotFound
 
 from control_plane import deployments
 from control_plane.settings import Settings
-from tests.helpers import Catalog, created, prefect_events, trigger_and_wait, unique
+from tests.helpers import MONTHLY, Catalog, created, prefect_events, trigger_and_wait, unique
 from tests.stack import wait_for
 
 
@@ -173,7 +173,7 @@ class TestEvents:
         assert roles["project"] == f"project.{catalog.project_id}"
         assert roles["deployment"] == f"prefect.deployment.{connector['prefectDeploymentId']}"
         assert roles["flow-run"].startswith("prefect.flow-run.")
-        assert rescheduled["payload"]["before"]["schedule"] == "0 */4 * * *"
+        assert rescheduled["payload"]["before"]["schedule"] == MONTHLY
         assert rescheduled["payload"]["after"]["schedule"] == "0 */6 * * *"
         assert events[4]["payload"]["fields"] == ["description", "name"]
         assert all(e["payload"]["actor"] == "anonymous" for e in events)
