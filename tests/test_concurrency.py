@@ -24,7 +24,7 @@ from tests.stack import api_server, free_port, running
 REQUESTS = 50
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prefect_on_postgres(tmp_path_factory) -> Iterator[str]:
     """A Prefect server of its own, on a fresh PostgreSQL database."""
     port = free_port()
@@ -74,7 +74,8 @@ class TestBursts:
         answers = burst.all_at_once(
             "PATCH", f"/connectors/{connector['id']}", [{"schedule": c} for c in crons]
         )
-        assert Counter(a.status_code for a in answers) == {200: REQUESTS}
+        refused = [a.text for a in answers if a.status_code != 200]
+        assert Counter(a.status_code for a in answers) == {200: REQUESTS}, refused
         row = burst.api.get(f"/connectors/{connector['id']}").json()
         assert row["schedule"] in crons
         [schedule] = burst.prefect.read_deployment(UUID(row["prefectDeploymentId"])).schedules
