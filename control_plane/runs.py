@@ -92,12 +92,8 @@ def trigger_of(run: FlowRun) -> str:
     return "manual" if MANUAL_TAG in run.tags else "automation"
 
 
-async def cancel(connector_id: int, flow_run_id: UUID, *, force: bool = False) -> FlowRun:
-    """Cancel a scheduled or running sync run of the connector; 409 when it already ended.
-
-    `force` goes past Prefect's orchestration rules, for a run whose deployment may be gone:
-    Prefect (3.9) answers 500 when it releases the concurrency slot of a deleted deployment.
-    """
+async def cancel(connector_id: int, flow_run_id: UUID) -> FlowRun:
+    """Cancel a scheduled or running sync run of the connector; 409 when it already ended."""
     async with prefect_client() as client:
         missing = NotFound(f"connector {connector_id} has no run {flow_run_id}")
         try:
@@ -112,9 +108,7 @@ async def cancel(connector_id: int, flow_run_id: UUID, *, force: bool = False) -
             raise Conflict(f"run {flow_run_id} has ended already ({state})")
         # A run that has not started yet has no process to stop: cancel it outright.
         scheduled = run.state.type in (StateType.SCHEDULED, StateType.PENDING)
-        await client.set_flow_run_state(
-            flow_run_id, Cancelled() if scheduled else Cancelling(), force=force
-        )
+        await client.set_flow_run_state(flow_run_id, Cancelled() if scheduled else Cancelling())
         return await client.read_flow_run(flow_run_id)
 
 

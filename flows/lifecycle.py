@@ -13,7 +13,6 @@ lookup.
 """
 
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
@@ -296,15 +295,6 @@ async def deactivate_connector(
     return public
 
 
-async def _runnable(session: AsyncSession, connector_id: int) -> Connector:
-    connector = await crud.get_connector(session=session, connector_id=connector_id)
-    if not connector.is_active or connector.prefect_deployment_id is None:
-        raise Conflict(
-            f"connector {connector_id} is inactive; activate it (isActive: true) to run it"
-        )
-    return connector
-
-
 @flow(
     name="trigger-connector", persist_result=False, on_failure=[label_refused("trigger connector")]
 )
@@ -319,25 +309,21 @@ async def trigger_connector(
     await label_run(
         actor=actor, name=f"trigger connector {connector_id}", connector_id=connector_id
     )
-    async with write_lock(f"connector:{connector_id}"):
-        async with session_scope() as session:
-            connector = await _runnable(session, connector_id)
+    # Under the connector's lock, taken by a write (on SQLite, where FOR UPDATE locks nothing,
+    # that takes the database's one write lock): a delete or deactivate writes the row before
+    # it cancels the runs, so it either sees the new run or leaves nothing to trigger.
+    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+        await crud.lock_connector(session=session, connector_id=connector_id)
+        connector = await crud.get_connector(session=session, connector_id=connector_id)
+        if not connector.is_active or connector.prefect_deployment_id is None:
+            raise Conflict(
+                f"connector {connector_id} is inactive; activate it (isActive: true) to run it"
+            )
         if on_conflict == "reject" and (active := await runs.active_runs(connector_id)):
             raise Conflict(f"connector {connector_id} has a run in progress: {active[0].id}")
         flow_run_id = await deployments.run_now(
             connector.prefect_deployment_id, tags=[runs.MANUAL_TAG, actor_tag(actor)]
         )
-        # Checked again, under the connector's lock and after the run exists, so the lock is
-        # not held while Prefect answers: a delete or deactivate writes the row before it
-        # cancels the runs, so it either sees this run or is seen here.
-        try:
-            async with session_scope() as session:
-                await crud.lock_connector(session=session, connector_id=connector_id)
-                connector = await _runnable(session, connector_id)
-        except (Conflict, NotFound):
-            with suppress(Conflict, NotFound):  # it ended, or went with its deployment
-                await runs.cancel(connector_id, flow_run_id, force=True)
-            raise
     get_run_logger().info("connector %s: started sync run %s", connector_id, flow_run_id)
     events.emit(events.TRIGGERED, connector, actor=actor, flowRunId=str(flow_run_id))
     return flow_run_id
