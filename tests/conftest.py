@@ -40,19 +40,26 @@ from tests.stack import (
 TEST_PREFECT_ENV = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1"}
 
 
-def start_prefect_server(home: Path, port: int):
-    env = {**prefect_server_env(Settings(prefect_port=port), home), **TEST_PREFECT_ENV}
+def start_prefect_server(home: Path, port: int, database_url: str | None = None):
+    settings = Settings(prefect_port=port, prefect_database_url=database_url)
+    env = {**prefect_server_env(settings, home), **TEST_PREFECT_ENV}
     return prefect_server(home, port, env)
 
 
 @pytest.fixture(scope="session")
 def prefect_api_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Prefect server (with its scheduler) for the whole session."""
+    """A real Prefect server (with its scheduler) for the whole session, on PostgreSQL.
+
+    Prefect's SQLite backend serves one writer: under the suite's load it answered the workers'
+    writes with 503, and Prefect's client waits 2 s, then 4 s, before it tries again.
+    """
     port = free_port()
-    server = start_prefect_server(tmp_path_factory.mktemp("prefect"), port)
     url = f"http://127.0.0.1:{port}/api"
-    with running(server, f"{url}/health"), temporary_settings({PREFECT_API_URL: url}):
-        yield url
+    database = f"prefect_{uuid.uuid4().hex[:12]}"
+    with fresh_postgres(database, "postgresql+asyncpg") as database_url:
+        server = start_prefect_server(tmp_path_factory.mktemp("prefect"), port, database_url)
+        with running(server, f"{url}/health"), temporary_settings({PREFECT_API_URL: url}):
+            yield url
 
 
 @pytest.fixture(scope="session")

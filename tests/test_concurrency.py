@@ -1,8 +1,8 @@
-"""Bursts of concurrent requests against Prefect on PostgreSQL (its SQLite backend serves one
-writer): the row and the deployment agree afterwards, and a name exists once."""
+"""Bursts of concurrent requests against the session's Prefect server (on PostgreSQL, as its
+SQLite backend serves one writer): the row and the deployment agree afterwards, and a name
+exists once."""
 
 import asyncio
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -14,28 +14,13 @@ import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
-from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from control_plane import deployments
-from tests.conftest import fresh_postgres, stack_env, start_prefect_server
+from tests.conftest import stack_env
 from tests.helpers import control_runs, created, make_catalog
 from tests.stack import api_server, free_port, running
 
 REQUESTS = 50
-
-
-@pytest.fixture(scope="module")
-def prefect_on_postgres(tmp_path_factory) -> Iterator[str]:
-    """A Prefect server of its own, on a fresh PostgreSQL database."""
-    port = free_port()
-    server = start_prefect_server(tmp_path_factory.mktemp("prefect-pg"), port)
-    url = f"http://127.0.0.1:{port}/api"
-    with fresh_postgres(f"prefect_{uuid.uuid4().hex[:12]}", "postgresql+asyncpg") as database:
-        server.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database
-        with running(server, f"{url}/health"):
-            with temporary_settings({PREFECT_API_URL: url}):
-                asyncio.run(deployments.ensure_work_pool("concurrency"))
-            yield url
 
 
 @dataclass
@@ -54,14 +39,15 @@ class Burst:
 
 
 @pytest.fixture
-def burst(prefect_on_postgres: str, database_url: str, tmp_path) -> Iterator[Burst]:
-    env = stack_env(prefect_on_postgres, database_url, "concurrency", tmp_path)
+def burst(prefect_api_url: str, database_url: str, tmp_path) -> Iterator[Burst]:
+    asyncio.run(deployments.ensure_work_pool("concurrency"))
+    env = stack_env(prefect_api_url, database_url, "concurrency", tmp_path)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with (
         running(api_server(env, port, tmp_path / "api.log"), f"{url}/health"),
         httpx.Client(base_url=f"{url}/api/v1", timeout=60) as api,
-        SyncPrefectClient(prefect_on_postgres) as prefect,
+        SyncPrefectClient(prefect_api_url) as prefect,
     ):
         yield Burst(api, prefect, url, tmp_path / "files")
 
