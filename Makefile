@@ -30,7 +30,7 @@ chromium:
 test: $(VENV)/.test java chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PYTHON) -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n 2 $(PYTEST_ARGS)
 
 # The six benchmarks of the README's Performance section, one after the other (about 14 min).
 bench: $(VENV)/.test

@@ -79,16 +79,6 @@ def fresh_postgres(name: str, driver: str = "postgresql+psycopg") -> Iterator[st
         pytest.fail(str(error), pytrace=False)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each database's tests in one group: `make test` runs the groups side by side
-    (pytest-xdist, `--dist loadgroup`), so each worker starts one stack, not two."""
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec and "database_url" in callspec.params:
-            item.add_marker(pytest.mark.xdist_group(callspec.params["database_url"]))
-
-
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[str]:
     """A fresh, migrated database of the control plane: SQLite, then PostgreSQL.
