@@ -397,10 +397,16 @@ def _check_override_follows(connector: Connector, kind: Kind, values: dict[str, 
 
 async def context_of(*, session: AsyncSession, connector: Connector) -> ConnectorContext:
     """Its project's name and its source's and destination's types (no config is read)."""
-    query = select(col(Project.name), col(DefinedSource.type), col(DefinedDestination.type)).where(
-        Project.id == connector.project_id,
-        DefinedSource.id == connector.defined_source_id,
-        DefinedDestination.id == connector.defined_destination_id,
+    # Three rows by their keys, as scalar subqueries: a cartesian product of three one-row
+    # selections gives the same row, with a warning of SQLAlchemy's in every process's log.
+    query = select(
+        select(col(Project.name)).where(Project.id == connector.project_id).scalar_subquery(),
+        select(col(DefinedSource.type))
+        .where(DefinedSource.id == connector.defined_source_id)
+        .scalar_subquery(),
+        select(col(DefinedDestination.type))
+        .where(DefinedDestination.id == connector.defined_destination_id)
+        .scalar_subquery(),
     )
     return ConnectorContext(*(await session.exec(query)).one())
 
