@@ -32,10 +32,11 @@ test: $(VENV)/.test java chromium
 	$(VENV)/bin/ruff format --check .
 	$(PYTHON) -m pytest -n 2 $(PYTEST_ARGS)
 
-# The six benchmarks of the README's Performance section, one after the other (about 14 min).
+# The benchmarks of the README's Performance section, one after the other (about 17 min).
 bench: $(VENV)/.test
 	$(PYTHON) -m bench.actions
 	$(PYTHON) -m bench.throughput
+	$(PYTHON) -m bench.throughput --embedded
 	$(PYTHON) -m bench.scale
 	$(PYTHON) -m bench.trigger
 	$(PYTHON) -m bench.data_plane

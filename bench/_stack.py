@@ -18,6 +18,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from control_plane import deployments
 from control_plane.cli import prefect_server_env
 from control_plane.db import migrate
+from control_plane.postgres import cluster as prefect_cluster
 from control_plane.settings import Settings
 from tests.stack import (
     Process,
@@ -26,6 +27,7 @@ from tests.stack import (
     postgres_database,
     prefect_server,
     running,
+    wait_for,
     worker,
 )
 
@@ -41,6 +43,7 @@ class LocalStack:
     prefect_url: str
     database_url: str  # the control plane's
     env: dict[str, str]  # of the API and worker processes
+    prefect_postgres: Process | None  # Prefect's PostgreSQL, when it runs one as `up` does
 
     @property
     def files(self) -> Path:
@@ -60,15 +63,17 @@ def local_stack(
     """Prefect (`make up`'s settings), the API and optionally a worker, on free ports; with
     `with_control_flows`, prefect.yaml's control deployments and automations too, with a worker.
 
-    Both databases are SQLite under `home`, or with `postgres` fresh databases on the
-    machine's PostgreSQL (Prefect's through asyncpg, as its docs advise for load). `home` is the
-    processes' data dir: their key file and their file root (`files`) are there.
+    As under `make up`, the control plane's database is SQLite under `home` and Prefect's a
+    PostgreSQL of its own (`control_plane.postgres`); with `postgres`, both are fresh databases
+    on the machine's PostgreSQL (Prefect's through asyncpg, as its docs advise for load).
+    `home` is the processes' data dir: their key file and their file root (`files`) are there.
     """
     settings = Settings()
     port, api_port = free_port(), free_port()
     prefect_url = f"http://127.0.0.1:{port}/api"
     api_url = f"http://127.0.0.1:{api_port}"
     with ExitStack() as stack:
+        prefect_postgres = None
         if postgres:
             suffix = uuid.uuid4().hex[:12]
             database_url = stack.enter_context(postgres_database(f"bench_cp_{suffix}"))
@@ -78,6 +83,13 @@ def local_stack(
             settings.prefect_database_url = prefect_database
         else:
             database_url = f"sqlite:///{home / 'control-plane.db'}"
+            # As `up` runs it: a PostgreSQL of its own for Prefect's server.
+            cluster = prefect_cluster(Settings(data_dir=home, prefect_postgres_port=free_port()))
+            log = home / "postgres.log"
+            prefect_postgres = Process("PostgreSQL", cluster.command, {}, log, cluster.user)
+            stack.enter_context(running(prefect_postgres))
+            wait_for(cluster.ready, timeout=60, what="Prefect's PostgreSQL")
+            settings.prefect_database_url = cluster.url
         key_file = home / "secret.key"
         migrate(database_url, secret_key_file=key_file)
         env = {
@@ -89,7 +101,8 @@ def local_stack(
             "CONTROL_PLANE_DATA_DIR": str(home),
             "CONTROL_PLANE_SECRET_KEY_FILE": str(key_file),
         }
-        server_env = {**prefect_server_env(settings, home), **(prefect_env or {})}
+        database = settings.prefect_database_url
+        server_env = {**prefect_server_env(settings, home, database), **(prefect_env or {})}
         server = prefect_server(home / "prefect", port, server_env)
         prefect_process = stack.enter_context(running(server, f"{prefect_url}/health"))
         stack.enter_context(temporary_settings({PREFECT_API_URL: prefect_url}))
@@ -104,7 +117,9 @@ def local_stack(
             running(api_server(env, api_port, home / "api.log"), f"{api_url}/health")
         )
         api = stack.enter_context(httpx.Client(base_url=f"{api_url}/api/v1", timeout=60))
-        yield LocalStack(api, api_process, prefect_process, prefect_url, database_url, env)
+        yield LocalStack(
+            api, api_process, prefect_process, prefect_url, database_url, env, prefect_postgres
+        )
 
 
 def process_tree(root: int) -> list[int]:

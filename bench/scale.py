@@ -478,7 +478,8 @@ def _run(
         scheduling.result()
     figures["read_everything_s"] = [round(_read_everything(stack.api, total), 2) for _ in range(3)]
     rss["after_lists_mb"] = _rss_mb(api)
-    min_runs = prefect_server_env(Settings(), home)["PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS"]
+    server_env = prefect_server_env(Settings(), home, prefect_database)
+    min_runs = server_env["PREFECT_SERVER_SERVICES_SCHEDULER_MIN_RUNS"]
     scheduled = sum(1 for i in range(total) if _active(i) and _schedule(i))
     figures["scheduled_runs"] = _scheduled_runs(prefect_database, scheduled, int(min_runs))
     print(f"  {figures['scheduled_runs']}", flush=True)

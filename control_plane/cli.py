@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from prefect.settings import (
 from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers every table on SQLModel.metadata, for rotate-key)
-from control_plane import as_code, deployments, encryption
+from control_plane import as_code, deployments, encryption, postgres
 from control_plane.api.auth import READ, WRITE, mint
 from control_plane.db import get_engine, migrate
 from control_plane.errors import ControlPlaneError
@@ -28,14 +29,13 @@ from control_plane.supervisor import StartFailed, Supervisor, port_taken
 from flows.reconcile import reconcile_connectors
 
 
-def prefect_server_env(settings: Settings, home: Path) -> dict[str, str]:
-    """Environment of a Prefect server with a bounded scheduler, on its database: ours, or
-    Prefect's own setting, or SQLite under `home`."""
-    database = (
-        settings.prefect_database_url
-        or os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL")
-        or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
-    )
+def prefect_database(settings: Settings) -> str | None:
+    """The database set for the Prefect server `up` starts: ours, or Prefect's own setting."""
+    return settings.prefect_database_url or os.environ.get("PREFECT_SERVER_DATABASE_CONNECTION_URL")
+
+
+def prefect_server_env(settings: Settings, home: Path, database: str) -> dict[str, str]:
+    """Environment of a Prefect server with a bounded scheduler, on `database`."""
     return {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": database,
@@ -92,6 +92,9 @@ def _check_ports(settings: Settings, *, own_server: bool) -> None:
         ports.append(
             ("Prefect", "CONTROL_PLANE_PREFECT_PORT", settings.prefect_host, settings.prefect_port)
         )
+        if not prefect_database(settings):
+            variable, port = "CONTROL_PLANE_PREFECT_POSTGRES_PORT", settings.prefect_postgres_port
+            ports.append(("Prefect's PostgreSQL", variable, "127.0.0.1", port))
     for owner, variable, host, port in ports:
         if problem := port_taken(host, port):
             sys.exit(
@@ -131,6 +134,7 @@ def _start_stack(
     control_pools = {d["work_pool"]["name"] for d in deployments.control_deployments()}
     pools = sorted({settings.work_pool} | control_pools)
     if own_server:
+        database = prefect_database(settings) or _start_postgres(supervisor, settings)
         home = settings.data_dir.resolve() / "prefect"
         home.mkdir(exist_ok=True)
         server = f"http://{settings.prefect_host}:{settings.prefect_port}"
@@ -140,8 +144,8 @@ def _start_stack(
         prefect = supervisor.start(
             "Prefect server",
             command,
-            {**env, **prefect_server_env(settings, home)},
-            tier=0,
+            {**env, **prefect_server_env(settings, home, database)},
+            tier=1,
             ready=lambda: _answers(f"{server}/api/health"),
             # By the time it could restart, `env` has the server's PREFECT_API_URL (below).
             on_ready_again=lambda: _after_prefect_restart(supervisor, env),
@@ -165,7 +169,7 @@ def _start_stack(
     }
     for pool in pools:
         command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
-        supervisor.start(f"worker {pool}", [*command, "--pool", pool], worker_env, tier=1)
+        supervisor.start(f"worker {pool}", [*command, "--pool", pool], worker_env, tier=2)
     api = f"http://{settings.api_host}:{settings.api_port}"
     command = [sys.executable, "-m", "uvicorn", "control_plane.api.app:app"]
     command += ["--host", settings.api_host, "--port", str(settings.api_port)]
@@ -173,7 +177,7 @@ def _start_stack(
     # with a 503 and to shut down, before the supervisor kills the process.
     command += ["--timeout-graceful-shutdown", str(max(1, int(settings.stop_grace_seconds / 2)))]
     api_process = supervisor.start(
-        "API", command, env, tier=1, ready=lambda: _answers(f"{api}/readyz")
+        "API", command, env, tier=2, ready=lambda: _answers(f"{api}/readyz")
     )
     supervisor.wait_ready(api_process, timeout=60)
     print(
@@ -187,6 +191,23 @@ def _start_stack(
     )
 
 
+def _start_postgres(supervisor: Supervisor, settings: Settings) -> str:
+    """Run the PostgreSQL of Prefect's server (`control_plane.postgres`); its URL.
+
+    With an empty environment: it needs none, and may run as another user, who could read it.
+    """
+    try:
+        cluster = postgres.cluster(settings)
+    except subprocess.CalledProcessError as error:
+        output = error.stderr.decode(errors="replace").strip()
+        raise StartFailed(f"initdb of Prefect's PostgreSQL failed: {output}") from error
+    process = supervisor.start(
+        "PostgreSQL", cluster.command, {}, tier=0, ready=cluster.ready, user=cluster.user
+    )
+    supervisor.wait_ready(process, timeout=60)
+    return cluster.url
+
+
 def _after_prefect_restart(supervisor: Supervisor, env: dict[str, str]) -> None:
     """Once a restarted Prefect server answers: bring back at once the workers that died
     without it, and run a reconcile, which repairs what the outage left half-done (a change
@@ -194,7 +215,7 @@ def _after_prefect_restart(supervisor: Supervisor, env: dict[str, str]) -> None:
     supervisor.restart_waiting()
     if not supervisor.running("reconcile"):
         command = [sys.executable, "-m", "control_plane.cli", "reconcile"]
-        supervisor.start("reconcile", command, env, tier=1, once=True)
+        supervisor.start("reconcile", command, env, tier=2, once=True)
 
 
 def rotate_key() -> None:

@@ -404,6 +404,8 @@ def _boundary(settings: Settings) -> Scope:
     services: list[tuple[str, Service]] = [
         ("the control plane's API", _service(settings.api_host, settings.api_port)),
         ("Prefect's API", _service(settings.prefect_host, settings.prefect_port)),
+        # Whole: every database of the PostgreSQL `up` may run for Prefect is Prefect's.
+        ("Prefect's PostgreSQL", _service("127.0.0.1", settings.prefect_postgres_port)),
     ]
     if prefect.api.url:
         api = httpx.URL(prefect.api.url)

@@ -15,7 +15,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(
         default=Path(".data"),
-        description="Where the embedded defaults keep their files (SQLite, Prefect home).",
+        description="Where the embedded defaults keep their files (databases, Prefect home).",
     )
     database_url: str | None = Field(
         default=None,
@@ -77,7 +77,15 @@ class Settings(BaseSettings):
         default=None,
         description=(
             "Database of the Prefect server that `up` starts, e.g. "
-            "`postgresql+asyncpg://user@host/prefect`. Default: SQLite under `<data_dir>/prefect`."
+            "`postgresql+asyncpg://user@host/prefect`. Default: a PostgreSQL that `up` runs, "
+            "with its cluster in `<data_dir>/postgres`."
+        ),
+    )
+    prefect_postgres_port: int = Field(
+        default=4201,
+        description=(
+            "Port (on 127.0.0.1) of the PostgreSQL that `up` runs for Prefect's server when "
+            "`prefect_database_url` is unset."
         ),
     )
     scheduler_max_runs: int = Field(

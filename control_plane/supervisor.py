@@ -23,6 +23,7 @@ Only the standard library here: the watchdog runs this module, and should start 
 import errno
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -33,6 +34,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 STACK_MARK = "CONTROL_PLANE_UP_STACK"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -98,6 +100,15 @@ def _processes_of(stack: str) -> dict[int, _Process]:
         pid = int(entry.name)
         found[pid] = _Process(pid, pgid, command.replace(b"\0", b" ").decode(errors="replace"))
     return found
+
+
+def as_user(user: str | None) -> dict[str, Any]:
+    """Popen's arguments that run a process as `user`, with that user's group only (without
+    `group`, it would keep ours, and pass where our group may); None: as this process."""
+    if user is None:
+        return {}
+    entry = pwd.getpwnam(user)
+    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
 def _send(pid: int, signum: int) -> None:
@@ -199,6 +210,7 @@ class Child:
     ready: Callable[[], bool] | None = None
     on_ready_again: Callable[[], None] | None = None  # when it answers after a restart
     once: bool = False
+    user: str | None = None  # whom to run it as, when not as this process's user
     popen: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     deaths_in_a_row: int = 0
@@ -261,9 +273,10 @@ class Supervisor:
         ready: Callable[[], bool] | None = None,
         on_ready_again: Callable[[], None] | None = None,
         once: bool = False,
+        user: str | None = None,
     ) -> Child:
         """Start a process of the stack; `ready` tells when it answers."""
-        child = Child(name, command, env, tier, ready, on_ready_again, once)
+        child = Child(name, command, env, tier, ready, on_ready_again, once, user)
         self.children.append(child)
         self._launch(child)
         return child
@@ -328,7 +341,10 @@ class Supervisor:
         # Each leads a process group and session of its own: Ctrl-C in the terminal, or a
         # signal to `up`'s group, reaches `up` only, which stops the stack in order.
         child.popen = subprocess.Popen(
-            child.command, env={**child.env, STACK_MARK: self.stack}, start_new_session=True
+            child.command,
+            env={**child.env, STACK_MARK: self.stack},
+            start_new_session=True,
+            **as_user(child.user),
         )
         _log(f"started {child.name} (pid {child.popen.pid})")
         self._write_state()
@@ -386,7 +402,7 @@ def _watch(stack: str, grace: float) -> None:
             _log(f"watchdog: killed pid {process.pid} ({process.command}): {still}")
 
 
-__all__ = ["STACK_MARK", "Child", "StartFailed", "Stopping", "Supervisor", "port_taken"]
+__all__ = ["STACK_MARK", "Child", "StartFailed", "Stopping", "Supervisor", "as_user", "port_taken"]
 
 if __name__ == "__main__":
     _watch(sys.argv[1], float(sys.argv[2]))

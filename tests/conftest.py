@@ -41,8 +41,9 @@ TEST_PREFECT_ENV = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1"}
 
 
 def start_prefect_server(home: Path, port: int, database_url: str | None = None):
-    settings = Settings(prefect_port=port, prefect_database_url=database_url)
-    env = {**prefect_server_env(settings, home), **TEST_PREFECT_ENV}
+    """A Prefect server on `database_url`, or on SQLite under `home`."""
+    database = database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+    env = {**prefect_server_env(Settings(prefect_port=port), home, database), **TEST_PREFECT_ENV}
     return prefect_server(home, port, env)
 
 

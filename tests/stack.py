@@ -15,6 +15,8 @@ import httpx
 import psycopg
 from sqlalchemy.engine import make_url
 
+from control_plane.supervisor import as_user
+
 T = TypeVar("T")
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -77,11 +79,19 @@ def answers(url: str) -> bool:
 class Process:
     """A child process in its own process group, with its output in a log file."""
 
-    def __init__(self, name: str, command: list[str], env: Mapping[str, str], log: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        env: Mapping[str, str],
+        log: Path,
+        user: str | None = None,
+    ) -> None:
         self.name = name
         self.command = command
         self.env = dict(env)
         self.log = log
+        self.user = user  # whom to run it as, when not as this process's user
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Process":
@@ -92,6 +102,7 @@ class Process:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                **as_user(self.user),
             )
         return self
 

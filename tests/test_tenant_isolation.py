@@ -22,7 +22,8 @@ from sqlalchemy.exc import DatabaseError
 
 from control_plane.connectors.builtin import SqlSource
 from control_plane.encryption import encrypt_json
-from control_plane.policy import Scope
+from control_plane.policy import Refused, Scope, scope_for
+from control_plane.settings import Settings
 from tests.conftest import PUBLIC_TEST_HOST, AuthApi, Stack
 from tests.helpers import Catalog, created, make_catalog, trigger_and_wait, unique
 from tests.stack import free_port
@@ -369,6 +370,15 @@ class TestDatabases:
             refused(tenant.source("sql", {"url": url, "table": "connector"}), "config", rule)
             destination = {"url": url, "table": "connector", "mode": "replace"}
             refused(tenant.destination("sql", destination), "config", rule)
+
+    def test_the_postgresql_up_runs_for_prefect_is_refused_whole(self, tmp_path: Path):
+        settings = Settings(data_dir=tmp_path, allowed_hosts=["127.0.0.1"])
+        scope = scope_for(1, settings)
+        port = settings.prefect_postgres_port
+        for name in ("postgres", "template1", "anything"):
+            with pytest.raises(Refused, match=f"127.0.0.1:{port} is Prefect's PostgreSQL"):
+                scope.database(f"postgresql://postgres@127.0.0.1:{port}/{name}")
+        assert scope.database("postgresql://postgres@127.0.0.1:5432/test").port == 5432
 
     @pytest.mark.parametrize(
         ("url", "rule"),

@@ -8,6 +8,7 @@ workers and the API); a Prefect server of its own costs half a minute to start.
 
 import json
 import os
+import pwd
 import re
 import signal
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 from uuid import UUID
 
 import httpx
+import psycopg
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import WorkerStatus
@@ -131,6 +133,7 @@ def _environment(data_dir: Path, **settings: str) -> dict[str, str]:
         "PREFECT_HOME": str(home),
         "CONTROL_PLANE_DATA_DIR": str(data_dir),
         "CONTROL_PLANE_API_PORT": str(free_port()),
+        "CONTROL_PLANE_PREFECT_POSTGRES_PORT": str(free_port()),
         "CONTROL_PLANE_WORK_POOL": unique("up"),
         # Others' tests share the session's Prefect server: no scheduled reconcile on it.
         "CONTROL_PLANE_RECONCILE_INTERVAL_SECONDS": "0",
@@ -299,7 +302,11 @@ def _listening() -> Iterator[int]:
 class TestTakenPort:
     @pytest.mark.parametrize(
         ("variable", "owner"),
-        [("CONTROL_PLANE_API_PORT", "the API"), ("CONTROL_PLANE_PREFECT_PORT", "Prefect")],
+        [
+            ("CONTROL_PLANE_API_PORT", "the API"),
+            ("CONTROL_PLANE_PREFECT_PORT", "Prefect"),
+            ("CONTROL_PLANE_PREFECT_POSTGRES_PORT", "Prefect's PostgreSQL"),
+        ],
     )
     def test_up_names_the_process_on_it_and_starts_nothing(self, variable, owner, tmp_path):
         data_dir = tmp_path / "data"
@@ -418,6 +425,35 @@ class TestRestarts:
         with up.api() as api:
             row = api.get(f"/connectors/{connector['id']}").json()
         assert row["prefectDeploymentId"] == str(deployment.id)
+
+    def test_prefect_runs_on_a_postgresql_of_its_own_which_is_restarted(self, own_stack: Up):
+        up = own_stack
+        cluster = up.data_dir / "postgres"
+        assert (cluster / "PG_VERSION").exists()
+        if os.geteuid() == 0:
+            assert cluster.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        port = up.env["CONTROL_PLANE_PREFECT_POSTGRES_PORT"]
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(f"postgresql://postgres:guess@127.0.0.1:{port}/postgres").close()
+        server = up.state()["processes"]["PostgreSQL"]
+
+        os.killpg(server, signal.SIGKILL)
+
+        up.wait_for_output(f"PostgreSQL (pid {server}) exited with signal SIGKILL; restarting")
+        wait_for(
+            lambda: (
+                httpx.get(f"{up.api_url}/readyz", timeout=30).status_code == 200
+                and up.state()["processes"]["PostgreSQL"] != server
+            ),
+            timeout=60,
+            what="/readyz to answer 200 from a new PostgreSQL",
+            interval=1,
+        )
+        connector = up.create_connector()
+        with _prefect(up) as prefect:
+            name = deployments.deployment_name(connector["id"])
+            deployment = prefect.read_deployment_by_name(f"sync-connector/{name}")
+        assert str(deployment.id) == connector["prefectDeploymentId"]
 
 
 class TestSigkill:
