@@ -1,10 +1,13 @@
-"""The Prefect events a control flow emits after each committed change to a connector.
+"""The Prefect events a control flow emits after each committed change to a connector or to
+an entry of the catalog.
 
 Each event's resource is the connector (`connector.<id>`, with its name and a `connector-id`
 label automations can template), related to its project and its deployment; emitted inside a
 flow run, Prefect relates it to that run, its flow and its tags as well. The payload says who
 asked and why, and `changes`: every field the run changed, before and after, as the API shows
-them (secrets masked), the same rows as the run's artifact.
+them (secrets masked), the same rows as the run's artifact. A catalog entry's events are
+`project.*`, `defined-source.*` and `defined-destination.*` (`created`, `updated`, `deleted`),
+on the entry (`project.<id>`, `defined-source.<id>`, ...), related to its project.
 """
 
 from typing import Any
@@ -13,6 +16,7 @@ from uuid import UUID
 from prefect.events import emit_event
 
 from models import Connector
+from models.plan import CatalogKind
 
 CREATED = "connector.created"
 UPDATED = "connector.updated"
@@ -59,6 +63,36 @@ def emit(
     )
 
 
+ENTRIES: dict[CatalogKind, str] = {
+    "project": "project",
+    "source": "defined-source",
+    "destination": "defined-destination",
+}
+
+
+def emit_entry(
+    kind: CatalogKind,
+    action: str,
+    entry_id: int,
+    name: str,
+    *,
+    project_id: int,
+    actor: str,
+    changes: list[dict[str, Any]],
+) -> None:
+    """Emit `<entry>.<action>` for a catalog entry, e.g. `defined-source.updated`."""
+    related = [] if kind == "project" else [_related(f"project.{project_id}", "project")]
+    emit_event(
+        event=f"{ENTRIES[kind]}.{action}",
+        resource={
+            "prefect.resource.id": f"{ENTRIES[kind]}.{entry_id}",
+            "prefect.resource.name": name,
+        },
+        related=related,
+        payload={"actor": actor, "changes": changes},
+    )
+
+
 __all__ = [
     "ACTIVATED",
     "AUTO_DEACTIVATED",
@@ -70,5 +104,6 @@ __all__ = [
     "TRIGGERED",
     "UPDATED",
     "emit",
+    "emit_entry",
     "resource",
 ]

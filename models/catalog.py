@@ -3,15 +3,25 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import StringConstraints
+from pydantic import PlainSerializer, StringConstraints
 from sqlalchemy import UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from control_plane.connectors import mask_secrets
 from control_plane.encryption import EncryptedJSON
 from models.base import MAX_INT, ApiModel, InputModel, UpdateModel, UtcDatetime, timestamp_field
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Description = Annotated[str, StringConstraints(max_length=2000)]
+
+
+def _masked(config: dict[str, Any]) -> dict[str, Any]:
+    return mask_secrets("destination", mask_secrets("source", config))
+
+
+# A config sent to be saved travels as a control flow parameter, which Prefect stores: its JSON
+# form masks the secrets of every type (what kind it is for, the route knows).
+InputConfig = Annotated[dict[str, Any], PlainSerializer(_masked, when_used="json")]
 
 
 class ProjectBase(ApiModel):
@@ -62,13 +72,13 @@ class EndpointBase(ApiModel):
 
 
 class EndpointCreate(EndpointBase, InputModel):
-    pass
+    config: InputConfig = Field(default_factory=dict)
 
 
 class EndpointUpdate(UpdateModel):
     name: Name | None = None
     type: str | None = None
-    config: dict[str, Any] | None = None
+    config: InputConfig | None = None
 
 
 class EndpointPublic(EndpointBase, Timestamps):

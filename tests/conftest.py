@@ -80,6 +80,10 @@ def fresh_postgres(name: str, driver: str = "postgresql+psycopg") -> Iterator[st
         pytest.fail(str(error), pytrace=False)
 
 
+# The tables whose ids name what the control runs in Prefect are about.
+CONTROL_TABLES = ("connector", "project", "defined_source", "defined_destination")
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[str]:
     """A fresh, migrated database of the control plane: SQLite, then PostgreSQL.
@@ -97,7 +101,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[s
             # Apart from PostgreSQL's (below) and from the stacks tests start on databases of
             # their own, whose ids start at 1: they share the session's Prefect server too.
             with closing(sqlite3.connect(path)) as db, db:
-                for table in ("connector", "project"):
+                for table in CONTROL_TABLES:
+                    # A table its migrations rebuilt has a row already.
+                    db.execute("DELETE FROM sqlite_sequence WHERE name = ?", (table,))
                     db.execute(
                         "INSERT INTO sqlite_sequence (name, seq) VALUES (?, 2000000)", (table,)
                     )
@@ -105,10 +111,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[s
             return
         with fresh_postgres(f"control_plane_test_{uuid.uuid4().hex[:12]}") as url:
             migrate(url, secret_key_file=key_file)
-            # Both databases share the session's Prefect server: keep their connector and
-            # project ids (and so their deployment names and tags) apart.
+            # Both databases share the session's Prefect server: keep their ids (and so their
+            # deployment names, run names and tags) apart.
             with psycopg.connect(url.replace("+psycopg", "")) as db:
-                for table in ("connector", "project"):
+                for table in CONTROL_TABLES:
                     db.execute(f"ALTER SEQUENCE {table}_id_seq RESTART WITH 1000000")
             yield url
 

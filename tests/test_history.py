@@ -14,7 +14,10 @@ from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
     ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterName,
 )
+from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.deployments import run_deployment
 
@@ -133,6 +136,88 @@ class TestBeforeAndAfter:
         }
         assert changes["sourceConfigOverride"]["secretChanged"] is True
         assert new_key not in json.dumps(events) and old_key not in json.dumps(events)
+
+
+def _catalog_run(prefect: SyncPrefectClient, name: str) -> FlowRun:
+    [run] = prefect.read_flow_runs(
+        flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+    )
+    return run
+
+
+def _table(prefect: SyncPrefectClient, run: FlowRun):
+    """The run's table artifact: ours (a failed run keeps its exception in one of Prefect's)."""
+    found = prefect.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
+    )
+    [artifact] = [artifact for artifact in found if artifact.type == "table"]
+    return artifact
+
+
+class TestCatalogChanges:
+    def test_each_change_of_a_source_is_a_run_with_its_changes_masked_and_an_event(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog, prefect_api_url
+    ):
+        since = datetime.now(UTC) - timedelta(seconds=5)
+        old_key, new_key = secrets.token_hex(8), secrets.token_hex(8)
+        name = unique("api")
+        url = f"http://{PUBLIC_TEST_HOST}:9/items"
+        body = {"name": name, "type": "http", "projectId": catalog.project_id}
+        source = created(
+            api.post(
+                "/defined-sources",
+                json={**body, "config": {"url": url, "headers": {"X-Key": old_key}}},
+            )
+        )
+        path = f"/defined-sources/{source['id']}"
+        change = {"name": f"{name}-2", "config": {"url": url, "headers": {"X-Key": new_key}}}
+        assert api.patch(path, json=change).status_code == 200
+
+        create = _catalog_run(prefect, f"create defined source {name!r}")
+        update = _catalog_run(prefect, f"update defined source {source['id']}")
+        for run in (create, update):
+            assert run.state.is_completed() and "actor:anonymous" in run.tags
+            assert old_key not in json.dumps(run.parameters) and new_key not in json.dumps(
+                run.parameters
+            )
+        rows = {row["field"]: row for row in json.loads(_table(prefect, update).data)}
+        assert (json.loads(rows["name"]["before"]), json.loads(rows["name"]["after"])) == (
+            name,
+            f"{name}-2",
+        )
+        assert (
+            rows["config"]["secretChanged"] and rows["config"]["before"] == rows["config"]["after"]
+        )
+        assert json.loads(rows["config"]["after"]) == {"url": url, "headers": {"X-Key": MASK}}
+
+        connector = created(
+            api.post("/connectors", json=catalog.connector(definedSourceId=source["id"]))
+        )
+        assert api.delete(path).status_code == 409
+        refused = _catalog_run(prefect, f"delete defined source {source['id']}")
+        assert refused.state.is_failed()
+        assert _table(prefect, refused).description.startswith("Refused: ")
+        assert api.delete(f"/connectors/{connector['id']}").status_code == 204
+        assert api.delete(path).status_code == 204
+
+        resource = f"defined-source.{source['id']}"
+        events = wait_for(
+            lambda: len(found := prefect_events(prefect_api_url, resource, since)) >= 3 and found,
+            timeout=60,
+            what=f"the events of {resource}",
+        )
+        assert [e["event"] for e in events] == [
+            "defined-source.created",
+            "defined-source.updated",
+            "defined-source.deleted",
+        ]
+        assert {
+            "prefect.resource.id": f"project.{catalog.project_id}",
+            "prefect.resource.role": "project",
+        } in events[0]["related"]
+        changed = {c["field"]: c for c in events[1]["payload"]["changes"]}
+        assert changed["name"]["after"] == f"{name}-2" and changed["config"]["secretChanged"]
+        assert old_key not in json.dumps(events) and new_key not in json.dumps(events)
 
 
 class TestHistory:

@@ -1,4 +1,5 @@
-"""Defined sources and defined destinations: one router shape, built for each kind."""
+"""Defined sources and defined destinations: one router shape, built for each kind. Every
+change is a control flow run (`flows.catalog`); reads and dry runs are plain."""
 
 from typing import Annotated
 
@@ -17,6 +18,7 @@ from control_plane.connectors import Kind, registered_types
 from control_plane.crud import Endpoint
 from control_plane.errors import NotFound
 from control_plane.public import endpoint_public
+from flows.catalog import create_catalog_entry, delete_catalog_entry, update_catalog_entry
 from models import (
     CatalogPlan,
     EndpointCreate,
@@ -52,9 +54,7 @@ def endpoint_router(kind: Kind) -> APIRouter:
         check_project_reference(caller, spec.project_id)
         if dry_run:
             return plan_create(await crud.new_endpoint(session=session, kind=kind, spec=spec))
-        endpoint = await crud.create_endpoint(session=session, kind=kind, spec=spec)
-        await session.commit()
-        return endpoint_public(kind, endpoint)
+        return await create_catalog_entry(kind=kind, spec=spec, actor=caller.actor)
 
     @router.get("", response_model=EndpointsPublic)
     async def list_all(
@@ -77,7 +77,11 @@ def endpoint_router(kind: Kind) -> APIRouter:
     # One status for both answers: the schema says either.
     @router.patch("/{endpoint_id}", response_model=EndpointPublic | CatalogPlan)
     async def update(
-        endpoint: EndpointDep, changes: EndpointUpdate, session: SessionDep, dry_run: DryRun = False
+        endpoint: EndpointDep,
+        changes: EndpointUpdate,
+        session: SessionDep,
+        caller: CallerDep,
+        dry_run: DryRun = False,
     ):
         if dry_run:
             return await plan_change(
@@ -88,12 +92,14 @@ def endpoint_router(kind: Kind) -> APIRouter:
                     session=session, kind=kind, endpoint=endpoint, changes=changes
                 ),
             )
-        await crud.update_endpoint(session=session, kind=kind, endpoint=endpoint, changes=changes)
-        await session.commit()
-        return endpoint_public(kind, endpoint)
+        return await update_catalog_entry(
+            kind=kind, entry_id=endpoint.id, changes=changes, actor=caller.actor
+        )
 
     @router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=PLANNED)
-    async def delete(endpoint: EndpointDep, session: SessionDep, dry_run: DryRun = False):
+    async def delete(
+        endpoint: EndpointDep, session: SessionDep, caller: CallerDep, dry_run: DryRun = False
+    ):
         if dry_run:
             return await plan_change(
                 session,
@@ -101,8 +107,7 @@ def endpoint_router(kind: Kind) -> APIRouter:
                 row=endpoint,
                 change=lambda: crud.delete_endpoint(session=session, kind=kind, endpoint=endpoint),
             )
-        await crud.delete_endpoint(session=session, kind=kind, endpoint=endpoint)
-        await session.commit()
+        await delete_catalog_entry(kind=kind, entry_id=endpoint.id, actor=caller.actor)
 
     return router
 

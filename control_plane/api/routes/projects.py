@@ -1,4 +1,5 @@
-"""Projects: the folders that connectors and their sources and destinations live in."""
+"""Projects: the folders that connectors and their sources and destinations live in. Every
+change is a control flow run (`flows.catalog`); reads and dry runs are plain."""
 
 from fastapi import APIRouter, status
 
@@ -12,6 +13,7 @@ from control_plane.api.deps import (
     check_may_create_projects,
 )
 from control_plane.api.plans import PLANNED, plan_change, plan_create
+from flows.catalog import create_catalog_entry, delete_catalog_entry, update_catalog_entry
 from models import CatalogPlan, ProjectCreate, ProjectPublic, ProjectsPublic, ProjectUpdate
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -26,9 +28,7 @@ async def create_project(
     check_may_create_projects(caller)
     if dry_run:
         return plan_create(await crud.new_project(session=session, spec=spec))
-    project = await crud.create_project(session=session, spec=spec)
-    await session.commit()
-    return project
+    return await create_catalog_entry(kind="project", spec=spec, actor=caller.actor)
 
 
 @router.get("", response_model=ProjectsPublic)
@@ -47,7 +47,11 @@ async def read_project(project: ProjectDep):
 # One status for both answers: the schema says either.
 @router.patch("/{project_id}", response_model=ProjectPublic | CatalogPlan)
 async def update_project(
-    project: ProjectDep, changes: ProjectUpdate, session: SessionDep, dry_run: DryRun = False
+    project: ProjectDep,
+    changes: ProjectUpdate,
+    session: SessionDep,
+    caller: CallerDep,
+    dry_run: DryRun = False,
 ):
     if dry_run:
         return await plan_change(
@@ -56,13 +60,15 @@ async def update_project(
             row=project,
             change=lambda: crud.update_project(session=session, project=project, changes=changes),
         )
-    await crud.update_project(session=session, project=project, changes=changes)
-    await session.commit()
-    return project
+    return await update_catalog_entry(
+        kind="project", entry_id=project.id, changes=changes, actor=caller.actor
+    )
 
 
 @router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT, responses=PLANNED)
-async def delete_project(project: ProjectDep, session: SessionDep, dry_run: DryRun = False):
+async def delete_project(
+    project: ProjectDep, session: SessionDep, caller: CallerDep, dry_run: DryRun = False
+):
     if dry_run:
         return await plan_change(
             session,
@@ -70,5 +76,4 @@ async def delete_project(project: ProjectDep, session: SessionDep, dry_run: DryR
             row=project,
             change=lambda: crud.delete_project(session=session, project=project),
         )
-    await crud.delete_project(session=session, project=project)
-    await session.commit()
+    await delete_catalog_entry(kind="project", entry_id=project.id, actor=caller.actor)

@@ -1,0 +1,121 @@
+"""The catalog's writes as control flows: creating, changing or deleting a project, a defined
+source or a defined destination is one run of one of these, in the audit log like a
+connector's change.
+
+Each labels its run first (`create defined source 'orders-db'`, `update project 3`), commits,
+then publishes what it changed, before and after with secrets masked, as the run's artifact and
+as a `project.*`, `defined-source.*` or `defined-destination.*` event (`control_plane.events`).
+A refused change (404, 409, 422) is a Failed run with what was asked and why.
+"""
+
+from prefect import flow
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from control_plane import catalog, crud, events
+from control_plane.audit import label_refused, label_run, publish_changes
+from control_plane.catalog import NAMES
+from control_plane.db import session_scope
+from flows.lifecycle import UI_ACTOR
+from models import (
+    EndpointCreate,
+    EndpointPublic,
+    EndpointUpdate,
+    Project,
+    ProjectCreate,
+    ProjectPublic,
+    ProjectUpdate,
+)
+from models.plan import CatalogKind
+
+
+async def _get(session: AsyncSession, kind: CatalogKind, entry_id: int) -> catalog.Row:
+    if kind == "project":
+        return await crud.get_project(session=session, project_id=entry_id)
+    return await crud.get_endpoint(session=session, kind=kind, endpoint_id=entry_id)
+
+
+async def _publish(
+    action: str, row: catalog.Row, before: catalog.Seen, after: catalog.Seen, actor: str
+) -> None:
+    changes = catalog.changes(before, after)
+    await publish_changes(changes)
+    assert row.id is not None
+    events.emit_entry(
+        catalog.kind_of(row),
+        action,
+        row.id,
+        row.name,
+        project_id=row.id if isinstance(row, Project) else row.project_id,
+        actor=actor,
+        changes=[change.model_dump(mode="json", by_alias=True) for change in changes],
+    )
+
+
+@flow(
+    name="create-catalog-entry",
+    persist_result=False,
+    on_failure=[label_refused("create catalog entry")],
+)
+async def create_catalog_entry(
+    kind: CatalogKind, spec: ProjectCreate | EndpointCreate, actor: str = UI_ACTOR
+) -> ProjectPublic | EndpointPublic:
+    """Store a new project, defined source or defined destination."""
+    await label_run(actor=actor, name=f"create {NAMES[kind]} {spec.name!r}")
+    async with session_scope() as session:
+        if isinstance(spec, ProjectCreate):
+            row: catalog.Row = await crud.create_project(session=session, spec=spec)
+        else:
+            assert kind != "project"
+            row = await crud.create_endpoint(session=session, kind=kind, spec=spec)
+        await session.commit()
+    await _publish("created", row, catalog.seen(None), catalog.seen(row), actor)
+    return catalog.public(row)
+
+
+@flow(
+    name="update-catalog-entry",
+    persist_result=False,
+    on_failure=[label_refused("update catalog entry")],
+)
+async def update_catalog_entry(
+    kind: CatalogKind,
+    entry_id: int,
+    changes: ProjectUpdate | EndpointUpdate,
+    actor: str = UI_ACTOR,
+) -> ProjectPublic | EndpointPublic:
+    """Change fields of a project, defined source or defined destination; the connectors that
+    use a source or destination read the change on their next run."""
+    await label_run(actor=actor, name=f"update {NAMES[kind]} {entry_id}")
+    async with session_scope() as session:
+        row = await _get(session, kind, entry_id)
+        before = catalog.seen(row)
+        if isinstance(row, Project):
+            assert isinstance(changes, ProjectUpdate)
+            await crud.update_project(session=session, project=row, changes=changes)
+        else:
+            assert isinstance(changes, EndpointUpdate) and kind != "project"
+            await crud.update_endpoint(session=session, kind=kind, endpoint=row, changes=changes)
+        await session.commit()
+    await _publish("updated", row, before, catalog.seen(row), actor)
+    return catalog.public(row)
+
+
+@flow(
+    name="delete-catalog-entry",
+    persist_result=False,
+    on_failure=[label_refused("delete catalog entry")],
+)
+async def delete_catalog_entry(kind: CatalogKind, entry_id: int, actor: str = UI_ACTOR) -> None:
+    """Remove a project, defined source or defined destination no connector uses (409 while
+    one does, naming them)."""
+    await label_run(actor=actor, name=f"delete {NAMES[kind]} {entry_id}")
+    async with session_scope() as session:
+        row = await _get(session, kind, entry_id)
+        before = catalog.seen(row)
+        if isinstance(row, Project):
+            await crud.delete_project(session=session, project=row)
+        else:
+            assert kind != "project"
+            await crud.delete_endpoint(session=session, kind=kind, endpoint=row)
+        await session.commit()
+    await _publish("deleted", row, before, catalog.seen(None), actor)
