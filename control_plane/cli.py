@@ -365,7 +365,10 @@ def _as_code(args: argparse.Namespace) -> int:
                     print(f"not applied: {title}", file=sys.stderr)
         return 0 if applied.failed is None else 1
     except (ManifestError, as_code.ApiError, OSError) as error:
-        print(error if isinstance(error, ManifestError) else f"error: {error}", file=sys.stderr)
+        problems = error.problems if isinstance(error, ManifestError) else [f"error: {error}"]
+        if getattr(args, "json", False):
+            print(json.dumps({"errors": problems}, indent=2))
+        print("\n".join(problems), file=sys.stderr)
         return 1
     finally:
         api.close()

@@ -283,6 +283,10 @@ def test_a_bad_file_is_refused_with_its_line_and_nothing_is_asked(
         assert done.returncode == 1, done.stdout + done.stderr
         assert str(path) in done.stderr and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+        [error] = [
+            e for e in cli.json(command, "-f", str(path), expect=1)["errors"] if message in e
+        ]
+        assert error.startswith(str(path))
 
 
 def test_the_installed_command_tells_a_bad_file_with_exit_status_1(tmp_path: Path):
