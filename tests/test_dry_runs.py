@@ -4,12 +4,18 @@ connector is a run of `plan-connector-change`, which the audit log tells from th
 plan of the catalog (projects, defined sources and destinations) is a plain request, as the
 catalog's writes are."""
 
+import uuid
 from uuid import UUID
 
 import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
-from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowFilter,
+    FlowFilterName,
+)
 
 from control_plane.api.auth import READ
 from control_plane.connectors import mask_url
@@ -165,6 +171,28 @@ class TestDryRuns:
         stale = {"If-Match": '"1"'}
         assert api.delete(path, params=DRY, headers=stale).status_code == 412
         assert api.patch(path, params=DRY, json={"name": "x"}, headers=stale).status_code == 412
+
+    def test_actions_without_a_plan_refuse_a_dry_run_and_do_nothing(
+        self, api: httpx.Client, prefect: SyncPrefectClient, scheduled: dict
+    ):
+        path = f"/connectors/{scheduled['id']}"
+        deployment = DeploymentFilter(
+            id=DeploymentFilterId(any_=[scheduled["prefectDeploymentId"]])
+        )
+        before = (
+            _untouched(api, prefect, scheduled),
+            prefect.read_flow_runs(deployment_filter=deployment),
+        )
+        for action in ("trigger", "reset", f"runs/{uuid.uuid4()}/cancel"):
+            answer = api.post(f"{path}/{action}", params=DRY)
+            assert answer.status_code == 422, answer.text
+            [error] = answer.json()["detail"]
+            assert error["loc"] == ["query", "dryRun"] and "has no dry run" in error["msg"]
+        after = (
+            _untouched(api, prefect, scheduled),
+            prefect.read_flow_runs(deployment_filter=deployment),
+        )
+        assert after == before
 
 
 def _sql(kind: str, project_id: int, password: str) -> dict:

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import crud
@@ -48,6 +49,23 @@ DryRun = Annotated[
         description="Answer 200 with what the change would do, and change nothing.",
     ),
 ]
+
+
+def no_dry_run(
+    dry_run: Annotated[
+        bool | None, Query(alias="dryRun", description="Not offered here: 422 when given.")
+    ] = None,
+) -> None:
+    """For the actions that have no plan (trigger, reset, cancel): a client asking for a dry
+    run gets a 422, not the real action."""
+    if dry_run is not None:
+        message = "this action has no dry run; leave dryRun out to do it"
+        raise RequestValidationError(
+            [{"loc": ("query", "dryRun"), "msg": message, "type": "value_error"}]
+        )
+
+
+NoDryRun = Depends(no_dry_run)
 
 
 def check_project_reference(caller: Caller, project_id: int | None) -> None:

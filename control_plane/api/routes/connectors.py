@@ -11,6 +11,7 @@ from control_plane.api.deps import (
     CallerDep,
     ConnectorDep,
     DryRun,
+    NoDryRun,
     PageDep,
     SessionDep,
     check_project_reference,
@@ -161,7 +162,7 @@ async def update(
     return updated
 
 
-@router.post("/{connector_id}/trigger", response_model=TriggerResult)
+@router.post("/{connector_id}/trigger", response_model=TriggerResult, dependencies=[NoDryRun])
 async def trigger(
     connector: ConnectorDep,
     caller: CallerDep,
@@ -228,7 +229,7 @@ def _run_public(run: FlowRun, figures: SyncRun | None) -> RunPublic:
     )
 
 
-@router.post("/{connector_id}/runs/{flow_run_id}/cancel")
+@router.post("/{connector_id}/runs/{flow_run_id}/cancel", dependencies=[NoDryRun])
 async def cancel_run(connector: ConnectorDep, flow_run_id: UUID, caller: CallerDep):
     """Cancel a scheduled or running sync run; 409 when it has ended already."""
     state = await cancel_connector_run(
@@ -262,7 +263,9 @@ async def drift(connector: ConnectorDep, session: SessionDep):
     )
 
 
-@router.post("/{connector_id}/reset", status_code=status.HTTP_204_NO_CONTENT)
+@router.post(
+    "/{connector_id}/reset", status_code=status.HTTP_204_NO_CONTENT, dependencies=[NoDryRun]
+)
 async def reset(connector: ConnectorDep, caller: CallerDep) -> None:
     """Forget the incremental state: the next run is a full sync."""
     await reset_connector(connector_id=connector.id, actor=caller.actor)
