@@ -463,12 +463,15 @@ async def get_cursor(*, session: AsyncSession, connector_id: int) -> Any:
     return state.cursor if state else None
 
 
-async def reset_state(*, session: AsyncSession, connector: Connector) -> None:
+async def reset_state(*, session: AsyncSession, connector: Connector) -> SyncState | None:
     """Forget where incremental reads resume: the next run reads everything, and a run that
-    started before this reset does not save its cursor (it counts the resets it started with)."""
+    started before this reset does not save its cursor (it counts the resets it started with).
+    Returns the state it forgot, if there was one."""
     connector.resets += 1
+    forgotten = await session.get(SyncState, connector.id)
     await session.exec(delete(SyncState).where(col(SyncState.connector_id) == connector.id))
     await session.flush()
+    return forgotten
 
 
 async def save_cursor(

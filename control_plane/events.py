@@ -25,6 +25,7 @@ ACTIVATED = "connector.activated"
 DEACTIVATED = "connector.deactivated"
 AUTO_DEACTIVATED = "connector.auto-deactivated"
 TRIGGERED = "connector.triggered"
+RESET = "connector.reset"
 DELETED = "connector.deleted"
 FAILING = "connector.failing"
 
@@ -101,6 +102,7 @@ __all__ = [
     "DELETED",
     "FAILING",
     "RESCHEDULED",
+    "RESET",
     "TRIGGERED",
     "UPDATED",
     "emit",

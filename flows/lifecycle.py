@@ -359,8 +359,18 @@ async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
         )
-        await crud.reset_state(session=session, connector=connector)
+        forgotten = await crud.reset_state(session=session, connector=connector)
         await session.commit()
+    # The cursor's value is the source's data: the change says when it was saved, not what.
+    saved = None if forgotten is None else f"saved {forgotten.updated_at.isoformat()}"
+    changes = [FieldChange(field="cursor", before=saved, after=None, secret_changed=False)]
+    await publish_changes(changes)
+    events.emit(
+        events.RESET,
+        connector,
+        actor=actor,
+        changes=[change.model_dump(mode="json", by_alias=True) for change in changes],
+    )
 
 
 @flow(name="delete-connector", persist_result=False, on_failure=[label_refused("delete connector")])

@@ -255,6 +255,13 @@ class TestHistory:
         page = api.get(f"{path}/history", params={"limit": 1, "offset": 1}).json()
         assert [e["flowRunId"] for e in page["data"]] == [described["flowRunId"]]
 
+        assert api.post(f"{path}/reset").status_code == 204
+        reset = api.get(f"{path}/history", params={"limit": 1}).json()["data"][0]
+        assert reset["action"] == "reset-connector"
+        assert reset["changes"] == [
+            {"field": "cursor", "before": None, "after": None, "secretChanged": False}
+        ]
+
     @pytest.mark.usefixtures("control_deployments")
     def test_a_refused_run_from_the_prefect_ui_shows_its_secrets_masked(
         self, api: httpx.Client, catalog: Catalog
