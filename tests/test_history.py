@@ -38,7 +38,8 @@ MASK = "********"
 
 class TestTitles:
     def test_the_api_schemas_title_fields_for_a_person(self, stack: Stack):
-        schemas = httpx.get(f"{stack.api_url}/openapi.json").json()["components"]["schemas"]
+        openapi = httpx.get(f"{stack.api_url}/openapi.json").json()
+        schemas = openapi["components"]["schemas"]
         titles = [field["title"] for field in schemas["ConnectorCreate"]["properties"].values()]
         assert titles[:8] == [
             "Name",
@@ -52,6 +53,20 @@ class TestTitles:
         ]
         assert "Source config override" in titles
         assert schemas["ConnectorCreate"]["properties"]["schedule"]["examples"] == ["0 */4 * * *"]
+        path_titles = {
+            (parameter["name"], parameter["schema"]["title"])
+            for operation in openapi["paths"].values()
+            for method in operation.values()
+            for parameter in method.get("parameters", [])
+            if parameter["in"] == "path"
+        }
+        assert path_titles == {
+            ("connector_id", "Connector ID"),
+            ("flow_run_id", "Flow run ID"),
+            ("project_id", "Project ID"),
+            ("endpoint_id", "Defined source ID"),
+            ("endpoint_id", "Defined destination ID"),
+        }
 
     @pytest.mark.usefixtures("control_deployments")
     def test_the_run_forms_title_fields_for_a_person(self, prefect: SyncPrefectClient):

@@ -3,7 +3,7 @@
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -79,14 +79,18 @@ def check_may_create_projects(caller: Caller) -> None:
         raise Forbidden("a token limited to some projects cannot create projects")
 
 
-async def visible_project(project_id: Id, session: SessionDep, caller: CallerDep) -> Project:
+async def visible_project(
+    project_id: Annotated[Id, Path(title="Project ID")], session: SessionDep, caller: CallerDep
+) -> Project:
     project = await crud.get_project(session=session, project_id=project_id)
     if not caller.sees(project_id):
         raise NotFound(f"project {project_id} does not exist")
     return project
 
 
-async def visible_connector(connector_id: Id, caller: CallerDep) -> Connector:
+async def visible_connector(
+    connector_id: Annotated[Id, Path(title="Connector ID")], caller: CallerDep
+) -> Connector:
     # A session of its own, closed at once: a change then waits in its control flow, which
     # opens another, so a request never holds two connections.
     async with session_scope() as session:

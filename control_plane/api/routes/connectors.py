@@ -3,7 +3,7 @@
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from control_plane import audit, crud, deployments, reconcile, runs
@@ -230,7 +230,11 @@ def _run_public(run: FlowRun, figures: SyncRun | None) -> RunPublic:
 
 
 @router.post("/{connector_id}/runs/{flow_run_id}/cancel", dependencies=[NoDryRun])
-async def cancel_run(connector: ConnectorDep, flow_run_id: UUID, caller: CallerDep):
+async def cancel_run(
+    connector: ConnectorDep,
+    flow_run_id: Annotated[UUID, Path(title="Flow run ID")],
+    caller: CallerDep,
+):
     """Cancel a scheduled or running sync run; 409 when it has ended already."""
     state = await cancel_connector_run(
         connector_id=connector.id, flow_run_id=flow_run_id, actor=caller.actor

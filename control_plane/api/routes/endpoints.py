@@ -3,7 +3,7 @@ change is a control flow run (`flows.catalog`); reads and dry runs are plain."""
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
+from fastapi import APIRouter, Depends, Path, Query, status
 
 from control_plane import crud
 from control_plane.api.deps import (
@@ -37,7 +37,11 @@ def endpoint_router(kind: Kind) -> APIRouter:
     """CRUD routes of the defined sources or the defined destinations."""
     router = APIRouter(prefix=f"/defined-{kind}s", tags=[f"defined {kind}s"])
 
-    async def visible_endpoint(endpoint_id: Id, session: SessionDep, caller: CallerDep):
+    async def visible_endpoint(
+        endpoint_id: Annotated[Id, Path(title=f"Defined {kind} ID")],
+        session: SessionDep,
+        caller: CallerDep,
+    ):
         endpoint = await crud.get_endpoint(session=session, kind=kind, endpoint_id=endpoint_id)
         if not caller.sees(endpoint.project_id):
             raise NotFound(f"defined {kind} {endpoint_id} does not exist")
