@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from control_plane.connectors import MASK, Kind, holds_mask, secret_values
+from control_plane.connectors import MASK, Kind, holds_mask, registered_types, secret_values
+from control_plane.policy import UNSCOPED
 from models import ConnectorCreate, EndpointCreate, ProjectCreate
 from models.base import MAX_JSON_DEPTH
 
@@ -208,6 +209,16 @@ class _Reader:
                 self.problem((*path, *problem["loc"]), problem["msg"])
             return None
 
+    def config_checked(self, model: type[BaseModel], config: dict[str, Any], path: Path_) -> None:
+        """The config's fields as its type takes them (unknown ones, missing ones, their
+        types); what a path or a host may reach is the API's to check, in the project's scope."""
+        try:
+            model.model_validate(config)
+        except ValidationError as error:
+            for problem in error.errors():
+                if UNSCOPED not in problem["msg"]:
+                    self.problem((*path, *problem["loc"]), problem["msg"])
+
     def manifest(self, data: Any) -> list[Project]:
         top = self.mapping(data, (), {"projects"})
         if top is None:
@@ -257,6 +268,12 @@ class _Reader:
         )
         if spec is None:
             return None
+        connector_type = registered_types().get((kind, spec.type))
+        if connector_type is None:
+            known = ", ".join(sorted(name for k, name in registered_types() if k == kind))
+            self.problem((*path, "type"), f"unknown {kind} type {spec.type!r}; known: {known}")
+            return None
+        self.config_checked(connector_type.Config, spec.config, (*path, "config"))
         return Endpoint(
             kind, spec.name, spec.type, spec.config, self.line(path), holds_mask(config)
         )

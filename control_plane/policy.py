@@ -55,6 +55,10 @@ class Refused(ValueError):
     """What a config names lies outside the project's reach; the message says why."""
 
 
+# What a check that needs the project's folders and hosts says without them.
+UNSCOPED = "is checked only within a project's scope"
+
+
 @dataclass(frozen=True)
 class Allowed:
     """An entry of the allow list: a host name, an address or a network, and maybe a port."""
@@ -445,7 +449,7 @@ def scope_for(project_id: int, settings: Settings | None = None) -> Scope:
 def _scope_of(info: ValidationInfo) -> Scope:
     """The scope a config is validated in (pydantic's validation context)."""
     if not isinstance(info.context, Scope):
-        raise Refused("is checked only within a project's scope")
+        raise Refused(UNSCOPED)
     return info.context
 
 

@@ -253,6 +253,15 @@ BAD_FILES = [
     ),
     ("projects:\n  - name: p\n    colour: blue\n", ":3: projects[0].colour: unknown field"),
     (
+        "projects:\n  - name: p\n    destinations:\n      - name: d\n        type: jsonl\n"
+        "        config: {path: out.jsonl, colour: blue}\n",
+        ":6: projects[0].destinations[0].config.colour: Extra inputs are not permitted",
+    ),
+    (
+        "projects:\n  - name: p\n    destinations:\n      - {name: d, type: ftp, config: {}}\n",
+        ":4: projects[0].destinations[0].type: unknown destination type 'ftp'; known: jsonl, sql",
+    ),
+    (
         "projects:\n  - name: p\n    destinations:\n      - {name: d, type: jsonl, config: {}}\n"
         "    connectors:\n      - {name: c, source: s, destination: d}\n",
         ":6: projects[0].connectors[0].source: project 'p' of this file has no source named 's'",
