@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 import httpx
@@ -270,6 +271,8 @@ def _prefect_api_url(settings: Settings) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="control-plane", description=__doc__)
+    # The version is pyproject.toml's, as installed.
+    parser.add_argument("--version", action="version", version=version("connector-control-plane"))
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser(
         "up",

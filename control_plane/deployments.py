@@ -304,7 +304,9 @@ def lost_runs_automation() -> AutomationCore:
     )
 
 
-PROJECT_FILE = Path(__file__).resolve().parent.parent / "prefect.yaml"
+PROJECT_FILE = (
+    Path(__file__).resolve().parent / "prefect.yaml"
+)  # package data; ./prefect.yaml links it
 # Automations of prefect.yaml that a setting switches on or off.
 _SWITCHES = {"first-sync-on-create": "first_sync_on_create"}
 _triggers: TypeAdapter[DeploymentTriggerTypes] = TypeAdapter(DeploymentTriggerTypes)

@@ -10,11 +10,14 @@ import json
 import os
 import pwd
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
+import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,7 +34,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from control_plane import deployments
 from control_plane.supervisor import STACK_MARK
-from tests.helpers import created, make_catalog, unique
+from tests.helpers import created, make_catalog, trigger_and_wait, unique
 from tests.stack import free_port, wait_for
 
 CONTROL_PLANE = str(Path(sys.executable).parent / "control-plane")
@@ -141,15 +144,16 @@ def _environment(data_dir: Path, **settings: str) -> dict[str, str]:
     }
 
 
-def _start(data_dir: Path, env: dict[str, str]) -> Up:
+def _start(data_dir: Path, env: dict[str, str], command: str = CONTROL_PLANE) -> Up:
     data_dir.mkdir(parents=True, exist_ok=True)
     with (data_dir / "up.log").open("ab") as log:
         popen = subprocess.Popen(
-            [CONTROL_PLANE, "up"],
+            [command, "up"],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=data_dir,
         )
     api_url = f"http://127.0.0.1:{env['CONTROL_PLANE_API_PORT']}"
     return Up(popen, data_dir, api_url, env)
@@ -479,3 +483,88 @@ class TestSigkill:
 
         up.assert_nothing_left(timeout=20)
         up.wait_for_output(f"watchdog: pid {up.popen.pid} is gone; stopping what it left")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `control-plane` command of the built wheel, installed into a virtualenv of its own.
+
+    The wheel is built from a copy of the package's files, so that nothing lands in the
+    checkout. The virtualenv finds the test's own dependencies through a `.pth` line (no
+    download), but none of the checkout: that line does not run the editable install's hook.
+    """
+    source = tmp_path_factory.mktemp("source") / "package"
+    kept = ("control_plane", "flows", "models", "pyproject.toml", "README.md", "prefect.yaml")
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=lambda folder, names: (
+            [] if Path(folder) != ROOT else [n for n in names if n not in kept]
+        ),
+    )
+    wheels = tmp_path_factory.mktemp("wheels")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, source], check=True
+    )
+    [wheel] = wheels.glob("*.whl")
+    venv = tmp_path_factory.mktemp("venv")
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(site) / "test-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run([*pip, "--python", python, "install", "--no-deps", wheel], check=True)
+    return venv / "bin" / "control-plane"
+
+
+class TestInstalledWheel:
+    def test_the_wheel_alone_migrates_runs_the_stack_deploys_and_syncs(
+        self, installed: Path, tmp_path: Path
+    ):
+        version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+        done = subprocess.run([installed, "--version"], capture_output=True, text=True, check=True)
+        assert done.stdout.strip() == version
+        python = installed.parent / "python"
+        where = [python, "-c", "import control_plane; print(control_plane.__file__)"]
+        package = Path(
+            subprocess.run(
+                where, cwd=tmp_path, capture_output=True, text=True, check=True
+            ).stdout.strip()
+        ).parent
+        assert package.is_relative_to(installed.parent.parent), package
+        assert (package / "prefect.yaml").is_file()
+
+        data_dir = tmp_path / "data"
+        env = _environment(data_dir, CONTROL_PLANE_PREFECT_PORT=str(free_port()))
+        migrated = subprocess.run(
+            [installed, "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True
+        )
+        assert migrated.returncode == 0, migrated.stderr
+        assert (data_dir / "control-plane.db").is_file()
+
+        up = _start(data_dir, env, str(installed))
+        try:
+            up.wait_until_up(timeout=150)
+            deployed = subprocess.run(
+                [installed, "deploy"],
+                env={**env, "PREFECT_API_URL": up.prefect_url},
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+            )
+            assert deployed.returncode == 0, deployed.stderr
+            assert "deployed create-connector/create-connector" in deployed.stdout
+            connector = up.create_connector()
+            with up.api() as api, _prefect(up) as prefect:
+                run = trigger_and_wait(api, prefect, connector["id"])
+            assert run.state.is_completed(), run.state
+        finally:
+            _kill(up)
