@@ -26,6 +26,7 @@ from prefect.states import Cancelled, Cancelling
 
 from control_plane.errors import Conflict, NotFound
 from control_plane.orchestrator import prefect_client
+from control_plane.schedules import upcoming
 from models.base import utcnow
 
 SYNC_FLOW = "sync-connector"
@@ -135,6 +136,36 @@ def goes_with_update(run: FlowRun) -> bool:
     the future (`models.deployments.update_deployment`)."""
     future = run.expected_start_time is not None and run.expected_start_time > utcnow()
     return _deletable(run) and run.auto_scheduled and future
+
+
+def _of_schedule(run: FlowRun, schedule: str | None, timezone: str) -> bool:
+    at = run.expected_start_time
+    return schedule is not None and at is not None and upcoming(schedule, timezone, 1, at)[0] == at
+
+
+async def drop_stale(connector_id: int, schedule: str | None, timezone: str) -> list[UUID]:
+    """Delete the runs Prefect's scheduler made for the connector from a schedule it no longer
+    has; returns their ids. Called once a reschedule is committed.
+
+    Prefect's scheduler reads the schedules of every deployment it schedules before it inserts
+    their runs: a pass that read a deployment before the reschedule inserts runs of the old
+    schedule after the update deleted the old ones (PrefectHQ/prefect#17703).
+    """
+    async with prefect_client() as client:
+        found = await client.read_flow_runs(
+            **_filters(connector_id, [StateType.SCHEDULED]), limit=PREFECT_PAGE
+        )
+        stale = [
+            run.id
+            for run in found
+            if goes_with_update(run) and not _of_schedule(run, schedule, timezone)
+        ]
+        for flow_run_id in stale:
+            try:
+                await client.delete_flow_run(flow_run_id)
+            except ObjectNotFound:
+                pass
+    return stale
 
 
 # How long a running run gets to stop (its worker kills it) before it is cancelled outright.

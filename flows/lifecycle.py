@@ -247,6 +247,15 @@ async def update_connector(
                 await _cancel_runs(connector_id, wait=0)
             public = await _apply_and_commit(session, connector, before)
     _emit_update(connector, previous, changes, actor, await _publish_changes(shown, public))
+    rescheduled = (connector.schedule, connector.timezone) != (previous.schedule, previous.timezone)
+    if connector.is_active and rescheduled:
+        stale = await runs.drop_stale(connector_id, connector.schedule, connector.timezone)
+        if stale:
+            get_run_logger().info(
+                "connector %s: deleted runs of its old schedule %s",
+                connector_id,
+                ", ".join(map(str, stale)),
+            )
     return public
 
 
