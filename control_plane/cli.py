@@ -5,7 +5,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version
@@ -199,9 +198,8 @@ def _start_postgres(supervisor: Supervisor, settings: Settings) -> str:
     """
     try:
         cluster = postgres.cluster(settings)
-    except subprocess.CalledProcessError as error:
-        output = error.stderr.decode(errors="replace").strip()
-        raise StartFailed(f"initdb of Prefect's PostgreSQL failed: {output}") from error
+    except postgres.ClusterError as error:
+        raise StartFailed(str(error)) from error
     process = supervisor.start(
         "PostgreSQL", cluster.command, {}, tier=0, ready=cluster.ready, user=cluster.user
     )

@@ -9,12 +9,14 @@ loopback only, and lets in its superuser with the password in `<data_dir>/postgr
 connectors may not name it (`control_plane.policy`).
 
 PostgreSQL refuses to run as root. Run as root (a container), `up` runs it as `nobody`, owner
-of the cluster's directory, and lets `nobody` through the directories above it.
+of the cluster's directory, which must then lie where other users may enter: `up` opens no
+directory for it, since what lies below would be readable by name.
 """
 
 import os
 import pwd
 import secrets
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -62,9 +64,12 @@ class Cluster:
         return subprocess.run([*command, "-p", str(self.port)], env={}).returncode == 0
 
 
+class ClusterError(Exception):
+    """The cluster cannot be made or used; the message says why and what to do."""
+
+
 def cluster(settings: Settings) -> Cluster:
-    """The cluster under the data dir, created on first use (CalledProcessError when initdb
-    fails, with its output)."""
+    """The cluster under the data dir, made on first use."""
     data_dir = settings.data_dir.resolve()
     found = Cluster(
         data_dir / "postgres",
@@ -72,16 +77,39 @@ def cluster(settings: Settings) -> Cluster:
         _UNPRIVILEGED if os.geteuid() == 0 else None,
         data_dir / "postgres.password",
     )
+    if found.user is not None and (closed := _closed_to_others(data_dir)) is not None:
+        raise ClusterError(
+            f"PostgreSQL cannot run as root, and {found.user}, who runs it, cannot reach "
+            f"{found.data}: other users may not enter {closed}. Set CONTROL_PLANE_DATA_DIR to a "
+            "directory they may enter (such as one under /var/lib), run up as another user, or "
+            "set CONTROL_PLANE_PREFECT_DATABASE_URL to a database of your own"
+        )
     if not (found.data / "PG_VERSION").exists():
         _initdb(found)
+    elif not found.password_file.exists():
+        raise ClusterError(
+            f"the password of Prefect's PostgreSQL, {found.password_file}, is missing: restore "
+            f"it, or delete {found.data} to start Prefect's database anew"
+        )
     return found
 
 
+def _closed_to_others(directory: Path) -> Path | None:
+    """The first directory down to `directory` that other users may not enter, if any. None
+    is opened here: letting them through would let them read what lies below by name."""
+    for path in [*reversed(directory.parents), directory]:
+        if not path.stat().st_mode & stat.S_IXOTH:
+            return path
+    return None
+
+
 def _initdb(cluster: Cluster) -> None:
-    cluster.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """initdb into a directory beside the cluster's, renamed once complete: an initdb cut short
+    (`up` stopped meanwhile) leaves no cluster without its password."""
+    partial = cluster.data.with_name(f"{cluster.data.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(mode=0o700, parents=True)
     password = secrets.token_urlsafe(24)
-    cluster.password_file.touch(mode=0o600)
-    cluster.password_file.write_text(password)
     # initdb, which may run as another user, reads the password from a file of its own.
     descriptor, password_for_initdb = tempfile.mkstemp()
     with os.fdopen(descriptor, "w") as file:
@@ -89,20 +117,19 @@ def _initdb(cluster: Cluster) -> None:
     try:
         if cluster.user is not None:
             entry = pwd.getpwnam(cluster.user)
-            for path in (cluster.data, Path(password_for_initdb)):
+            for path in (partial, Path(password_for_initdb)):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-            _let_through(cluster.data.parent)
-        command = [str(_BIN / "initdb"), "-D", str(cluster.data), "-U", _SUPERUSER]
+        command = [str(_BIN / "initdb"), "-D", str(partial), "-U", _SUPERUSER]
         command += ["--auth=scram-sha-256", f"--pwfile={password_for_initdb}"]
         command += ["--encoding=UTF8", "--no-locale", "--no-instructions"]
         subprocess.run(command, env={}, check=True, capture_output=True, **as_user(cluster.user))
+    except subprocess.CalledProcessError as error:
+        output = error.stderr.decode(errors="replace").strip()
+        raise ClusterError(f"initdb of Prefect's PostgreSQL failed: {output}") from error
     finally:
         os.unlink(password_for_initdb)
-
-
-def _let_through(directory: Path) -> None:
-    """Let any user traverse (not list) the directories down to `directory`."""
-    for path in [*reversed(directory.parents), directory]:
-        mode = path.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            path.chmod(mode | stat.S_IXOTH)
+    written = cluster.password_file.with_name(f"{cluster.password_file.name}.partial")
+    written.touch(mode=0o600)
+    written.write_text(password)
+    written.replace(cluster.password_file)
+    partial.replace(cluster.data)

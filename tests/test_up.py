@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import tomllib
 from collections.abc import Callable, Iterator
@@ -32,7 +33,9 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import WorkerStatus
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from control_plane import deployments
+from control_plane import deployments, postgres
+from control_plane.postgres import ClusterError
+from control_plane.settings import Settings
 from control_plane.supervisor import STACK_MARK
 from tests.helpers import created, make_catalog, trigger_and_wait, unique
 from tests.stack import free_port, wait_for
@@ -338,9 +341,19 @@ def _prefect(up: Up) -> Iterator[SyncPrefectClient]:
 
 
 @pytest.fixture(scope="module")
-def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+def open_folder() -> Iterator[Path]:
+    """A folder other users may enter, for the data dirs of `up`s that run their own Prefect:
+    as root, `up` runs its PostgreSQL as nobody, who cannot enter pytest's folders."""
+    folder = Path(tempfile.mkdtemp(prefix="control-plane-up-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def own_stack(open_folder: Path) -> Iterator[Up]:
     """`up` with a Prefect server of its own, for the tests that kill processes of it."""
-    data_dir = tmp_path_factory.mktemp("own-stack") / "data"
+    data_dir = open_folder / "own-stack" / "data"
     env = _environment(
         data_dir,
         CONTROL_PLANE_PREFECT_PORT=str(free_port()),
@@ -429,6 +442,17 @@ class TestRestarts:
         with up.api() as api:
             row = api.get(f"/connectors/{connector['id']}").json()
         assert row["prefectDeploymentId"] == str(deployment.id)
+
+    def test_a_cluster_nobody_could_reach_is_refused_and_nothing_is_opened(self, open_folder: Path):
+        closed = open_folder / "closed"
+        closed.mkdir(mode=0o700)
+        settings = Settings(data_dir=closed / "data")
+        if os.geteuid() == 0:
+            with pytest.raises(ClusterError, match=f"other users may not enter {closed}"):
+                postgres.cluster(settings)
+            assert closed.stat().st_mode & 0o777 == 0o700
+        else:  # PostgreSQL runs as this user, who may enter its own folders
+            assert (postgres.cluster(settings).data / "PG_VERSION").exists()
 
     def test_prefect_runs_on_a_postgresql_of_its_own_which_is_restarted(self, own_stack: Up):
         up = own_stack
@@ -527,7 +551,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 class TestInstalledWheel:
     def test_the_wheel_alone_migrates_runs_the_stack_deploys_and_syncs(
-        self, installed: Path, tmp_path: Path
+        self, installed: Path, tmp_path: Path, open_folder: Path
     ):
         version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
         done = subprocess.run([installed, "--version"], capture_output=True, text=True, check=True)
@@ -542,7 +566,7 @@ class TestInstalledWheel:
         assert package.is_relative_to(installed.parent.parent), package
         assert (package / "prefect.yaml").is_file()
 
-        data_dir = tmp_path / "data"
+        data_dir = open_folder / "wheel" / "data"
         env = _environment(data_dir, CONTROL_PLANE_PREFECT_PORT=str(free_port()))
         migrated = subprocess.run(
             [installed, "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True
