@@ -14,7 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from control_plane import catalog, crud, events
 from control_plane.audit import label_refused, label_run, publish_changes
 from control_plane.catalog import NAMES
-from control_plane.db import session_scope
+from control_plane.db import session_scope, write_lock
 from flows.lifecycle import UI_ACTOR
 from models import (
     EndpointCreate,
@@ -61,7 +61,7 @@ async def create_catalog_entry(
 ) -> ProjectPublic | EndpointPublic:
     """Store a new project, defined source or defined destination."""
     await label_run(actor=actor, name=f"create {NAMES[kind]} {spec.name!r}")
-    async with session_scope() as session:
+    async with write_lock(f"catalog:{kind}"), session_scope() as session:
         if isinstance(spec, ProjectCreate):
             row: catalog.Row = await crud.create_project(session=session, spec=spec)
         else:
@@ -86,7 +86,7 @@ async def update_catalog_entry(
     """Change fields of a project, defined source or defined destination; the connectors that
     use a source or destination read the change on their next run."""
     await label_run(actor=actor, name=f"update {NAMES[kind]} {entry_id}")
-    async with session_scope() as session:
+    async with write_lock(f"catalog:{kind}:{entry_id}"), session_scope() as session:
         row = await _get(session, kind, entry_id)
         before = catalog.seen(row)
         if isinstance(row, Project):
@@ -109,7 +109,7 @@ async def delete_catalog_entry(kind: CatalogKind, entry_id: int, actor: str = UI
     """Remove a project, defined source or defined destination no connector uses (409 while
     one does, naming them)."""
     await label_run(actor=actor, name=f"delete {NAMES[kind]} {entry_id}")
-    async with session_scope() as session:
+    async with write_lock(f"catalog:{kind}:{entry_id}"), session_scope() as session:
         row = await _get(session, kind, entry_id)
         before = catalog.seen(row)
         if isinstance(row, Project):

@@ -26,7 +26,7 @@ from control_plane import crud, deployments, events, runs, schedules
 from control_plane.audit import actor_tag, label_refused, label_run, publish_changes
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
-from control_plane.errors import Conflict, NotFound
+from control_plane.errors import Conflict, NotFound, Unavailable
 from control_plane.faults import pause_point
 from control_plane.sync import failure_threshold
 from models import Connector, ConnectorCreate, ConnectorPlan, ConnectorPublic, ConnectorUpdate
@@ -249,13 +249,18 @@ async def update_connector(
     _emit_update(connector, previous, changes, actor, await _publish_changes(shown, public))
     rescheduled = (connector.schedule, connector.timezone) != (previous.schedule, previous.timezone)
     if connector.is_active and rescheduled:
-        stale = await runs.drop_stale(connector_id, connector.schedule, connector.timezone)
-        if stale:
-            get_run_logger().info(
-                "connector %s: deleted runs of its old schedule %s",
-                connector_id,
-                ", ".join(map(str, stale)),
-            )
+        # After the commit: a failure here leaves a run of the old schedule, not a failed change.
+        try:
+            stale = await runs.drop_stale(connector_id, connector.schedule, connector.timezone)
+        except Unavailable:
+            get_run_logger().warning("runs of the old schedule were not looked for")
+        else:
+            if stale:
+                get_run_logger().info(
+                    "connector %s: deleted runs of its old schedule %s",
+                    connector_id,
+                    ", ".join(map(str, stale)),
+                )
     return public
 
 

@@ -80,9 +80,11 @@ def check_may_create_projects(caller: Caller) -> None:
 
 
 async def visible_project(
-    project_id: Annotated[Id, Path(title="Project ID")], session: SessionDep, caller: CallerDep
+    project_id: Annotated[Id, Path(title="Project ID")], caller: CallerDep
 ) -> Project:
-    project = await crud.get_project(session=session, project_id=project_id)
+    # A session of its own, as for a connector (below).
+    async with session_scope() as session:
+        project = await crud.get_project(session=session, project_id=project_id)
     if not caller.sees(project_id):
         raise NotFound(f"project {project_id} does not exist")
     return project

@@ -16,6 +16,7 @@ from control_plane.api.deps import (
 from control_plane.api.plans import PLANNED, plan_change, plan_create
 from control_plane.connectors import Kind, registered_types
 from control_plane.crud import Endpoint
+from control_plane.db import session_scope
 from control_plane.errors import NotFound
 from control_plane.public import endpoint_public
 from flows.catalog import create_catalog_entry, delete_catalog_entry, update_catalog_entry
@@ -38,11 +39,12 @@ def endpoint_router(kind: Kind) -> APIRouter:
     router = APIRouter(prefix=f"/defined-{kind}s", tags=[f"defined {kind}s"])
 
     async def visible_endpoint(
-        endpoint_id: Annotated[Id, Path(title=f"Defined {kind} ID")],
-        session: SessionDep,
-        caller: CallerDep,
+        endpoint_id: Annotated[Id, Path(title=f"Defined {kind} ID")], caller: CallerDep
     ):
-        endpoint = await crud.get_endpoint(session=session, kind=kind, endpoint_id=endpoint_id)
+        # A session of its own, closed at once: a change waits in its control flow, which
+        # opens another, so a request never holds two connections.
+        async with session_scope() as session:
+            endpoint = await crud.get_endpoint(session=session, kind=kind, endpoint_id=endpoint_id)
         if not caller.sees(endpoint.project_id):
             raise NotFound(f"defined {kind} {endpoint_id} does not exist")
         return endpoint
