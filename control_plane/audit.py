@@ -109,9 +109,10 @@ _REFUSED = "Refused: "
 _ASKED_MODELS = ("spec", "changes")
 
 
-async def publish_changes(changes: Sequence[FieldChange]) -> None:
+async def publish_changes(changes: Sequence[FieldChange]) -> list[dict[str, Any]]:
     """The current run's changes as its artifact: each field before and after, as the API
-    shows them (secrets masked; `secretChanged` where the masks hide a change).
+    shows them (secrets masked; `secretChanged` where the masks hide a change). Returns the
+    same changes as the JSON its events carry.
 
     Called once the change is committed: when Prefect fails to take the artifact, the change
     stands and says so in the run's log, rather than answer a failure for what was done."""
@@ -130,6 +131,7 @@ async def publish_changes(changes: Sequence[FieldChange]) -> None:
         await _publish(context.flow_run.id, rows, _CHANGED)
     except Unavailable:
         get_run_logger().warning("the artifact of this run's changes was not published")
+    return [change.model_dump(mode="json", by_alias=True) for change in changes]
 
 
 async def _publish_refusal(flow_run: FlowRun, state: State) -> None:

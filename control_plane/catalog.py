@@ -14,11 +14,6 @@ from models.plan import CatalogKind, FieldChange, field_changes
 Row = Project | Endpoint
 Seen = tuple[dict[str, Any], dict[str, Any]]  # a row as shown, and unmasked; {} for none
 KINDS: dict[type, Kind] = {table: kind for kind, table in ENDPOINT_TABLES.items()}
-NAMES: dict[CatalogKind, str] = {
-    "project": "project",
-    "source": "defined source",
-    "destination": "defined destination",
-}
 # Set by the write itself, never asked for: not a change.
 _BOOKKEEPING = frozenset({"id", "createdAt", "updatedAt"})
 

@@ -16,7 +16,7 @@ from uuid import UUID
 from prefect.events import emit_event
 
 from models import Connector
-from models.plan import CatalogKind
+from models.plan import CATALOG_NAMES, CatalogKind
 
 CREATED = "connector.created"
 UPDATED = "connector.updated"
@@ -64,13 +64,6 @@ def emit(
     )
 
 
-ENTRIES: dict[CatalogKind, str] = {
-    "project": "project",
-    "source": "defined-source",
-    "destination": "defined-destination",
-}
-
-
 def emit_entry(
     kind: CatalogKind,
     action: str,
@@ -82,11 +75,12 @@ def emit_entry(
     changes: list[dict[str, Any]],
 ) -> None:
     """Emit `<entry>.<action>` for a catalog entry, e.g. `defined-source.updated`."""
+    entry = CATALOG_NAMES[kind].replace(" ", "-")
     related = [] if kind == "project" else [_related(f"project.{project_id}", "project")]
     emit_event(
-        event=f"{ENTRIES[kind]}.{action}",
+        event=f"{entry}.{action}",
         resource={
-            "prefect.resource.id": f"{ENTRIES[kind]}.{entry_id}",
+            "prefect.resource.id": f"{entry}.{entry_id}",
             "prefect.resource.name": name,
         },
         related=related,

@@ -13,7 +13,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import catalog, crud, events
 from control_plane.audit import label_refused, label_run, publish_changes
-from control_plane.catalog import NAMES
 from control_plane.db import session_scope, write_lock
 from flows.lifecycle import UI_ACTOR
 from models import (
@@ -25,7 +24,7 @@ from models import (
     ProjectPublic,
     ProjectUpdate,
 )
-from models.plan import CatalogKind
+from models.plan import CATALOG_NAMES, CatalogKind
 
 
 async def _get(session: AsyncSession, kind: CatalogKind, entry_id: int) -> catalog.Row:
@@ -37,8 +36,7 @@ async def _get(session: AsyncSession, kind: CatalogKind, entry_id: int) -> catal
 async def _publish(
     action: str, row: catalog.Row, before: catalog.Seen, after: catalog.Seen, actor: str
 ) -> None:
-    changes = catalog.changes(before, after)
-    await publish_changes(changes)
+    changes = await publish_changes(catalog.changes(before, after))
     assert row.id is not None
     events.emit_entry(
         catalog.kind_of(row),
@@ -47,7 +45,7 @@ async def _publish(
         row.name,
         project_id=row.id if isinstance(row, Project) else row.project_id,
         actor=actor,
-        changes=[change.model_dump(mode="json", by_alias=True) for change in changes],
+        changes=changes,
     )
 
 
@@ -60,7 +58,7 @@ async def create_catalog_entry(
     kind: CatalogKind, spec: ProjectCreate | EndpointCreate, actor: str = UI_ACTOR
 ) -> ProjectPublic | EndpointPublic:
     """Store a new project, defined source or defined destination."""
-    await label_run(actor=actor, name=f"create {NAMES[kind]} {spec.name!r}")
+    await label_run(actor=actor, name=f"create {CATALOG_NAMES[kind]} {spec.name!r}")
     async with write_lock(f"catalog:{kind}"), session_scope() as session:
         if isinstance(spec, ProjectCreate):
             row: catalog.Row = await crud.create_project(session=session, spec=spec)
@@ -85,7 +83,7 @@ async def update_catalog_entry(
 ) -> ProjectPublic | EndpointPublic:
     """Change fields of a project, defined source or defined destination; the connectors that
     use a source or destination read the change on their next run."""
-    await label_run(actor=actor, name=f"update {NAMES[kind]} {entry_id}")
+    await label_run(actor=actor, name=f"update {CATALOG_NAMES[kind]} {entry_id}")
     async with write_lock(f"catalog:{kind}:{entry_id}"), session_scope() as session:
         row = await _get(session, kind, entry_id)
         before = catalog.seen(row)
@@ -108,7 +106,7 @@ async def update_catalog_entry(
 async def delete_catalog_entry(kind: CatalogKind, entry_id: int, actor: str = UI_ACTOR) -> None:
     """Remove a project, defined source or defined destination no connector uses (409 while
     one does, naming them)."""
-    await label_run(actor=actor, name=f"delete {NAMES[kind]} {entry_id}")
+    await label_run(actor=actor, name=f"delete {CATALOG_NAMES[kind]} {entry_id}")
     async with write_lock(f"catalog:{kind}:{entry_id}"), session_scope() as session:
         row = await _get(session, kind, entry_id)
         before = catalog.seen(row)

@@ -184,9 +184,7 @@ async def _publish_changes(
     before: ConnectorPublic | None, after: ConnectorPublic | None
 ) -> list[dict[str, Any]]:
     """What the committed run changed, as its artifact; the same goes into its events."""
-    changes = _field_changes(before, after)
-    await publish_changes(changes)
-    return [change.model_dump(mode="json", by_alias=True) for change in changes]
+    return await publish_changes(_field_changes(before, after))
 
 
 @flow(name="create-connector", persist_result=False, on_failure=[label_refused("create connector")])
@@ -377,14 +375,8 @@ async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
         await session.commit()
     # The cursor's value is the source's data: the change says when it was saved, not what.
     saved = None if forgotten is None else f"saved {forgotten.updated_at.isoformat()}"
-    changes = [FieldChange(field="cursor", before=saved, after=None, secret_changed=False)]
-    await publish_changes(changes)
-    events.emit(
-        events.RESET,
-        connector,
-        actor=actor,
-        changes=[change.model_dump(mode="json", by_alias=True) for change in changes],
-    )
+    forgot = FieldChange(field="cursor", before=saved, after=None, secret_changed=False)
+    events.emit(events.RESET, connector, actor=actor, changes=await publish_changes([forgot]))
 
 
 @flow(name="delete-connector", persist_result=False, on_failure=[label_refused("delete connector")])

@@ -69,6 +69,11 @@ class ConnectorPlan(ApiModel):
 
 
 CatalogKind = Literal["project", "source", "destination"]
+CATALOG_NAMES: dict[CatalogKind, str] = {
+    "project": "project",
+    "source": "defined source",
+    "destination": "defined destination",
+}
 
 
 class CatalogPlan(ApiModel):
