@@ -373,6 +373,8 @@ async def change_connector(
             )
     if values.get("is_active") is True:
         values["status_reason"] = None
+    if "paused_until" in values and values["paused_until"] is None:
+        values["pause_reason"] = None
     _touch(connector, {**values, "version": connector.version + 1})
     await _check_connector(session, connector)
     await session.flush()
@@ -431,6 +433,11 @@ async def contexts(*, session: AsyncSession) -> dict[int, ConnectorContext]:
 
 async def all_connectors(*, session: AsyncSession) -> Sequence[Connector]:
     return (await session.exec(select(Connector).order_by(col(Connector.id)))).all()
+
+
+async def overdue_pauses(*, session: AsyncSession, before: datetime) -> Sequence[Connector]:
+    """The connectors whose pause was to end before `before` and still stands."""
+    return await _connectors_where(session, col(Connector.paused_until) < before)
 
 
 async def deactivate(*, session: AsyncSession, connector: Connector, reason: str) -> None:

@@ -5,7 +5,7 @@ comparing deployments all start from the same spec.
 """
 
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -35,6 +35,7 @@ from prefect.events.schemas.automations import AutomationCore, EventTrigger, Pos
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.flows import load_flow_from_entrypoint
+from prefect.states import Scheduled
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.processutils import command_to_string
 from prefect.workers.process import ProcessWorker
@@ -101,6 +102,8 @@ def desired(connector: Connector, context: ConnectorContext) -> DeploymentSpec:
         ),
         work_pool=get_settings().work_pool,
         description=describe(connector, context),
+        # Until the resume run clears it: its scheduled runs stop; triggers check the time.
+        paused=connector.paused_until is not None,
     )
 
 
@@ -181,6 +184,7 @@ async def _create(spec: DeploymentSpec) -> UUID:
             entrypoint=SYNC_ENTRYPOINT,
             parameter_openapi_schema=_PARAMETER_SCHEMA,
             enforce_parameter_schema=True,
+            paused=spec.paused,
             # One run at a time per connector; a trigger meanwhile waits its turn.
             concurrency_limit=1,
         )
@@ -240,6 +244,22 @@ async def run_now(deployment_id: UUID, *, tags: list[str]) -> UUID:
     """Start a run of the deployment now, bypassing its schedule; returns the flow run id."""
     async with prefect_client() as client:
         flow_run = await client.create_flow_run_from_deployment(deployment_id, tags=tags)
+        return flow_run.id
+
+
+async def run_control_later(
+    flow_name: str, parameters: dict[str, Any], *, at: datetime, idempotency_key: str
+) -> UUID:
+    """Schedule a run of a control flow's deployment (prefect.yaml names each after its flow)
+    at `at`; a second call with the same key finds the first run."""
+    async with prefect_client() as client:
+        deployment = await client.read_deployment_by_name(f"{flow_name}/{flow_name}")
+        flow_run = await client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters=parameters,
+            state=Scheduled(scheduled_time=at),
+            idempotency_key=idempotency_key,
+        )
         return flow_run.id
 
 
@@ -409,5 +429,6 @@ __all__ = [
     "lost_runs_automation",
     "list_managed",
     "read_by_name",
+    "run_control_later",
     "run_now",
 ]

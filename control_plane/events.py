@@ -26,6 +26,8 @@ DEACTIVATED = "connector.deactivated"
 AUTO_DEACTIVATED = "connector.auto-deactivated"
 TRIGGERED = "connector.triggered"
 RESET = "connector.reset"
+PAUSED = "connector.paused"
+RESUMED = "connector.resumed"
 DELETED = "connector.deleted"
 FAILING = "connector.failing"
 
@@ -95,8 +97,10 @@ __all__ = [
     "DEACTIVATED",
     "DELETED",
     "FAILING",
+    "PAUSED",
     "RESCHEDULED",
     "RESET",
+    "RESUMED",
     "TRIGGERED",
     "UPDATED",
     "emit",

@@ -19,6 +19,7 @@ from control_plane.faults import blocking_pause_point
 from control_plane.runs import connector_tag
 from control_plane.settings import get_settings
 from models import Connector
+from models.base import utcnow
 
 T = TypeVar("T")
 
@@ -88,12 +89,14 @@ async def plan(*, session: AsyncSession, connector_id: int) -> SyncPlan:
 
     Raises:
         NotFound: the connector is gone.
-        Conflict: the connector is inactive.
+        Conflict: the connector is inactive or paused.
         InvalidInput: a config is outside the project's reach.
     """
     connector = await crud.get_connector(session=session, connector_id=connector_id)
     if not connector.is_active:
         raise Conflict(f"connector {connector_id} is inactive; activate it to run it")
+    if connector.paused(utcnow()):
+        raise Conflict(f"connector {connector_id} is {connector.pause_text()}")
     source = await crud.get_endpoint(
         session=session, kind="source", endpoint_id=connector.defined_source_id
     )

@@ -14,6 +14,7 @@ lookup.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -26,16 +27,17 @@ from control_plane import crud, deployments, events, runs, schedules
 from control_plane.audit import actor_tag, label_refused, label_run, publish_changes
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
-from control_plane.errors import Conflict, NotFound, Unavailable
+from control_plane.errors import Conflict, DeploymentMissing, NotFound, Unavailable
 from control_plane.faults import pause_point
 from control_plane.sync import failure_threshold
 from models import Connector, ConnectorCreate, ConnectorPlan, ConnectorPublic, ConnectorUpdate
-from models.base import utcnow
+from models.base import as_utc, utcnow
 from models.connector import OnConflict
 from models.plan import DeploymentPlan, FieldChange, RunDropped, field_changes
 from models.schedule import scheduled_runs
 
 UI_ACTOR = "prefect-ui"
+SCHEDULE_ACTOR = "schedule"
 
 
 async def _spec(session: AsyncSession, connector: Connector) -> DeploymentSpec | None:
@@ -118,6 +120,10 @@ def _describe_update(connector_id: int, changes: ConnectorUpdate) -> str:
     """What the caller asked for, from the request alone: the row is not read yet."""
     values = changes.model_dump(exclude_unset=True)
     is_active = values.pop("is_active", None)
+    if is_active is None and "paused_until" in values and values.keys() <= _PAUSE_FIELDS:
+        if until := values["paused_until"]:
+            return f"pause connector {connector_id} until {until:%Y-%m-%d %H:%M:%S %Z}"
+        return f"resume connector {connector_id}"
     if is_active is None and values and values.keys() <= {"schedule", "timezone"}:
         when = []
         if "schedule" in values:
@@ -132,15 +138,20 @@ def _describe_update(connector_id: int, changes: ConnectorUpdate) -> str:
     return f"{verb} connector {connector_id}" + (f" and update {fields}" if fields else "")
 
 
+_PAUSE_FIELDS = {"paused_until", "pause_reason"}
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     schedule: str | None
     timezone: str
     is_active: bool
+    paused_until: datetime | None
 
     @classmethod
     def of(cls, connector: Connector) -> "_Snapshot":
-        return cls(connector.schedule, connector.timezone, connector.is_active)
+        paused_until = as_utc(connector.paused_until) if connector.paused_until else None
+        return cls(connector.schedule, connector.timezone, connector.is_active, paused_until)
 
 
 def _emit_update(
@@ -169,7 +180,16 @@ def _emit_update(
             after={"schedule": current.schedule, "timezone": current.timezone},
             changes=changed,
         )
-    others = changes.model_fields_set - {"schedule", "timezone", "is_active"}
+    if current.paused_until != previous.paused_until:
+        events.emit(
+            events.PAUSED if current.paused_until else events.RESUMED,
+            connector,
+            actor=actor,
+            pausedUntil=current.paused_until.isoformat() if current.paused_until else None,
+            reason=connector.pause_reason,
+            changes=changed,
+        )
+    others = changes.model_fields_set - {"schedule", "timezone", "is_active", *_PAUSE_FIELDS}
     if others:
         events.emit(
             events.UPDATED,
@@ -209,7 +229,29 @@ async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> Conn
         isActive=connector.is_active,
         changes=await _publish_changes(None, public),
     )
+    await _schedule_resume(connector)
     return public
+
+
+async def _schedule_resume(connector: Connector) -> None:
+    """After the commit, a run of `resume-connector` at the pause's end; if Prefect cannot take
+    it now, reconcile resumes the connector once the time has passed."""
+    if connector.paused_until is None:
+        return
+    until = as_utc(connector.paused_until)
+    try:
+        flow_run_id = await deployments.run_control_later(
+            resume_connector.name,
+            {"connector_id": connector.id, "paused_until": until.isoformat()},
+            at=until,
+            idempotency_key=f"resume:{connector.id}:{until.isoformat()}",
+        )
+    except (Unavailable, DeploymentMissing) as error:
+        get_run_logger().warning(
+            "resume at %s not scheduled (%s): reconcile resumes it", until, error
+        )
+        return
+    get_run_logger().info("connector %s resumes at %s: run %s", connector.id, until, flow_run_id)
 
 
 @flow(name="update-connector", persist_result=False, on_failure=[label_refused("update connector")])
@@ -226,6 +268,19 @@ async def update_connector(
     await label_run(
         actor=actor, name=_describe_update(connector_id, changes), connector_id=connector_id
     )
+    return await _update(connector_id, changes, actor=actor, expected_version=expected_version)
+
+
+async def _update(
+    connector_id: int,
+    changes: ConnectorUpdate,
+    *,
+    actor: str,
+    expected_version: int | None = None,
+    only_if: Callable[[Connector], bool] | None = None,
+) -> ConnectorPublic:
+    """The body of `update-connector`; with `only_if`, nothing changes unless the locked row
+    passes it."""
     async with write_lock(f"connector:{connector_id}"):
         await _stop_runs_first(
             connector_id,
@@ -238,6 +293,9 @@ async def update_connector(
                 session=session, connector_id=connector_id, for_update=True
             )
             crud.check_version(connector, expected_version)
+            if only_if is not None and not only_if(connector):
+                get_run_logger().info("connector %s: nothing to change", connector_id)
+                return ConnectorPublic.model_validate(connector)
             before, previous = await _spec(session, connector), _Snapshot.of(connector)
             shown = ConnectorPublic.model_validate(connector)
             await crud.change_connector(session=session, connector=connector, changes=changes)
@@ -245,6 +303,8 @@ async def update_connector(
                 await _cancel_runs(connector_id, wait=0)
             public = await _apply_and_commit(session, connector, before)
     _emit_update(connector, previous, changes, actor, await _publish_changes(shown, public))
+    if connector.paused_until and _Snapshot.of(connector).paused_until != previous.paused_until:
+        await _schedule_resume(connector)
     rescheduled = (connector.schedule, connector.timezone) != (previous.schedule, previous.timezone)
     if connector.is_active and rescheduled:
         # After the commit: a failure here leaves a run of the old schedule, not a failed change.
@@ -260,6 +320,29 @@ async def update_connector(
                     ", ".join(map(str, stale)),
                 )
     return public
+
+
+@flow(name="resume-connector", persist_result=False, on_failure=[label_refused("resume connector")])
+async def resume_connector(
+    connector_id: int, paused_until: datetime, actor: str = SCHEDULE_ACTOR
+) -> ConnectorPublic:
+    """End the connector's pause that was to end at `paused_until`: its deployment is unpaused
+    and its schedule runs again. Scheduled by the pause itself; a pause changed or ended since
+    is left as it is."""
+    until = f"{as_utc(paused_until):%Y-%m-%d %H:%M:%S} UTC"
+    await label_run(
+        actor=actor,
+        name=f"resume connector {connector_id} (paused until {until})",
+        connector_id=connector_id,
+    )
+    return await _update(
+        connector_id,
+        ConnectorUpdate(paused_until=None),
+        actor=actor,
+        only_if=lambda c: (
+            c.paused_until is not None and as_utc(c.paused_until) == as_utc(paused_until)
+        ),
+    )
 
 
 @flow(
@@ -330,6 +413,11 @@ async def trigger_connector(
         if not connector.is_active or connector.prefect_deployment_id is None:
             raise Conflict(
                 f"connector {connector_id} is inactive; activate it (isActive: true) to run it"
+            )
+        if connector.paused(utcnow()):
+            raise Conflict(
+                f"connector {connector_id} is {connector.pause_text()}; "
+                "resume it (pausedUntil: null) to run it now"
             )
         if on_conflict == "reject" and (active := await runs.active_runs(connector_id)):
             raise Conflict(f"connector {connector_id} has a run in progress: {active[0].id}")
@@ -567,6 +655,7 @@ LIFECYCLE_FLOWS = [
     for flow_ in (
         create_connector,
         update_connector,
+        resume_connector,
         deactivate_connector,
         trigger_connector,
         cancel_connector_run,
@@ -578,12 +667,14 @@ LIFECYCLE_FLOWS = [
 
 __all__ = [
     "LIFECYCLE_FLOWS",
+    "SCHEDULE_ACTOR",
     "cancel_connector_run",
     "create_connector",
     "deactivate_connector",
     "delete_connector",
     "plan_connector_change",
     "reset_connector",
+    "resume_connector",
     "trigger_connector",
     "update_connector",
 ]

@@ -1,16 +1,21 @@
 """The `reconcile-connectors` flow: make Prefect agree with the database again."""
 
+from collections import Counter
+from datetime import timedelta
+
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from control_plane import crud, reconcile, schedules
 from control_plane.audit import label_refused, label_run
 from control_plane.db import session_scope
+from flows.lifecycle import SCHEDULE_ACTOR, resume_connector
 from flows.runs import record_unfinished
 from models import Connector, ConnectorContext
-from models.base import as_utc
+from models.base import as_utc, utcnow
 
-SCHEDULE_ACTOR = "schedule"
+# A pause's own resume run had this long to end it before reconcile does.
+RESUME_GRACE = timedelta(minutes=1)
 
 
 @flow(
@@ -26,7 +31,8 @@ async def reconcile_connectors(
     Missing deployments are created, differing ones patched in place (the schedule keeps its
     identity), orphans deleted with their scheduled runs, a few at a time, each under its
     connector's row lock; sync runs that ended unrecorded (a crash whose event was missed) are
-    recorded in their connectors' status. With `dry_run`, only report the drift.
+    recorded in their connectors' status, and pauses past their end whose resume run never
+    came are ended (a `resume-connector` run each). With `dry_run`, only report the drift.
     """
     await label_run(actor=actor, name="reconcile connectors" + (" (dry run)" if dry_run else ""))
     async with session_scope() as session:
@@ -38,6 +44,13 @@ async def reconcile_connectors(
         await reconcile.repair_all(drift)
         for flow_run_id, end in (await record_unfinished()).items():
             logger.info("sync run %s ended unrecorded: recorded as %s", flow_run_id, end)
+        async with session_scope() as session:
+            overdue = await crud.overdue_pauses(session=session, before=utcnow() - RESUME_GRACE)
+        for connector in overdue:
+            assert connector.paused_until is not None
+            await resume_connector(
+                connector_id=connector.id, paused_until=connector.paused_until, actor=actor
+            )
     rows = [item.as_row() for item in drift]
     await create_table_artifact(
         key="reconcile-connectors",
@@ -59,12 +72,19 @@ async def _publish_overview() -> None:
         contexts = await crud.contexts(session=session)
         connectors = await crud.all_connectors(session=session)
     rows = [_overview_row(connector, contexts[connector.id]) for connector in connectors]
-    active = sum(connector.is_active for connector in connectors)
+    states = Counter(_state(connector) for connector in connectors)
     await create_table_artifact(
         key="connectors-overview",
         table=rows or [dict.fromkeys(_OVERVIEW_COLUMNS, "")],
-        description=f"{len(rows)} connectors, {active} active, {len(rows) - active} paused",
+        description=f"{len(rows)} connectors, {states['active']} active, "
+        f"{states['paused']} paused, {states['inactive']} inactive",
     )
+
+
+def _state(connector: Connector) -> str:
+    if not connector.is_active:
+        return "inactive"
+    return "paused" if connector.paused_until else "active"
 
 
 _OVERVIEW_COLUMNS = (
@@ -89,7 +109,7 @@ def _overview_row(connector: Connector, context: ConnectorContext) -> dict[str, 
         f"{connector.id}: {connector.name}",
         context.project,
         f"{context.source_type} → {context.destination_type}",
-        "active" if connector.is_active else "paused",
+        _state(connector),
         schedules.in_words(connector.schedule, connector.timezone),
         last,
         str(connector.consecutive_failures),

@@ -1,13 +1,13 @@
 """The connector: a schedule that moves data from a defined source to a defined destination."""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, PlainSerializer, computed_field
-from sqlalchemy import DateTime, UniqueConstraint
+from pydantic import AfterValidator, PlainSerializer, StringConstraints, computed_field
+from sqlalchemy import JSON, DateTime, UniqueConstraint
 from sqlmodel import Field
 
 from control_plane import schedules
@@ -20,6 +20,7 @@ from models.base import (
     InputModel,
     UpdateModel,
     UtcDatetime,
+    as_utc,
     check_cron,
     check_timezone,
     timestamp_field,
@@ -31,6 +32,35 @@ Cron = Annotated[str, AfterValidator(check_cron)]
 Timezone = Annotated[str, AfterValidator(check_timezone)]
 MAX_RETRIES = 10
 MAX_SECONDS = 7 * 24 * 3600
+MAX_LABELS = 32
+MAX_PAUSE = timedelta(days=366)
+# Labels select connectors (list filters, bulk actions): a word, or key:value, key=value.
+Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,62}$")]
+Labels = Annotated[
+    list[Label], Field(max_length=MAX_LABELS), AfterValidator(lambda labels: sorted(set(labels)))
+]
+Owner = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Owners = Annotated[
+    list[Owner],
+    Field(max_length=MAX_LABELS),
+    AfterValidator(lambda owners: list(dict.fromkeys(owners))),
+]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+
+def check_pause_end(value: datetime) -> datetime:
+    """A time within the next year, with its zone: when a pause ends by itself."""
+    if value.tzinfo is None:
+        raise ValueError("has no time zone; give one, e.g. 2026-12-24T08:00:00Z")
+    now = utcnow()
+    if value <= now:
+        raise ValueError("is not in the future; null resumes the connector now")
+    if value > now + MAX_PAUSE:
+        raise ValueError("is more than 366 days ahead; deactivate the connector instead")
+    return value
+
+
+PauseEnd = Annotated[datetime, AfterValidator(check_pause_end)]
 # Overrides travel as control flow parameters, which Prefect stores: their JSON form (flow run
 # parameters and API answers alike) masks the secret values.
 SourceOverride = Annotated[
@@ -107,6 +137,34 @@ class ConnectorBase(ApiModel):
             "null: the setting's default; 0: no limit."
         ),
     )
+    labels: Labels = Field(
+        default_factory=list,
+        sa_type=JSON,
+        description="Free-form labels (a word or key:value) for list filters and bulk actions.",
+        schema_extra={"examples": [["team:finance", "tier-1"]]},
+    )
+    owners: Owners = Field(
+        default_factory=list,
+        sa_type=JSON,
+        description="Who answers for the connector: people or teams, e.g. e-mail addresses.",
+    )
+    paused_until: UtcDatetime | None = Field(
+        default=None,
+        description=(
+            "While set, scheduled runs stop and triggers are refused; at this time the "
+            "connector resumes by itself. Null: not paused."
+        ),
+    )
+    pause_reason: Reason | None = Field(default=None, description="Why it is paused.")
+
+    def paused(self, now: datetime) -> bool:
+        return self.paused_until is not None and as_utc(self.paused_until) > now
+
+    def pause_text(self) -> str:
+        """`paused until <time>: <reason>`, for refusals and logs."""
+        assert self.paused_until is not None
+        until = as_utc(self.paused_until).isoformat()
+        return f"paused until {until}" + (f": {self.pause_reason}" if self.pause_reason else "")
 
 
 class ConnectorStatus(ApiModel):
@@ -128,6 +186,7 @@ class Connector(ConnectorBase, ConnectorStatus, table=True):
     last_run_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     last_success_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     last_failure_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    paused_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     consecutive_failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # Counts the changes made through the control flows; the ETag of the connector.
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
@@ -147,8 +206,11 @@ class ConnectorContext:
     destination_type: str
 
 
+_PAUSE_END = "The time (with its zone) the pause ends; null: not paused."
+
+
 class ConnectorCreate(ConnectorBase, InputModel):
-    pass
+    paused_until: PauseEnd | None = Field(default=None, description=_PAUSE_END)
 
 
 class ConnectorUpdate(UpdateModel):
@@ -162,6 +224,8 @@ class ConnectorUpdate(UpdateModel):
             "retries",
             "retry_delay_seconds",
             "timeout_seconds",
+            "paused_until",
+            "pause_reason",
         }
     )
 
@@ -179,6 +243,10 @@ class ConnectorUpdate(UpdateModel):
     retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
     retry_delay_seconds: int | None = Field(default=None, ge=0, le=MAX_SECONDS)
     timeout_seconds: int | None = Field(default=None, ge=0, le=MAX_SECONDS)
+    labels: Labels | None = None
+    owners: Owners | None = None
+    paused_until: PauseEnd | None = Field(default=None, description=_PAUSE_END)
+    pause_reason: Reason | None = None
 
 
 class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):

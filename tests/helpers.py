@@ -32,6 +32,7 @@ from tests.stack import wait_for
 CONTROL_FLOWS = [
     "create-connector",
     "update-connector",
+    "resume-connector",
     "deactivate-connector",
     "trigger-connector",
     "cancel-connector-run",

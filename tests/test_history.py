@@ -337,7 +337,7 @@ class TestOverview:
     ):
         since = datetime.now(UTC)
         active = created(api.post("/connectors", json=catalog.connector()))
-        paused = created(api.post("/connectors", json=catalog.connector(isActive=False)))
+        inactive = created(api.post("/connectors", json=catalog.connector(isActive=False)))
         reconcile_cli(stack.env, "--dry-run")  # a report of every pass, repairs or not
 
         [artifact] = prefect.read_artifacts(
@@ -357,4 +357,4 @@ class TestOverview:
             "consecutive failures": "0",
             "status reason": "",
         }
-        assert rows[f"{paused['id']}: {paused['name']}"]["state"] == "paused"
+        assert rows[f"{inactive['id']}: {inactive['name']}"]["state"] == "inactive"
