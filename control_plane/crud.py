@@ -5,13 +5,13 @@ flow can keep the database change and the Prefect change in one unit.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
 from pydantic.alias_generators import to_camel
-from sqlalchemy import DateTime, case, delete, func, literal, or_, update
+from sqlalchemy import DateTime, String, case, cast, delete, func, literal, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -286,15 +286,21 @@ async def get_connector(
     return connector
 
 
-async def list_connectors(
+def _has_label(label: str) -> Any:
+    # A label holds no quote, backslash or LIKE wildcard (`models.connector.Label`): in the
+    # stored JSON text, the quoted label is found only where the list holds exactly it.
+    return cast(Connector.labels, String).like(f'%"{label}"%')
+
+
+def _selected(
     *,
-    session: AsyncSession,
     project_id: int | None,
-    project_ids: frozenset[int] | None,
-    is_active: bool | None,
-    limit: int,
-    offset: int,
-) -> tuple[Sequence[Connector], int]:
+    project_ids: Collection[int] | None,
+    is_active: bool | None = None,
+    labels: Sequence[str] = (),
+    ids: Sequence[int] | None = None,
+) -> Any:
+    """Connectors that match every criterion given, in the order of their ids."""
     query = select(Connector).order_by(col(Connector.id))
     if project_id is not None:
         query = query.where(Connector.project_id == project_id)
@@ -302,7 +308,38 @@ async def list_connectors(
         query = query.where(col(Connector.project_id).in_(project_ids))
     if is_active is not None:
         query = query.where(Connector.is_active == is_active)
+    if ids is not None:
+        query = query.where(col(Connector.id).in_(ids))
+    return query.where(*map(_has_label, labels))
+
+
+async def list_connectors(
+    *,
+    session: AsyncSession,
+    project_id: int | None,
+    project_ids: frozenset[int] | None,
+    is_active: bool | None,
+    labels: Sequence[str],
+    limit: int,
+    offset: int,
+) -> tuple[Sequence[Connector], int]:
+    query = _selected(
+        project_id=project_id, project_ids=project_ids, is_active=is_active, labels=labels
+    )
     return await _page(session, query, limit=limit, offset=offset)
+
+
+async def select_connectors(
+    *,
+    session: AsyncSession,
+    ids: Sequence[int] | None,
+    project_id: int | None,
+    labels: Sequence[str],
+    project_ids: Collection[int] | None,
+) -> Sequence[Connector]:
+    """The connectors a bulk selector names, within `project_ids` (None: all projects)."""
+    query = _selected(project_id=project_id, project_ids=project_ids, labels=labels, ids=ids)
+    return (await session.exec(query)).all()
 
 
 async def _check_connector(session: AsyncSession, connector: Connector) -> None:

@@ -204,7 +204,7 @@ async def _publish_changes(
     before: ConnectorPublic | None, after: ConnectorPublic | None
 ) -> list[dict[str, Any]]:
     """What the committed run changed, as its artifact; the same goes into its events."""
-    return await publish_changes(_field_changes(before, after))
+    return await publish_changes(connector_changes(before, after))
 
 
 @flow(name="create-connector", persist_result=False, on_failure=[label_refused("create connector")])
@@ -559,7 +559,7 @@ async def plan_connector_change(
     return ConnectorPlan(
         action=action,
         connector_id=connector_id,
-        changes=_field_changes(before, after),
+        changes=connector_changes(before, after),
         deployment=_deployment_plan(before_spec, after_spec, creates=spec is not None),
         runs_dropped=await _runs_dropped(
             connector_id, before_spec, after_spec, deletes=action == "delete"
@@ -573,7 +573,7 @@ async def plan_connector_change(
     )
 
 
-def _field_changes(
+def connector_changes(
     before: ConnectorPublic | None, after: ConnectorPublic | None
 ) -> list[FieldChange]:
     """Field by field, masked; a secret that changes shows as `secretChanged`."""
@@ -669,6 +669,7 @@ __all__ = [
     "LIFECYCLE_FLOWS",
     "SCHEDULE_ACTOR",
     "cancel_connector_run",
+    "connector_changes",
     "create_connector",
     "deactivate_connector",
     "delete_connector",

@@ -2,7 +2,7 @@
 destinations that take a limited number of runs at a time."""
 
 from datetime import UTC, datetime, timedelta
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
@@ -78,3 +78,85 @@ class TestTimedPause:
         [error] = response.json()["detail"]
         assert error["loc"][-1] == "pausedUntil" and says in error["msg"]
         assert api.get(f"/connectors/{connector['id']}").json()["version"] == connector["version"]
+
+
+class TestLabelsAndBulkActions:
+    def _labelled(self, api: httpx.Client, catalog: Catalog, label: str) -> list[dict]:
+        bodies = [
+            catalog.connector(labels=[label, "tier-1"]),
+            catalog.connector(labels=[label]),
+            catalog.connector(labels=[label], isActive=False),
+            catalog.connector(labels=["tier-1"]),
+        ]
+        return [created(api.post("/connectors", json=body)) for body in bodies]
+
+    def test_labels_filter_the_list(self, api: httpx.Client, catalog: Catalog):
+        label = f"team:{uuid4().hex[:8]}"
+        connectors = self._labelled(api, catalog, label)
+        assert connectors[0]["labels"] == sorted([label, "tier-1"])
+        listed = api.get("/connectors", params={"label": [label, "tier-1"]}).json()
+        assert [c["id"] for c in listed["data"]] == [connectors[0]["id"]]
+        assert api.get("/connectors", params={"label": label}).json()["count"] == 3
+        refused = api.get("/connectors", params={"label": 'a"b'})
+        assert refused.status_code == 422
+
+    def test_a_dry_run_plans_and_changes_nothing(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
+    ):
+        label = f"team:{uuid4().hex[:8]}"
+        connectors = self._labelled(api, catalog, label)
+        body = {"selector": {"labels": [label]}, "action": "deactivate", "reason": "cleanup"}
+        response = api.post("/connectors/bulk", params={"dryRun": "true"}, json=body)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert (answer["dryRun"], answer["selected"], answer["changed"]) == (True, 3, 0)
+        outcomes = {r["connectorId"]: r for r in answer["results"]}
+        assert [outcomes[c["id"]]["outcome"] for c in connectors[:3]] == [
+            "planned",
+            "planned",
+            "unchanged",
+        ]
+        assert outcomes[connectors[0]["id"]]["changes"][0]["field"] == "isActive"
+        for connector in connectors:
+            assert api.get(f"/connectors/{connector['id']}").json()["version"] == 1
+        assert prefect.read_flow_run(UUID(answer["flowRunId"])).state.is_completed()
+
+    def test_a_bulk_trigger_reports_each_connector(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
+    ):
+        label = f"team:{uuid4().hex[:8]}"
+        connectors = self._labelled(api, catalog, label)
+        missing = 2**31 - 1
+        ids = [c["id"] for c in connectors[:3]] + [missing]
+        body = {"selector": {"ids": ids, "labels": [label]}, "action": "trigger"}
+        response = api.post("/connectors/bulk", json=body)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert (answer["selected"], answer["changed"], answer["failed"]) == (4, 2, 2)
+        outcomes = {r["connectorId"]: r for r in answer["results"]}
+        for connector in connectors[:2]:
+            outcome = outcomes[connector["id"]]
+            assert outcome["outcome"] == "changed" and outcome["syncRunId"]
+            control = prefect.read_flow_run(UUID(outcome["flowRunId"]))
+            assert control.name == f"trigger connector {connector['id']}"
+        inactive = outcomes[connectors[2]["id"]]
+        assert inactive["outcome"] == "failed" and "inactive" in inactive["error"]
+        assert prefect.read_flow_run(UUID(inactive["flowRunId"])).state.is_failed()
+        assert outcomes[missing]["error"] == f"connector {missing} does not exist"
+
+    @pytest.mark.parametrize(
+        ("body", "field"),
+        [
+            ({"selector": {}, "action": "trigger"}, "selector"),
+            ({"selector": {"labels": ["x"]}, "action": "deactivate"}, ""),
+            ({"selector": {"labels": ["x"]}, "action": "update"}, ""),
+            ({"selector": {"labels": ["x"]}, "action": "update", "changes": {"name": "a"}}, "name"),
+        ],
+    )
+    def test_a_bulk_request_that_says_too_little_is_refused(
+        self, api: httpx.Client, body: dict, field: str
+    ):
+        response = api.post("/connectors/bulk", json=body)
+        assert response.status_code == 422, response.text
+        [error] = response.json()["detail"]
+        assert field in [str(part) for part in error["loc"]] or not field

@@ -21,6 +21,7 @@ from control_plane.api.plans import planned
 from control_plane.api.routes.schedules import add_warnings, schedule_preview
 from control_plane.errors import PreconditionFailed
 from control_plane.schedules import MAX_PREVIEW, PREVIEW_COUNT
+from flows.bulk import bulk_connector_action
 from flows.lifecycle import (
     LIFECYCLE_FLOWS,
     cancel_connector_run,
@@ -47,6 +48,8 @@ from models import (
     TriggerResult,
 )
 from models.base import Id
+from models.bulk import BulkRequest, BulkResult
+from models.connector import Label
 from models.schedule import PreviewStart
 
 router = APIRouter(prefix="/connectors", tags=["connectors"])
@@ -112,16 +115,34 @@ async def list_all(
     caller: CallerDep,
     project_id: Annotated[Id | None, Query(alias="projectId")] = None,
     is_active: Annotated[bool | None, Query(alias="isActive")] = None,
+    label: Annotated[
+        list[Label] | None,
+        Query(description="Only connectors with this label; repeat it for all of several."),
+    ] = None,
 ):
     connectors, count = await crud.list_connectors(
         session=session,
         project_id=project_id,
         project_ids=caller.projects,
         is_active=is_active,
+        labels=label or [],
         limit=page.limit,
         offset=page.offset,
     )
     return ConnectorsPublic(data=connectors, count=count)
+
+
+@router.post("/bulk", response_model=BulkResult)
+async def bulk(request: BulkRequest, caller: CallerDep, dry_run: DryRun = False):
+    """One action on every connector the selector names, within the caller's projects: a
+    control run for the request and one for each connector it changes (none for a connector
+    it would not change). A connector that fails does not stop the others; each one's outcome
+    is in the answer. With dryRun=true, each change is planned instead."""
+    check_project_reference(caller, request.selector.project_id)
+    projects = sorted(caller.projects) if caller.projects is not None else None
+    return await bulk_connector_action(
+        request=request, dry_run=dry_run, actor=caller.actor, project_ids=projects
+    )
 
 
 @router.get("/{connector_id}", response_model=ConnectorPublic)
