@@ -106,6 +106,12 @@ async def new_project(*, session: AsyncSession, spec: ProjectCreate) -> Project:
     return Project.model_validate(spec)
 
 
+async def overdue_freezes(*, session: AsyncSession, before: datetime) -> Sequence[Project]:
+    """The projects whose freeze was to end before `before` and still stands."""
+    query = select(Project).where(col(Project.frozen_until) < before).order_by(col(Project.id))
+    return (await session.exec(query)).all()
+
+
 async def create_project(*, session: AsyncSession, spec: ProjectCreate) -> Project:
     project = await new_project(session=session, spec=spec)
     session.add(project)
@@ -435,7 +441,7 @@ def _check_override_follows(connector: Connector, kind: Kind, values: dict[str, 
 
 
 async def context_of(*, session: AsyncSession, connector: Connector) -> ConnectorContext:
-    """Its project's name and its source's and destination's types (no config is read)."""
+    """Its project's name and freeze, its source's and destination's types (no config)."""
     # Three rows by their keys, as scalar subqueries: a cartesian product of three one-row
     # selections gives the same row, with a warning of SQLAlchemy's in every process's log.
     query = select(
@@ -446,8 +452,12 @@ async def context_of(*, session: AsyncSession, connector: Connector) -> Connecto
         select(col(DefinedDestination.type))
         .where(DefinedDestination.id == connector.defined_destination_id)
         .scalar_subquery(),
+        select(col(Project.freeze_reason).is_not(None))
+        .where(Project.id == connector.project_id)
+        .scalar_subquery(),
     )
-    return ConnectorContext(*(await session.exec(query)).one())
+    project, source_type, destination_type, frozen = (await session.exec(query)).one()
+    return ConnectorContext(project, source_type, destination_type, bool(frozen))
 
 
 async def contexts(*, session: AsyncSession) -> dict[int, ConnectorContext]:
@@ -458,6 +468,7 @@ async def contexts(*, session: AsyncSession) -> dict[int, ConnectorContext]:
             col(Project.name),
             col(DefinedSource.type),
             col(DefinedDestination.type),
+            col(Project.freeze_reason).is_not(None),
         )
         .select_from(Connector)
         .join(Project, col(Project.id) == Connector.project_id)
@@ -465,7 +476,7 @@ async def contexts(*, session: AsyncSession) -> dict[int, ConnectorContext]:
         .join(DefinedDestination, col(DefinedDestination.id) == Connector.defined_destination_id)
     )
     rows = (await session.exec(query)).all()
-    return {row[0]: ConnectorContext(*row[1:]) for row in rows}
+    return {row[0]: ConnectorContext(row[1], row[2], row[3], bool(row[4])) for row in rows}
 
 
 async def all_connectors(*, session: AsyncSession) -> Sequence[Connector]:

@@ -102,8 +102,8 @@ def desired(connector: Connector, context: ConnectorContext) -> DeploymentSpec:
         ),
         work_pool=get_settings().work_pool,
         description=describe(connector, context),
-        # Until the resume run clears it: its scheduled runs stop; triggers check the time.
-        paused=connector.paused_until is not None,
+        # Until the resume run clears it, or the project thaws: its scheduled runs stop.
+        paused=connector.paused_until is not None or context.project_frozen,
     )
 
 

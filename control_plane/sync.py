@@ -79,6 +79,25 @@ def warn_when_failing(connector: Connector, error: str) -> None:
         )
 
 
+async def refusal(*, session: AsyncSession, connector: Connector) -> str | None:
+    """Why the connector may not run now (inactive, paused, its project frozen), saying how to
+    change that; None when it may."""
+    if not connector.is_active:
+        return f"connector {connector.id} is inactive; activate it (isActive: true) to run it"
+    if connector.paused(utcnow()):
+        return (
+            f"connector {connector.id} is {connector.pause_text()}; "
+            "resume it (pausedUntil: null) to run it now"
+        )
+    project = await crud.get_project(session=session, project_id=connector.project_id)
+    if project.freeze_reason is not None:
+        return (
+            f"{project.freeze_text()}; unfreeze it (POST /api/v1/projects/{project.id}/unfreeze) "
+            "to run its connectors"
+        )
+    return None
+
+
 def _or_default(value: int | None, default: int) -> int:
     return default if value is None else value
 
@@ -89,14 +108,12 @@ async def plan(*, session: AsyncSession, connector_id: int) -> SyncPlan:
 
     Raises:
         NotFound: the connector is gone.
-        Conflict: the connector is inactive or paused.
+        Conflict: the connector may not run now (`refusal`).
         InvalidInput: a config is outside the project's reach.
     """
     connector = await crud.get_connector(session=session, connector_id=connector_id)
-    if not connector.is_active:
-        raise Conflict(f"connector {connector_id} is inactive; activate it to run it")
-    if connector.paused(utcnow()):
-        raise Conflict(f"connector {connector_id} is {connector.pause_text()}")
+    if refused := await refusal(session=session, connector=connector):
+        raise Conflict(refused)
     source = await crud.get_endpoint(
         session=session, kind="source", endpoint_id=connector.defined_source_id
     )
@@ -246,6 +263,7 @@ __all__ = [
     "in_daemon_thread",
     "move",
     "plan",
+    "refusal",
     "resume",
     "warn_when_failing",
 ]

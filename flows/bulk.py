@@ -16,6 +16,7 @@ from control_plane import crud
 from control_plane.audit import label_refused, label_run
 from control_plane.db import session_scope
 from control_plane.errors import ControlPlaneError, InvalidInput
+from control_plane.sync import refusal
 from flows.lifecycle import (
     UI_ACTOR,
     connector_changes,
@@ -25,7 +26,7 @@ from flows.lifecycle import (
     update_connector,
 )
 from models import Connector, ConnectorPlan, ConnectorPublic, ConnectorUpdate
-from models.base import as_utc, utcnow
+from models.base import as_utc
 from models.bulk import MAX_BULK, BulkOutcome, BulkRequest, BulkResult
 
 
@@ -77,15 +78,6 @@ async def _outcome(connector: Connector, state: State) -> BulkOutcome:
     )
 
 
-def _refusal(connector: Connector) -> str | None:
-    """Why a trigger would be refused, for a dry run (the trigger checks it again)."""
-    if not connector.is_active:
-        return f"connector {connector.id} is inactive"
-    if connector.paused(utcnow()):
-        return f"connector {connector.id} is {connector.pause_text()}"
-    return None
-
-
 async def _act(
     connector: Connector, request: BulkRequest, dry_run: bool, actor: str
 ) -> BulkOutcome:
@@ -96,12 +88,13 @@ async def _act(
                 connector_id=connector.id, actor=actor, return_state=True
             )
             return await _outcome(connector, state)
-        refusal = _refusal(connector)
+        async with session_scope() as session:
+            refused = await refusal(session=session, connector=connector)
         return BulkOutcome(
             connector_id=connector.id,
-            outcome="failed" if refusal else "planned",
+            outcome="failed" if refused else "planned",
             flow_run_id=None,
-            error=refusal,
+            error=refused,
         )
     changes = _changes(connector, request)
     if changes is None:

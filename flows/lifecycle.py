@@ -29,7 +29,7 @@ from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import Conflict, DeploymentMissing, NotFound, Unavailable
 from control_plane.faults import pause_point
-from control_plane.sync import failure_threshold
+from control_plane.sync import failure_threshold, refusal
 from models import Connector, ConnectorCreate, ConnectorPlan, ConnectorPublic, ConnectorUpdate
 from models.base import as_utc, utcnow
 from models.connector import OnConflict
@@ -410,14 +410,11 @@ async def trigger_connector(
     async with write_lock(f"connector:{connector_id}"), session_scope() as session:
         await crud.lock_connector(session=session, connector_id=connector_id)
         connector = await crud.get_connector(session=session, connector_id=connector_id)
-        if not connector.is_active or connector.prefect_deployment_id is None:
+        if refused := await refusal(session=session, connector=connector):
+            raise Conflict(refused)
+        if connector.prefect_deployment_id is None:
             raise Conflict(
-                f"connector {connector_id} is inactive; activate it (isActive: true) to run it"
-            )
-        if connector.paused(utcnow()):
-            raise Conflict(
-                f"connector {connector_id} is {connector.pause_text()}; "
-                "resume it (pausedUntil: null) to run it now"
+                f"connector {connector_id} has no deployment: `control-plane reconcile` makes it"
             )
         if on_conflict == "reject" and (active := await runs.active_runs(connector_id)):
             raise Conflict(f"connector {connector_id} has a run in progress: {active[0].id}")

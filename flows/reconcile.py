@@ -9,12 +9,13 @@ from prefect.artifacts import create_table_artifact
 from control_plane import crud, reconcile, schedules
 from control_plane.audit import label_refused, label_run
 from control_plane.db import session_scope
+from flows.freeze import unfreeze_project
 from flows.lifecycle import SCHEDULE_ACTOR, resume_connector
 from flows.runs import record_unfinished
 from models import Connector, ConnectorContext
 from models.base import as_utc, utcnow
 
-# A pause's own resume run had this long to end it before reconcile does.
+# A pause's (or freeze's) own run had this long to end it before reconcile does.
 RESUME_GRACE = timedelta(minutes=1)
 
 
@@ -31,8 +32,9 @@ async def reconcile_connectors(
     Missing deployments are created, differing ones patched in place (the schedule keeps its
     identity), orphans deleted with their scheduled runs, a few at a time, each under its
     connector's row lock; sync runs that ended unrecorded (a crash whose event was missed) are
-    recorded in their connectors' status, and pauses past their end whose resume run never
-    came are ended (a `resume-connector` run each). With `dry_run`, only report the drift.
+    recorded in their connectors' status, and pauses and freezes past their end whose own run
+    never came are ended (a `resume-connector` or `unfreeze-project` run each). With `dry_run`,
+    only report the drift.
     """
     await label_run(actor=actor, name="reconcile connectors" + (" (dry run)" if dry_run else ""))
     async with session_scope() as session:
@@ -46,10 +48,17 @@ async def reconcile_connectors(
             logger.info("sync run %s ended unrecorded: recorded as %s", flow_run_id, end)
         async with session_scope() as session:
             overdue = await crud.overdue_pauses(session=session, before=utcnow() - RESUME_GRACE)
+            overdue_freezes = await crud.overdue_freezes(
+                session=session, before=utcnow() - RESUME_GRACE
+            )
         for connector in overdue:
             assert connector.paused_until is not None
             await resume_connector(
                 connector_id=connector.id, paused_until=connector.paused_until, actor=actor
+            )
+        for project in overdue_freezes:
+            await unfreeze_project(
+                project_id=project.id, frozen_until=project.frozen_until, actor=actor
             )
     rows = [item.as_row() for item in drift]
     await create_table_artifact(

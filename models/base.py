@@ -1,7 +1,7 @@
 """What every model shares: camelCase on the wire, UTC timestamps, validators of the edge."""
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Annotated, Any, ClassVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -9,7 +9,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from annotated_types import Interval
 from croniter import CroniterBadDateError, croniter
 from prefect.server.schemas.schedules import CronSchedule  # what the scheduler reads
-from pydantic import AfterValidator, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
@@ -79,6 +86,25 @@ def check_timezone(value: str) -> str:
             f"{value!r} is not an IANA time zone name, e.g. 'UTC' or 'Europe/Berlin'"
         ) from None
     return value
+
+
+MAX_PAUSE = timedelta(days=366)
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+
+def check_pause_end(value: datetime) -> datetime:
+    """A time within the next year, with its zone: when a pause or a freeze ends by itself."""
+    if value.tzinfo is None:
+        raise ValueError("has no time zone; give one, e.g. 2026-12-24T08:00:00Z")
+    now = utcnow()
+    if value <= now:
+        raise ValueError("is not in the future; give a later time")
+    if value > now + MAX_PAUSE:
+        raise ValueError("is more than 366 days ahead; give an earlier time")
+    return value
+
+
+PauseEnd = Annotated[datetime, AfterValidator(check_pause_end)]
 
 
 def timestamp_field() -> datetime:

@@ -4,12 +4,22 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import PlainSerializer, StringConstraints
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from control_plane.connectors import mask_secrets
 from control_plane.encryption import EncryptedJSON
-from models.base import MAX_INT, ApiModel, InputModel, UpdateModel, UtcDatetime, timestamp_field
+from models.base import (
+    MAX_INT,
+    ApiModel,
+    InputModel,
+    PauseEnd,
+    Reason,
+    UpdateModel,
+    UtcDatetime,
+    as_utc,
+    timestamp_field,
+)
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Description = Annotated[str, StringConstraints(max_length=2000)]
@@ -29,10 +39,30 @@ class ProjectBase(ApiModel):
     description: Description | None = None
 
 
-class Project(ProjectBase, table=True):
+class Freeze(ApiModel):
+    """What a project's freeze says; set by `POST /projects/{id}/freeze` only."""
+
+    freeze_reason: str | None = Field(
+        default=None,
+        description="While set, the project is frozen: its connectors' scheduled runs stop and "
+        "their triggers are refused.",
+    )
+    frozen_until: UtcDatetime | None = Field(
+        default=None, description="When the freeze ends by itself; null: when someone ends it."
+    )
+
+
+class Project(ProjectBase, Freeze, table=True):
     __table_args__ = {"sqlite_autoincrement": True}
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=200, unique=True)
+    frozen_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+    def freeze_text(self) -> str:
+        """`project 3 is frozen until <time>: <reason>`, for refusals and logs."""
+        until = f" until {as_utc(self.frozen_until).isoformat()}" if self.frozen_until else ""
+        return f"project {self.id} is frozen{until}: {self.freeze_reason}"
+
     created_at: datetime = timestamp_field()
     updated_at: datetime = timestamp_field()
 
@@ -53,8 +83,15 @@ class Timestamps(ApiModel):
     updated_at: UtcDatetime
 
 
-class ProjectPublic(ProjectBase, Timestamps):
+class ProjectPublic(ProjectBase, Freeze, Timestamps):
     id: int
+
+
+class FreezeRequest(InputModel):
+    reason: Reason = Field(description="Why, e.g. 'quarter-end close'; shown in refusals.")
+    until: PauseEnd | None = Field(
+        default=None, description="When it ends by itself (with its zone); null: no end set."
+    )
 
 
 class ProjectsPublic(ApiModel):

@@ -1,7 +1,7 @@
 """The connector: a schedule that moves data from a defined source to a defined destination."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -18,6 +18,8 @@ from models.base import (
     ApiModel,
     Id,
     InputModel,
+    PauseEnd,
+    Reason,
     UpdateModel,
     UtcDatetime,
     as_utc,
@@ -33,7 +35,6 @@ Timezone = Annotated[str, AfterValidator(check_timezone)]
 MAX_RETRIES = 10
 MAX_SECONDS = 7 * 24 * 3600
 MAX_LABELS = 32
-MAX_PAUSE = timedelta(days=366)
 # Labels select connectors (list filters, bulk actions): a word, or key:value, key=value.
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,62}$")]
 Labels = Annotated[
@@ -45,22 +46,6 @@ Owners = Annotated[
     Field(max_length=MAX_LABELS),
     AfterValidator(lambda owners: list(dict.fromkeys(owners))),
 ]
-Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
-
-
-def check_pause_end(value: datetime) -> datetime:
-    """A time within the next year, with its zone: when a pause ends by itself."""
-    if value.tzinfo is None:
-        raise ValueError("has no time zone; give one, e.g. 2026-12-24T08:00:00Z")
-    now = utcnow()
-    if value <= now:
-        raise ValueError("is not in the future; null resumes the connector now")
-    if value > now + MAX_PAUSE:
-        raise ValueError("is more than 366 days ahead; deactivate the connector instead")
-    return value
-
-
-PauseEnd = Annotated[datetime, AfterValidator(check_pause_end)]
 # Overrides travel as control flow parameters, which Prefect stores: their JSON form (flow run
 # parameters and API answers alike) masks the secret values.
 SourceOverride = Annotated[
@@ -199,11 +184,12 @@ class Connector(ConnectorBase, ConnectorStatus, table=True):
 @dataclass(frozen=True)
 class ConnectorContext:
     """What a connector's deployment tells beside the connector's own fields: its catalog's
-    names and types (never a config)."""
+    names and types (never a config), and whether its project is frozen."""
 
     project: str
     source_type: str
     destination_type: str
+    project_frozen: bool
 
 
 _PAUSE_END = "The time (with its zone) the pause ends; null: not paused."

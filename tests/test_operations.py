@@ -80,6 +80,52 @@ class TestTimedPause:
         assert api.get(f"/connectors/{connector['id']}").json()["version"] == connector["version"]
 
 
+class TestProjectFreeze:
+    @pytest.mark.usefixtures("control_deployments")
+    def test_a_frozen_project_refuses_triggers_until_its_freeze_ends(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
+    ):
+        before = created(api.post("/connectors", json=catalog.connector()))
+        paused_too = created(api.post("/connectors", json=catalog.connector(pausedUntil=_in(3600))))
+        path = f"/projects/{catalog.project_id}"
+        freeze = {"reason": "quarter-end close", "until": _in(8)}
+        frozen = api.post(f"{path}/freeze", json=freeze)
+        assert frozen.status_code == 200, frozen.text
+        assert frozen.json()["freezeReason"] == "quarter-end close"
+        during = created(api.post("/connectors", json=catalog.connector()))
+        for connector in (before, during):
+            assert prefect.read_deployment(UUID(connector["prefectDeploymentId"])).paused
+            refused = api.post(f"/connectors/{connector['id']}/trigger")
+            assert refused.status_code == 409
+            assert "frozen" in refused.text and "quarter-end close" in refused.text
+
+        wait_for(
+            lambda: api.get(path).json()["freezeReason"] is None,
+            timeout=90,
+            what="the freeze to end by itself",
+        )
+        # The row first, then the deployments follow.
+        wait_for(
+            lambda: (
+                not any(
+                    prefect.read_deployment(UUID(c["prefectDeploymentId"])).paused
+                    for c in (before, during)
+                )
+            ),
+            timeout=30,
+            what="the deployments to be unpaused",
+        )
+        # Its own pause outlasts the project's freeze.
+        assert prefect.read_deployment(UUID(paused_too["prefectDeploymentId"])).paused
+        assert api.post(f"/connectors/{before['id']}/trigger").status_code == 200
+
+    def test_a_freeze_needs_a_reason(self, api: httpx.Client, catalog: Catalog):
+        response = api.post(f"/projects/{catalog.project_id}/freeze", json={})
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"][-1] == "reason"
+        assert api.get(f"/projects/{catalog.project_id}").json()["freezeReason"] is None
+
+
 class TestLabelsAndBulkActions:
     def _labelled(self, api: httpx.Client, catalog: Catalog, label: str) -> list[dict]:
         bodies = [

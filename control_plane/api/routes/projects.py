@@ -7,6 +7,7 @@ from control_plane import crud
 from control_plane.api.deps import (
     CallerDep,
     DryRun,
+    NoDryRun,
     PageDep,
     ProjectDep,
     SessionDep,
@@ -14,7 +15,9 @@ from control_plane.api.deps import (
 )
 from control_plane.api.plans import PLANNED, plan_change, plan_create
 from flows.catalog import create_catalog_entry, delete_catalog_entry, update_catalog_entry
+from flows.freeze import freeze_project, unfreeze_project
 from models import CatalogPlan, ProjectCreate, ProjectPublic, ProjectsPublic, ProjectUpdate
+from models.catalog import FreezeRequest
 
 router = APIRouter(prefix="/projects", tags=["projects"])
 
@@ -77,3 +80,19 @@ async def delete_project(
             change=lambda: crud.delete_project(session=session, project=project),
         )
     await delete_catalog_entry(kind="project", entry_id=project.id, actor=caller.actor)
+
+
+@router.post("/{project_id}/freeze", response_model=ProjectPublic, dependencies=[NoDryRun])
+async def freeze(project: ProjectDep, request: FreezeRequest, caller: CallerDep):
+    """Freeze the project with a reason and an optional end: its connectors' scheduled runs
+    stop (their deployments are paused) and their triggers answer 409 with the reason, until
+    `until` or an unfreeze. Freezing a frozen project sets its reason and end anew."""
+    return await freeze_project(
+        project_id=project.id, reason=request.reason, until=request.until, actor=caller.actor
+    )
+
+
+@router.post("/{project_id}/unfreeze", response_model=ProjectPublic, dependencies=[NoDryRun])
+async def unfreeze(project: ProjectDep, caller: CallerDep):
+    """End the project's freeze now; its connectors run on their schedules again."""
+    return await unfreeze_project(project_id=project.id, actor=caller.actor)

@@ -1,4 +1,4 @@
-"""timed pauses, labels and owners of connectors; destination run limits
+"""timed pauses, labels and owners of connectors; project freezes; destination run limits
 
 Revision ID: 0007
 Revises: 0006
@@ -20,6 +20,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("owners", sa.JSON(), server_default="[]", nullable=False))
         batch_op.add_column(sa.Column("paused_until", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("pause_reason", sa.String(), nullable=True))
+    with op.batch_alter_table("project", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("freeze_reason", sa.String(), nullable=True))
+        batch_op.add_column(sa.Column("frozen_until", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("defined_destination", schema=None) as batch_op:
         batch_op.add_column(sa.Column("max_concurrent_runs", sa.Integer(), nullable=True))
 
@@ -27,6 +30,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("defined_destination", schema=None) as batch_op:
         batch_op.drop_column("max_concurrent_runs")
+    with op.batch_alter_table("project", schema=None) as batch_op:
+        batch_op.drop_column("frozen_until")
+        batch_op.drop_column("freeze_reason")
     with op.batch_alter_table("connector", schema=None) as batch_op:
         batch_op.drop_column("pause_reason")
         batch_op.drop_column("paused_until")
