@@ -34,7 +34,8 @@ def seen(row: Row | None) -> Seen:
     if row is None:
         return {}, {}
     shown = public(row)
-    unmasked = {to_camel(name): getattr(row, name) for name in type(shown).model_fields}
+    # A source lacks a destination's fields (`maxConcurrentRuns`): None, as it shows them.
+    unmasked = {to_camel(name): getattr(row, name, None) for name in type(shown).model_fields}
     return shown.model_dump(mode="json", by_alias=True), unmasked
 
 

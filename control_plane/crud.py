@@ -193,8 +193,16 @@ async def _validated(
     return await asyncio.to_thread(validate_config, kind, name, config, field=field, scope=scope)
 
 
+def _check_run_limit(kind: Kind, limit: int | None) -> None:
+    if kind == "source" and limit is not None:
+        raise InvalidInput(
+            "maxConcurrentRuns", "only a defined destination limits its runs; leave it out"
+        )
+
+
 async def new_endpoint(*, session: AsyncSession, kind: Kind, spec: EndpointCreate) -> Endpoint:
     """The source or destination the spec makes, checked, not added: it has no id yet."""
+    _check_run_limit(kind, spec.max_concurrent_runs)
     scope = await project_scope(spec.project_id)
     await _validated(kind, spec.type, spec.config, field="config", scope=scope)
     await _referenced_project(session, spec.project_id)
@@ -213,6 +221,7 @@ async def update_endpoint(
     *, session: AsyncSession, kind: Kind, endpoint: Endpoint, changes: EndpointUpdate
 ) -> Endpoint:
     values = changes.model_dump(exclude_unset=True)
+    _check_run_limit(kind, values.get("max_concurrent_runs"))
     if "config" in values:
         values["config"] = keep_secrets(kind, values["config"], endpoint.config, field="config")
     config, type_ = values.get("config", endpoint.config), values.get("type", endpoint.type)

@@ -24,6 +24,8 @@ from prefect.client.schemas.filters import (
     DeploymentFilterTags,
     FlowFilter,
     FlowFilterName,
+    WorkQueueFilter,
+    WorkQueueFilterName,
 )
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.responses import DeploymentResponse
@@ -73,6 +75,7 @@ class DeploymentSpec(BaseModel):
     parameters: dict[str, int]
     tags: tuple[str, ...]  # sorted
     work_pool: str
+    work_queue: str
     description: str | None = None
     paused: bool = False
 
@@ -89,6 +92,12 @@ def deployment_name(connector_id: int) -> str:
     return f"connector-{connector_id}"
 
 
+def destination_queue(destination_id: int) -> str:
+    """The work queue of the connectors' pool that every run into the destination waits in:
+    its concurrency limit is the destination's `maxConcurrentRuns`."""
+    return f"destination-{destination_id}"
+
+
 def desired(connector: Connector, context: ConnectorContext) -> DeploymentSpec:
     """The deployment an active connector must have."""
     assert connector.id is not None
@@ -101,6 +110,7 @@ def desired(connector: Connector, context: ConnectorContext) -> DeploymentSpec:
             sorted([MANAGED_TAG, f"connector:{connector.id}", f"project:{connector.project_id}"])
         ),
         work_pool=get_settings().work_pool,
+        work_queue=destination_queue(connector.defined_destination_id),
         description=describe(connector, context),
         # Until the resume run clears it, or the project thaws: its scheduled runs stop.
         paused=connector.paused_until is not None or context.project_frozen,
@@ -129,6 +139,7 @@ def actual(deployment: DeploymentResponse) -> DeploymentSpec:
         parameters=deployment.parameters,
         tags=tuple(sorted(deployment.tags)),
         work_pool=deployment.work_pool_name or "",
+        work_queue=deployment.work_queue_name or "",
         description=deployment.description,
         paused=deployment.paused,
     )
@@ -177,6 +188,7 @@ async def _create(spec: DeploymentSpec) -> UUID:
             flow_id=flow_id,
             name=spec.name,
             work_pool_name=spec.work_pool,
+            work_queue_name=spec.work_queue,
             schedules=schedules,
             parameters=dict(spec.parameters),
             tags=list(spec.tags),
@@ -200,6 +212,7 @@ async def _update(deployment_id: UUID, before: DeploymentSpec, after: Deployment
             parameters=dict(after.parameters),
             tags=list(after.tags),
             work_pool_name=after.work_pool,
+            work_queue_name=after.work_queue,
             description=after.description,
             paused=after.paused,
         )
@@ -261,6 +274,38 @@ async def run_control_later(
             idempotency_key=idempotency_key,
         )
         return flow_run.id
+
+
+async def limit_destination(destination_id: int, limit: int | None) -> None:
+    """Let the destination's work queue start `limit` runs at once (None: any number); the
+    queue is made if missing (a deployment's create makes it too, without a limit)."""
+    name, pool = destination_queue(destination_id), get_settings().work_pool
+    async with prefect_client() as client:
+        queues = await client.read_work_queues(
+            work_pool_name=pool,
+            work_queue_filter=WorkQueueFilter(name=WorkQueueFilterName(any_=[name])),
+        )
+        if queues:
+            await client.update_work_queue(queues[0].id, concurrency_limit=limit)
+            return
+        await client.create_work_queue(
+            name=name,
+            work_pool_name=pool,
+            concurrency_limit=limit,
+            description=f"Sync runs into defined destination {destination_id}.",
+        )
+
+
+async def remove_destination_queue(destination_id: int) -> None:
+    """Delete the destination's work queue, if it has one (no connector uses it any more)."""
+    name, pool = destination_queue(destination_id), get_settings().work_pool
+    async with prefect_client() as client:
+        queues = await client.read_work_queues(
+            work_pool_name=pool,
+            work_queue_filter=WorkQueueFilter(name=WorkQueueFilterName(any_=[name])),
+        )
+        for queue in queues:
+            await client.delete_work_queue_by_id(queue.id)
 
 
 async def ensure_work_pool(name: str, *, command: str | None = None) -> None:
@@ -422,6 +467,9 @@ __all__ = [
     "check_health",
     "apply",
     "deployment_name",
+    "destination_queue",
+    "limit_destination",
+    "remove_destination_queue",
     "control_deployments",
     "deploy_control_flows",
     "desired",

@@ -8,14 +8,16 @@ as a `project.*`, `defined-source.*` or `defined-destination.*` event (`control_
 A refused change (404, 409, 422) is a Failed run with what was asked and why.
 """
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane import catalog, crud, events
+from control_plane import catalog, crud, deployments, events
 from control_plane.audit import label_refused, label_run, publish_changes
 from control_plane.db import session_scope, write_lock
+from control_plane.errors import Unavailable
 from flows.lifecycle import UI_ACTOR
 from models import (
+    DefinedDestination,
     EndpointCreate,
     EndpointPublic,
     EndpointUpdate,
@@ -65,6 +67,9 @@ async def create_catalog_entry(
         else:
             assert kind != "project"
             row = await crud.create_endpoint(session=session, kind=kind, spec=spec)
+            if isinstance(row, DefinedDestination):
+                assert row.id is not None
+                await deployments.limit_destination(row.id, row.max_concurrent_runs)
         await session.commit()
     await _publish("created", row, catalog.seen(None), catalog.seen(row), actor)
     return catalog.public(row)
@@ -82,7 +87,9 @@ async def update_catalog_entry(
     actor: str = UI_ACTOR,
 ) -> ProjectPublic | EndpointPublic:
     """Change fields of a project, defined source or defined destination; the connectors that
-    use a source or destination read the change on their next run."""
+    use a source or destination read the change on their next run. A destination's
+    `max_concurrent_runs` is its work queue's concurrency limit in Prefect, set before the
+    commit."""
     await label_run(actor=actor, name=f"update {CATALOG_NAMES[kind]} {entry_id}")
     async with write_lock(f"catalog:{kind}:{entry_id}"), session_scope() as session:
         row = await _get(session, kind, entry_id)
@@ -93,6 +100,11 @@ async def update_catalog_entry(
         else:
             assert isinstance(changes, EndpointUpdate) and kind != "project"
             await crud.update_endpoint(session=session, kind=kind, endpoint=row, changes=changes)
+            if (
+                isinstance(row, DefinedDestination)
+                and "max_concurrent_runs" in changes.model_fields_set
+            ):
+                await deployments.limit_destination(entry_id, row.max_concurrent_runs)
         await session.commit()
     await _publish("updated", row, before, catalog.seen(row), actor)
     return catalog.public(row)
@@ -116,4 +128,9 @@ async def delete_catalog_entry(kind: CatalogKind, entry_id: int, actor: str = UI
             assert kind != "project"
             await crud.delete_endpoint(session=session, kind=kind, endpoint=row)
         await session.commit()
+    if isinstance(row, DefinedDestination):
+        try:
+            await deployments.remove_destination_queue(entry_id)
+        except Unavailable as error:
+            get_run_logger().warning("its work queue stays, unused (%s)", error)
     await _publish("deleted", row, before, catalog.seen(None), actor)

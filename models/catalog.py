@@ -108,18 +108,32 @@ class EndpointBase(ApiModel):
     project_id: int = Field(foreign_key="project.id", index=True, ge=1, le=MAX_INT)
 
 
+MAX_CONCURRENT_RUNS = 1000
+# Prefect's work queue of the destination holds its connectors' runs: it takes this many at once.
+RunLimit = Annotated[int, Field(ge=1, le=MAX_CONCURRENT_RUNS)]
+_RUN_LIMIT = (
+    "Defined destinations only: how many sync runs may write into it at once; more wait their "
+    "turn. Null: no limit."
+)
+
+
 class EndpointCreate(EndpointBase, InputModel):
     config: InputConfig = Field(default_factory=dict)
+    max_concurrent_runs: RunLimit | None = Field(default=None, description=_RUN_LIMIT)
 
 
 class EndpointUpdate(UpdateModel):
+    nullable = frozenset({"max_concurrent_runs"})
+
     name: Name | None = None
     type: str | None = None
     config: InputConfig | None = None
+    max_concurrent_runs: RunLimit | None = Field(default=None, description=_RUN_LIMIT)
 
 
 class EndpointPublic(EndpointBase, Timestamps):
     id: int
+    max_concurrent_runs: int | None = Field(default=None, description=_RUN_LIMIT)
 
 
 class EndpointsPublic(ApiModel):
@@ -139,6 +153,7 @@ class DefinedDestination(EndpointBase, table=True):
     __tablename__ = "defined_destination"
     __table_args__ = (UniqueConstraint("project_id", "name"), {"sqlite_autoincrement": True})
     id: int | None = Field(default=None, primary_key=True)
+    max_concurrent_runs: int | None = None
     created_at: datetime = timestamp_field()
     updated_at: datetime = timestamp_field()
 

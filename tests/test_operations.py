@@ -206,3 +206,57 @@ class TestLabelsAndBulkActions:
         assert response.status_code == 422, response.text
         [error] = response.json()["detail"]
         assert field in [str(part) for part in error["loc"]] or not field
+
+
+class TestDestinationLimit:
+    def test_runs_into_a_limited_destination_take_turns(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog, stack
+    ):
+        destination = created(
+            api.post(
+                "/defined-destinations",
+                json={
+                    "name": f"warehouse-{uuid4().hex[:6]}",
+                    "type": "jsonl",
+                    "config": {"path": "limited.jsonl"},
+                    "projectId": catalog.project_id,
+                    "maxConcurrentRuns": 1,
+                },
+            )
+        )
+        assert destination["maxConcurrentRuns"] == 1
+        queue = prefect.read_work_queue_by_name(
+            f"destination-{destination['id']}", work_pool_name=stack.work_pool
+        )
+        assert queue.concurrency_limit == 1
+        connectors = [
+            created(
+                api.post(
+                    "/connectors",
+                    json=catalog.connector(definedDestinationId=destination["id"]),
+                )
+            )
+            for _ in range(3)
+        ]
+        deployment = prefect.read_deployment(UUID(connectors[0]["prefectDeploymentId"]))
+        assert deployment.work_queue_name == queue.name
+        run_ids = [
+            api.post(f"/connectors/{c['id']}/trigger").json()["flowRunId"] for c in connectors
+        ]
+        ended = [wait_final(prefect, run_id, timeout=120) for run_id in run_ids]
+        assert all(run.state.is_completed() for run in ended)
+        spans = sorted((run.start_time, run.end_time) for run in ended)
+        for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+            assert start >= end, spans
+
+    def test_a_source_has_no_run_limit(self, api: httpx.Client, catalog: Catalog):
+        body = {
+            "name": f"src-{uuid4().hex[:6]}",
+            "type": "csv",
+            "config": {"path": "in.csv"},
+            "projectId": catalog.project_id,
+            "maxConcurrentRuns": 2,
+        }
+        response = api.post("/defined-sources", json=body)
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"][-1] == "maxConcurrentRuns"

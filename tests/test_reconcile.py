@@ -56,6 +56,7 @@ class TestReconcile:
             parameters={"connector_id": 987654},
             tags=("control-plane", "connector:987654"),
             work_pool=stack.work_pool,
+            work_queue="default",
         )
         orphan_id = asyncio.run(deployments.apply(None, None, orphan))
 
