@@ -655,6 +655,19 @@ async def finish_sync_run(
     return True
 
 
+async def mark_fresh(
+    *, session: AsyncSession, connector_id: int
+) -> tuple[Connector | None, datetime | None]:
+    """After a successful run, under its lock: the connector, fresh again (None: gone), and
+    since when it had been stale (None: it was fresh)."""
+    connector = await session.get(Connector, connector_id)
+    if connector is None:
+        return None, None
+    stale_since, connector.stale_since = connector.stale_since, None
+    await session.flush()
+    return connector, stale_since
+
+
 async def unfinished_sync_runs(*, session: AsyncSession) -> Sequence[SyncRun]:
     """Runs whose end no one recorded yet: running, or ended where no code of ours ran."""
     query = select(SyncRun).where(col(SyncRun.ended_at).is_(None))

@@ -15,6 +15,7 @@ from uuid import UUID
 
 from prefect.events import emit_event
 
+from control_plane import freshness
 from models import Connector
 from models.plan import CATALOG_NAMES, CatalogKind
 
@@ -30,14 +31,20 @@ PAUSED = "connector.paused"
 RESUMED = "connector.resumed"
 DELETED = "connector.deleted"
 FAILING = "connector.failing"
+SYNCED = "connector.synced"
+STALE = "connector.stale"
+FRESH = "connector.fresh"
 
 
 def resource(connector: Connector) -> dict[str, str]:
-    return {
+    labels = {
         "prefect.resource.id": f"connector.{connector.id}",
         "prefect.resource.name": connector.name,
         "connector-id": str(connector.id),
     }
+    if length := freshness.window(connector):
+        labels[freshness.LABEL] = str(int(length.total_seconds()))
+    return labels
 
 
 def _related(resource_id: str, role: str) -> dict[str, str]:
@@ -97,10 +104,13 @@ __all__ = [
     "DEACTIVATED",
     "DELETED",
     "FAILING",
+    "FRESH",
     "PAUSED",
     "RESCHEDULED",
     "RESET",
     "RESUMED",
+    "STALE",
+    "SYNCED",
     "TRIGGERED",
     "UPDATED",
     "emit",

@@ -1,11 +1,15 @@
 """Every setting of the control plane, read from `CONTROL_PLANE_*` variables or `.env`."""
 
 import os
+from datetime import timedelta
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from control_plane.durations import check_staleness
 
 
 class Settings(BaseSettings):
@@ -49,6 +53,13 @@ class Settings(BaseSettings):
         ge=0,
         description=(
             "Seconds a sync run may take, for connectors without `timeoutSeconds` (0: no limit)."
+        ),
+    )
+    max_staleness: Annotated[timedelta, AfterValidator(check_staleness)] | None = Field(
+        default=None,
+        description=(
+            "Freshness SLA of connectors without `maxStaleness`, as an ISO 8601 duration "
+            "(`PT6H`): no successful run for this long makes a connector stale. Default: none."
         ),
     )
     first_sync_on_create: bool = Field(

@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 from pydantic.alias_generators import to_camel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane import crud, deployments, events, runs, schedules
+from control_plane import crud, deployments, events, freshness, runs, schedules
 from control_plane.audit import actor_tag, label_refused, label_run, publish_changes
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
@@ -220,6 +220,7 @@ async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> Conn
             connector_id=connector.id,
         )
         public = await _apply_and_commit(session, connector, before=None)
+    await _watch_freshness(connector)
     events.emit(
         events.CREATED,
         connector,
@@ -231,6 +232,17 @@ async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> Conn
     )
     await _schedule_resume(connector)
     return public
+
+
+async def _watch_freshness(connector: Connector) -> None:
+    """Before its event: the automation that watches its freshness window must see it."""
+    try:
+        await freshness.watch(freshness.window(connector))
+    except (Unavailable, DeploymentMissing) as error:
+        get_run_logger().warning(
+            "its freshness is not watched (%s): `control-plane deploy` registers what it needs",
+            error,
+        )
 
 
 async def _schedule_resume(connector: Connector) -> None:
@@ -302,6 +314,8 @@ async def _update(
             if previous.is_active and not connector.is_active:
                 await _cancel_runs(connector_id, wait=0)
             public = await _apply_and_commit(session, connector, before)
+    if "max_staleness" in changes.model_fields_set:
+        await _watch_freshness(connector)
     _emit_update(connector, previous, changes, actor, await _publish_changes(shown, public))
     if connector.paused_until and _Snapshot.of(connector).paused_until != previous.paused_until:
         await _schedule_resume(connector)

@@ -1,5 +1,6 @@
 """The `sync-connector` flow that every connector's deployment runs."""
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -10,12 +11,16 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from sqlalchemy.exc import IntegrityError
 
-from control_plane import crud, sync
+from control_plane import crud, events, sync
 from control_plane.db import session_scope
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.faults import pause_point
 from control_plane.orchestrator import prefect_client
 from control_plane.settings import get_settings
+from models import Connector
+from models.base import as_utc
+
+ACTOR = "sync-connector"
 
 
 def _report(plan: sync.SyncPlan, moved: sync.Moved) -> str:
@@ -46,6 +51,24 @@ async def _failed(
         connector = await crud.get_connector(session=session, connector_id=connector_id)
     if end == "FAILED":
         sync.warn_when_failing(connector, message)
+
+
+def _emit_synced(
+    connector: Connector, run_id: UUID, moved: sync.Moved, stale_since: datetime | None
+) -> None:
+    """`connector.synced` after every successful run (it restarts the freshness window), and
+    `connector.fresh` after the first one of a stale connector."""
+    figures = {"recordsRead": moved.records_read, "recordsWritten": moved.records_written}
+    events.emit(events.SYNCED, connector, actor=ACTOR, flowRunId=str(run_id), **figures)
+    if stale_since is not None:
+        events.emit(
+            events.FRESH,
+            connector,
+            actor=ACTOR,
+            reason=f"sync run {run_id} succeeded",
+            staleSince=as_utc(stale_since).isoformat(),
+            flowRunId=str(run_id),
+        )
 
 
 async def _retry_as_planned(plan: sync.SyncPlan, run_id: UUID) -> None:
@@ -116,9 +139,12 @@ async def sync_connector(connector_id: int) -> dict[str, Any] | State:
             records_written=moved.records_written,
             cursor=moved.cursor,
         )
+        connector, stale_since = await crud.mark_fresh(session=session, connector_id=connector_id)
         await session.commit()
     if not saved:
         logger.warning("the connector was reset during this run: its cursor was not saved")
+    if connector is not None:
+        _emit_synced(connector, run_id, moved, stale_since)
     await pause_point("sync-connector:after-control-commit")
     await create_markdown_artifact(
         key=f"connector-{connector_id}-sync",

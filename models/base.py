@@ -11,6 +11,7 @@ from croniter import CroniterBadDateError, croniter
 from prefect.server.schemas.schedules import CronSchedule  # what the scheduler reads
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     ConfigDict,
     StringConstraints,
     ValidationError,
@@ -21,6 +22,7 @@ from pydantic.alias_generators import to_camel
 from sqlalchemy import DateTime
 from sqlmodel import Field, SQLModel
 
+from control_plane.durations import MAX_PAUSE, check_staleness, minutes_if_number
 from control_plane.titles import field_title
 
 MAX_JSON_DEPTH = 32
@@ -88,7 +90,6 @@ def check_timezone(value: str) -> str:
     return value
 
 
-MAX_PAUSE = timedelta(days=366)
 Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 
 
@@ -105,6 +106,10 @@ def check_pause_end(value: datetime) -> datetime:
 
 
 PauseEnd = Annotated[datetime, AfterValidator(check_pause_end)]
+# An ISO 8601 duration (PT6H), or a number of minutes.
+Staleness = Annotated[
+    timedelta, BeforeValidator(minutes_if_number), AfterValidator(check_staleness)
+]
 
 
 def timestamp_field() -> datetime:

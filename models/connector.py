@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AfterValidator, PlainSerializer, StringConstraints, computed_field
-from sqlalchemy import JSON, DateTime, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Interval, UniqueConstraint
 from sqlmodel import Field
 
 from control_plane import schedules
@@ -20,6 +20,7 @@ from models.base import (
     InputModel,
     PauseEnd,
     Reason,
+    Staleness,
     UpdateModel,
     UtcDatetime,
     as_utc,
@@ -141,6 +142,15 @@ class ConnectorBase(ApiModel):
         ),
     )
     pause_reason: Reason | None = Field(default=None, description="Why it is paused.")
+    max_staleness: Staleness | None = Field(
+        default=None,
+        sa_type=Interval,
+        description=(
+            "Freshness SLA: with no successful run for this long (ISO 8601, e.g. PT6H, or "
+            "minutes), the connector is stale; null: the setting's default; 0: none."
+        ),
+        schema_extra={"examples": ["PT6H"]},
+    )
 
     def paused(self, now: datetime) -> bool:
         return self.paused_until is not None and as_utc(self.paused_until) > now
@@ -161,6 +171,10 @@ class ConnectorStatus(ApiModel):
     last_failure_at: UtcDatetime | None = None
     consecutive_failures: int = 0
     status_reason: str | None = None
+    stale_since: UtcDatetime | None = Field(
+        default=None,
+        description="Since when it has been stale (its SLA missed); null while fresh.",
+    )
 
 
 class Connector(ConnectorBase, ConnectorStatus, table=True):
@@ -172,6 +186,7 @@ class Connector(ConnectorBase, ConnectorStatus, table=True):
     last_success_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     last_failure_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     paused_until: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    stale_since: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     consecutive_failures: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     # Counts the changes made through the control flows; the ETag of the connector.
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
@@ -212,6 +227,7 @@ class ConnectorUpdate(UpdateModel):
             "timeout_seconds",
             "paused_until",
             "pause_reason",
+            "max_staleness",
         }
     )
 
@@ -233,6 +249,7 @@ class ConnectorUpdate(UpdateModel):
     owners: Owners | None = None
     paused_until: PauseEnd | None = Field(default=None, description=_PAUSE_END)
     pause_reason: Reason | None = None
+    max_staleness: Staleness | None = None
 
 
 class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):
@@ -251,6 +268,13 @@ class ConnectorPublic(ConnectorBase, ConnectorStatus, Timestamps):
             return None
         now = utcnow().replace(second=0, microsecond=0)
         return schedules.next_fire(self.schedule, self.timezone, now)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def freshness(self) -> Literal["fresh", "stale"]:
+        """stale: it missed its freshness SLA (maxStaleness) since `staleSince`; its next
+        successful run makes it fresh again."""
+        return "stale" if self.stale_since else "fresh"
 
     @computed_field  # type: ignore[prop-decorator]
     @property

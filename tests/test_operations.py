@@ -8,7 +8,14 @@ import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
-from tests.helpers import Catalog, control_runs, created, prefect_events, wait_final
+from tests.helpers import (
+    Catalog,
+    control_runs,
+    created,
+    prefect_events,
+    trigger_and_wait,
+    wait_final,
+)
 from tests.stack import wait_for
 
 
@@ -260,3 +267,52 @@ class TestDestinationLimit:
         response = api.post("/defined-sources", json=body)
         assert response.status_code == 422
         assert response.json()["detail"][0]["loc"][-1] == "maxConcurrentRuns"
+
+
+class TestFreshness:
+    @pytest.mark.usefixtures("control_deployments")
+    def test_a_connector_goes_stale_and_fresh_again(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog, prefect_api_url
+    ):
+        since = datetime.now(UTC) - timedelta(seconds=5)
+        connector = created(api.post("/connectors", json=catalog.connector(maxStaleness="PT10S")))
+        assert (connector["maxStaleness"], connector["freshness"]) == ("PT10S", "fresh")
+        path = f"/connectors/{connector['id']}"
+        stale = wait_for(
+            lambda: (body := api.get(path).json())["freshness"] == "stale" and body,
+            timeout=90,
+            what="the connector to go stale",
+        )
+        created_at = datetime.fromisoformat(connector["createdAt"])
+        assert datetime.fromisoformat(stale["staleSince"]) == created_at + timedelta(seconds=10)
+
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        fresh = api.get(path).json()
+        assert (fresh["freshness"], fresh["staleSince"]) == ("fresh", None)
+        names = wait_for(
+            lambda: (
+                [
+                    e["event"]
+                    for e in prefect_events(prefect_api_url, f"connector.{connector['id']}", since)
+                    if e["event"] in ("connector.stale", "connector.fresh")
+                ]
+                == ["connector.stale", "connector.fresh"]
+                or None
+            ),
+            timeout=30,
+            what="one connector.stale, then connector.fresh",
+        )
+        assert names
+
+    @pytest.mark.parametrize(("value", "stored"), [(90, "PT1H30M"), ("P1D", "P1D"), (0, "PT0S")])
+    def test_a_window_is_minutes_or_an_iso_duration(
+        self, api: httpx.Client, catalog: Catalog, value, stored: str
+    ):
+        connector = created(api.post("/connectors", json=catalog.connector(maxStaleness=value)))
+        assert connector["maxStaleness"] == stored
+
+    def test_a_window_under_ten_seconds_is_refused(self, api: httpx.Client, catalog: Catalog):
+        response = api.post("/connectors", json=catalog.connector(maxStaleness="PT5S"))
+        assert response.status_code == 422
+        [error] = response.json()["detail"]
+        assert error["loc"][-1] == "maxStaleness" and "10 seconds" in error["msg"]
