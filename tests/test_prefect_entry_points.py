@@ -15,7 +15,15 @@ from prefect.exceptions import ObjectNotFound
 
 from control_plane import deployments
 from control_plane.settings import Settings
-from tests.helpers import MONTHLY, Catalog, created, prefect_events, trigger_and_wait, unique
+from tests.helpers import (
+    MONTHLY,
+    POSTGRESQL_ONLY,
+    Catalog,
+    created,
+    prefect_events,
+    trigger_and_wait,
+    unique,
+)
 from tests.stack import wait_for
 
 
@@ -86,6 +94,7 @@ class TestControlDeployments:
 
 @pytest.mark.usefixtures("control_deployments")
 class TestAutoDeactivate:
+    @POSTGRESQL_ONLY
     def test_a_connector_failing_three_times_switches_itself_off(
         self,
         api: httpx.Client,
@@ -131,6 +140,7 @@ class TestAutoDeactivate:
 
 
 class TestEvents:
+    @POSTGRESQL_ONLY
     def test_a_full_lifecycle_emits_its_events_in_order(
         self, api: httpx.Client, prefect, catalog: Catalog, prefect_api_url
     ):
@@ -153,12 +163,13 @@ class TestEvents:
             "connector.activated",
             "connector.updated",
             "connector.triggered",
+            "connector.synced",
             "connector.deleted",
         ]
         events = wait_for(
             lambda: (
                 len(e := prefect_events(prefect_api_url, f"connector.{connector['id']}", since))
-                >= 7
+                >= len(expected)
                 and e
             ),
             timeout=60,
@@ -176,7 +187,9 @@ class TestEvents:
         assert rescheduled["payload"]["before"]["schedule"] == MONTHLY
         assert rescheduled["payload"]["after"]["schedule"] == "0 */6 * * *"
         assert events[4]["payload"]["fields"] == ["description", "name"]
-        assert all(e["payload"]["actor"] == "anonymous" for e in events)
+        synced = events[6]["payload"]
+        assert (synced["actor"], synced["recordsWritten"]) == ("sync-connector", 2)
+        assert all(e["payload"]["actor"] == "anonymous" for e in events if e is not events[6])
         # The API runs its control flows in-process without heartbeats (api/flow_context.py).
         run_events = {e["event"] for e in prefect_events(prefect_api_url, roles["flow-run"], since)}
         assert "prefect.flow-run.Completed" in run_events
