@@ -45,6 +45,7 @@ from models import (
     SyncState,
 )
 from models.base import check_cron, check_timezone, utcnow
+from models.notifications import effective
 
 Endpoint = DefinedSource | DefinedDestination
 ENDPOINT_TABLES: dict[Kind, type[DefinedSource] | type[DefinedDestination]] = {
@@ -653,6 +654,16 @@ async def finish_sync_run(
         session=session, connector_id=connector_id, cursor=cursor, load_id=flow_run_id
     )
     return True
+
+
+async def notification_routes(
+    *, session: AsyncSession, connector: Connector
+) -> list[dict[str, Any]]:
+    """The connector's notification routes: its own, or its project's while it has none."""
+    if connector.notifications is not None:
+        return effective(connector.notifications, None)
+    project = await get_project(session=session, project_id=connector.project_id)
+    return effective(None, project.notifications)
 
 
 async def mark_fresh(

@@ -43,7 +43,7 @@ from prefect.utilities.processutils import command_to_string
 from prefect.workers.process import ProcessWorker
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from control_plane import freshness, schedules
+from control_plane import freshness, notify, schedules
 from control_plane.errors import DeploymentMissing
 from control_plane.orchestrator import prefect_client
 from control_plane.settings import Settings, get_settings
@@ -416,6 +416,8 @@ async def deploy_control_flows(
         registered.append(f"{control_flow.name}/{entry['name']}")
     async with prefect_client() as client:
         await _upsert_automation(client, lost_runs_automation())
+        # So that the Prefect UI offers it as a block to create notification channels with.
+        await notify.SignedWebhook.aregister_type_and_schema(client=client)
     await freshness.watch(settings.max_staleness)
     return registered
 

@@ -10,6 +10,7 @@ them (secrets masked), the same rows as the run's artifact. A catalog entry's ev
 on the entry (`project.<id>`, `defined-source.<id>`, ...), related to its project.
 """
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -17,6 +18,7 @@ from prefect.events import emit_event
 
 from control_plane import freshness
 from models import Connector
+from models.notifications import hears
 from models.plan import CATALOG_NAMES, CatalogKind
 
 CREATED = "connector.created"
@@ -31,9 +33,15 @@ PAUSED = "connector.paused"
 RESUMED = "connector.resumed"
 DELETED = "connector.deleted"
 FAILING = "connector.failing"
+RUN_FAILED = "connector.run-failed"
+RUN_CRASHED = "connector.run-crashed"
 SYNCED = "connector.synced"
 STALE = "connector.stale"
 FRESH = "connector.fresh"
+
+
+# On an event that one of the connector's notification routes hears.
+NOTIFY_LABEL = "notify"
 
 
 def resource(connector: Connector) -> dict[str, str]:
@@ -58,16 +66,22 @@ def emit(
     actor: str,
     reason: str | None = None,
     deployment_id: UUID | None = None,
+    routes: Sequence[dict[str, Any]] = (),
     **payload: Any,
 ) -> None:
-    """Emit one connector event; Prefect sends it in the background."""
+    """Emit one connector event; Prefect sends it in the background. With the connector's
+    notification routes (`crud.notification_routes`), an event one of them hears is labelled
+    for the automation that tells their channels."""
+    labels = resource(connector)
+    if hears(list(routes), event):
+        labels[NOTIFY_LABEL] = "true"
     related = [_related(f"project.{connector.project_id}", "project")]
     deployment_id = deployment_id or connector.prefect_deployment_id
     if deployment_id:
         related.append(_related(f"prefect.deployment.{deployment_id}", "deployment"))
     emit_event(
         event=event,
-        resource=resource(connector),
+        resource=labels,
         related=related,
         payload={"actor": actor, "reason": reason, **payload},
     )
@@ -105,10 +119,13 @@ __all__ = [
     "DELETED",
     "FAILING",
     "FRESH",
+    "NOTIFY_LABEL",
     "PAUSED",
     "RESCHEDULED",
     "RESET",
     "RESUMED",
+    "RUN_CRASHED",
+    "RUN_FAILED",
     "STALE",
     "SYNCED",
     "TRIGGERED",

@@ -65,8 +65,25 @@ def failure_threshold(connector: Connector) -> int:
     return get_settings().max_consecutive_failures
 
 
-def warn_when_failing(connector: Connector, error: str) -> None:
-    """Past its threshold, a failing connector says so; the shipped automation switches it off."""
+def tell_failed(
+    connector: Connector,
+    flow_run_id: UUID,
+    error: str,
+    *,
+    crashed: bool,
+    routes: list[dict[str, Any]],
+) -> None:
+    """`connector.run-failed` (or `run-crashed`) for a run that ended so; past its threshold,
+    `connector.failing` too, which the shipped automation answers by switching it off."""
+    events.emit(
+        events.RUN_CRASHED if crashed else events.RUN_FAILED,
+        connector,
+        actor="sync-connector",
+        reason=error,
+        routes=routes,
+        flowRunId=str(flow_run_id),
+        consecutiveFailures=connector.consecutive_failures,
+    )
     failures, threshold = connector.consecutive_failures, failure_threshold(connector)
     if threshold and failures >= threshold:
         events.emit(
@@ -74,6 +91,8 @@ def warn_when_failing(connector: Connector, error: str) -> None:
             connector,
             actor="sync-connector",
             reason=f"{failures} consecutive failed runs, last: {error}",
+            routes=routes,
+            flowRunId=str(flow_run_id),
             consecutiveFailures=failures,
             threshold=threshold,
         )
@@ -265,5 +284,5 @@ __all__ = [
     "plan",
     "refusal",
     "resume",
-    "warn_when_failing",
+    "tell_failed",
 ]

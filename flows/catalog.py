@@ -11,7 +11,7 @@ A refused change (404, 409, 422) is a Failed run with what was asked and why.
 from prefect import flow, get_run_logger
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane import catalog, crud, deployments, events
+from control_plane import catalog, crud, deployments, events, notify
 from control_plane.audit import label_refused, label_run, publish_changes
 from control_plane.db import session_scope, write_lock
 from control_plane.errors import Unavailable
@@ -61,6 +61,8 @@ async def create_catalog_entry(
 ) -> ProjectPublic | EndpointPublic:
     """Store a new project, defined source or defined destination."""
     await label_run(actor=actor, name=f"create {CATALOG_NAMES[kind]} {spec.name!r}")
+    if isinstance(spec, ProjectCreate):
+        await notify.check_channels(spec.notifications, field="notifications")
     async with write_lock(f"catalog:{kind}"), session_scope() as session:
         if isinstance(spec, ProjectCreate):
             row: catalog.Row = await crud.create_project(session=session, spec=spec)
@@ -91,6 +93,8 @@ async def update_catalog_entry(
     `max_concurrent_runs` is its work queue's concurrency limit in Prefect, set before the
     commit."""
     await label_run(actor=actor, name=f"update {CATALOG_NAMES[kind]} {entry_id}")
+    if isinstance(changes, ProjectUpdate):
+        await notify.check_channels(changes.notifications, field="notifications")
     async with write_lock(f"catalog:{kind}:{entry_id}"), session_scope() as session:
         row = await _get(session, kind, entry_id)
         before = catalog.seen(row)

@@ -45,12 +45,14 @@ async def mark_connector_stale(connector_id: int, actor: str = "automation") -> 
             return "fresh"
         connector.stale_since = last + length
         await session.commit()
+        routes = await crud.notification_routes(session=session, connector=connector)
     logger.info("connector %s is stale since %s", connector_id, connector.stale_since)
     events.emit(
         events.STALE,
         connector,
         actor=actor,
         reason=f"no successful run for {length} (maxStaleness)",
+        routes=routes,
         staleSince=connector.stale_since.isoformat(),
         lastSuccessAt=connector.last_success_at and as_utc(connector.last_success_at).isoformat(),
         maxStalenessSeconds=int(length.total_seconds()),

@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 from pydantic.alias_generators import to_camel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane import crud, deployments, events, freshness, runs, schedules
+from control_plane import crud, deployments, events, freshness, notify, runs, schedules
 from control_plane.audit import actor_tag, label_refused, label_run, publish_changes
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
@@ -160,15 +160,18 @@ def _emit_update(
     changes: ConnectorUpdate,
     actor: str,
     changed: list[dict[str, Any]],
+    routes: list[dict[str, Any]],
 ) -> None:
-    """One event per kind of change: activated/deactivated, rescheduled, updated; each with
-    every field the run changed, before and after."""
+    """One event per kind of change: activated/deactivated, rescheduled, paused/resumed,
+    updated; each with every field the run changed, before and after."""
     current = _Snapshot.of(connector)
     if current.is_active != previous.is_active:
         events.emit(
             events.ACTIVATED if current.is_active else events.DEACTIVATED,
             connector,
             actor=actor,
+            reason=connector.status_reason,
+            routes=routes,
             changes=changed,
         )
     if (current.schedule, current.timezone) != (previous.schedule, previous.timezone):
@@ -187,6 +190,7 @@ def _emit_update(
             actor=actor,
             pausedUntil=current.paused_until.isoformat() if current.paused_until else None,
             reason=connector.pause_reason,
+            routes=routes,
             changes=changed,
         )
     others = changes.model_fields_set - {"schedule", "timezone", "is_active", *_PAUSE_FIELDS}
@@ -211,6 +215,7 @@ async def _publish_changes(
 async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> ConnectorPublic:
     """Store a new connector and, when active, create its scheduled deployment."""
     await label_run(actor=actor, name=_describe_create(spec))
+    await notify.check_channels(spec.notifications, field="notifications")
     async with write_lock(f"create:{spec.project_id}:{spec.name}"), session_scope() as session:
         connector = await crud.add_connector(session=session, spec=spec)
         # The id exists only now: one more Prefect call, on create alone.
@@ -293,6 +298,7 @@ async def _update(
 ) -> ConnectorPublic:
     """The body of `update-connector`; with `only_if`, nothing changes unless the locked row
     passes it."""
+    await notify.check_channels(changes.notifications, field="notifications")
     async with write_lock(f"connector:{connector_id}"):
         await _stop_runs_first(
             connector_id,
@@ -314,9 +320,11 @@ async def _update(
             if previous.is_active and not connector.is_active:
                 await _cancel_runs(connector_id, wait=0)
             public = await _apply_and_commit(session, connector, before)
+            routes = await crud.notification_routes(session=session, connector=connector)
     if "max_staleness" in changes.model_fields_set:
         await _watch_freshness(connector)
-    _emit_update(connector, previous, changes, actor, await _publish_changes(shown, public))
+    changed = await _publish_changes(shown, public)
+    _emit_update(connector, previous, changes, actor, changed, routes)
     if connector.paused_until and _Snapshot.of(connector).paused_until != previous.paused_until:
         await _schedule_resume(connector)
     rescheduled = (connector.schedule, connector.timezone) != (previous.schedule, previous.timezone)
@@ -392,6 +400,7 @@ async def deactivate_connector(
             await crud.deactivate(session=session, connector=connector, reason=reason)
             await _cancel_runs(connector_id, wait=0)
             public = await _apply_and_commit(session, connector, before)
+            routes = await crud.notification_routes(session=session, connector=connector)
     event = events.AUTO_DEACTIVATED if only_if_failing else events.DEACTIVATED
     events.emit(
         event,
@@ -399,6 +408,7 @@ async def deactivate_connector(
         actor=actor,
         reason=reason,
         deployment_id=deployment_id,
+        routes=routes,
         changes=await _publish_changes(shown, public),
     )
     return public
@@ -544,6 +554,8 @@ async def plan_connector_change(
     else:
         described = f"delete connector {connector_id}"
     await label_run(actor=actor, name=f"plan: {described}", connector_id=connector_id)
+    routes = spec.notifications if spec else changes.notifications if changes else None
+    await notify.check_channels(routes, field="notifications")
     # The real change's lock: on SQLite an update's flush takes the one writer's place.
     key = f"create:{spec.project_id}:{spec.name}" if spec else f"connector:{connector_id}"
     async with write_lock(key), session_scope() as session:

@@ -15,7 +15,7 @@ from control_plane.deployments import HEARTBEAT_SECONDS
 from control_plane.errors import PrefectRejected
 from control_plane.orchestrator import prefect_client
 from control_plane.runs import PREFECT_PAGE, connector_id_of
-from control_plane.sync import warn_when_failing
+from control_plane.sync import tell_failed
 from models import Connector
 from models.base import as_utc, utcnow
 
@@ -64,10 +64,11 @@ async def record_end(flow_run_id: UUID, found: FlowRun | None) -> crud.RunEnd | 
         connector = (
             await session.get(Connector, run.connector_id) if recorded and run is not None else None
         )
-    if connector is None:
-        return None
+        if connector is None:
+            return None
+        routes = await crud.notification_routes(session=session, connector=connector)
     if end in ("CRASHED", "FAILED"):
-        warn_when_failing(connector, message)
+        tell_failed(connector, flow_run_id, message, crashed=end == "CRASHED", routes=routes)
     return end
 
 

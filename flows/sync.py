@@ -49,12 +49,17 @@ async def _failed(
         await crud.finish_sync_run(session=session, flow_run_id=run_id, end=end, error=message)
         await session.commit()
         connector = await crud.get_connector(session=session, connector_id=connector_id)
+        routes = await crud.notification_routes(session=session, connector=connector)
     if end == "FAILED":
-        sync.warn_when_failing(connector, message)
+        sync.tell_failed(connector, run_id, message, crashed=False, routes=routes)
 
 
 def _emit_synced(
-    connector: Connector, run_id: UUID, moved: sync.Moved, stale_since: datetime | None
+    connector: Connector,
+    run_id: UUID,
+    moved: sync.Moved,
+    stale_since: datetime | None,
+    routes: list[dict[str, Any]],
 ) -> None:
     """`connector.synced` after every successful run (it restarts the freshness window), and
     `connector.fresh` after the first one of a stale connector."""
@@ -66,6 +71,7 @@ def _emit_synced(
             connector,
             actor=ACTOR,
             reason=f"sync run {run_id} succeeded",
+            routes=routes,
             staleSince=as_utc(stale_since).isoformat(),
             flowRunId=str(run_id),
         )
@@ -141,10 +147,15 @@ async def sync_connector(connector_id: int) -> dict[str, Any] | State:
         )
         connector, stale_since = await crud.mark_fresh(session=session, connector_id=connector_id)
         await session.commit()
+        routes = (
+            await crud.notification_routes(session=session, connector=connector)
+            if connector is not None and stale_since is not None
+            else []
+        )
     if not saved:
         logger.warning("the connector was reset during this run: its cursor was not saved")
     if connector is not None:
-        _emit_synced(connector, run_id, moved, stale_since)
+        _emit_synced(connector, run_id, moved, stale_since, routes)
     await pause_point("sync-connector:after-control-commit")
     await create_markdown_artifact(
         key=f"connector-{connector_id}-sync",

@@ -8,12 +8,12 @@ from pydantic import model_validator
 from sqlmodel import Field
 
 from models.base import MAX_INT, ApiModel, Id, InputModel, UpdateModel
+from models.catalog import Owners
 from models.connector import (
     MAX_RETRIES,
     MAX_SECONDS,
     Cron,
     Labels,
-    Owners,
     PauseEnd,
     Reason,
     Timezone,

@@ -3,8 +3,8 @@
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import PlainSerializer, StringConstraints
-from sqlalchemy import DateTime, UniqueConstraint
+from pydantic import AfterValidator, PlainSerializer, StringConstraints
+from sqlalchemy import JSON, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from control_plane.connectors import mask_secrets
@@ -20,9 +20,17 @@ from models.base import (
     as_utc,
     timestamp_field,
 )
+from models.notifications import Routes, RoutesJSON
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Description = Annotated[str, StringConstraints(max_length=2000)]
+MAX_OWNERS = 32
+Owner = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Owners = Annotated[
+    list[Owner],
+    Field(max_length=MAX_OWNERS),
+    AfterValidator(lambda owners: list(dict.fromkeys(owners))),
+]
 
 
 def _masked(config: dict[str, Any]) -> dict[str, Any]:
@@ -37,6 +45,19 @@ InputConfig = Annotated[dict[str, Any], PlainSerializer(_masked, when_used="json
 class ProjectBase(ApiModel):
     name: Name
     description: Description | None = None
+    owners: Owners = Field(
+        default_factory=list,
+        sa_type=JSON,
+        description="Who answers for its connectors that name no owners of their own.",
+    )
+    notifications: Routes = Field(
+        default_factory=list,
+        sa_type=RoutesJSON,
+        description=(
+            "Which events of its connectors go to which Prefect notification block, for "
+            "connectors with no routes of their own."
+        ),
+    )
 
 
 class Freeze(ApiModel):
@@ -76,6 +97,8 @@ class ProjectUpdate(UpdateModel):
 
     name: Name | None = None
     description: Description | None = None
+    owners: Owners | None = None
+    notifications: Routes | None = None
 
 
 class Timestamps(ApiModel):

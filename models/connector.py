@@ -29,7 +29,8 @@ from models.base import (
     timestamp_field,
     utcnow,
 )
-from models.catalog import Description, Name, Timestamps
+from models.catalog import Description, Name, Owners, Timestamps
+from models.notifications import Routes, RoutesJSON
 
 Cron = Annotated[str, AfterValidator(check_cron)]
 Timezone = Annotated[str, AfterValidator(check_timezone)]
@@ -40,12 +41,6 @@ MAX_LABELS = 32
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,62}$")]
 Labels = Annotated[
     list[Label], Field(max_length=MAX_LABELS), AfterValidator(lambda labels: sorted(set(labels)))
-]
-Owner = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-Owners = Annotated[
-    list[Owner],
-    Field(max_length=MAX_LABELS),
-    AfterValidator(lambda owners: list(dict.fromkeys(owners))),
 ]
 # Overrides travel as control flow parameters, which Prefect stores: their JSON form (flow run
 # parameters and API answers alike) masks the secret values.
@@ -132,7 +127,18 @@ class ConnectorBase(ApiModel):
     owners: Owners = Field(
         default_factory=list,
         sa_type=JSON,
-        description="Who answers for the connector: people or teams, e.g. e-mail addresses.",
+        description=(
+            "Who answers for the connector: people or teams, e.g. e-mail addresses; shown in "
+            "its notifications. Empty: its project's owners."
+        ),
+    )
+    notifications: Routes | None = Field(
+        default=None,
+        sa_type=RoutesJSON,
+        description=(
+            "Which of its events go to which Prefect notification block; null: its project's "
+            "routes; []: none."
+        ),
     )
     paused_until: UtcDatetime | None = Field(
         default=None,
@@ -228,6 +234,7 @@ class ConnectorUpdate(UpdateModel):
             "paused_until",
             "pause_reason",
             "max_staleness",
+            "notifications",
         }
     )
 
@@ -247,6 +254,7 @@ class ConnectorUpdate(UpdateModel):
     timeout_seconds: int | None = Field(default=None, ge=0, le=MAX_SECONDS)
     labels: Labels | None = None
     owners: Owners | None = None
+    notifications: Routes | None = None
     paused_until: PauseEnd | None = Field(default=None, description=_PAUSE_END)
     pause_reason: Reason | None = None
     max_staleness: Staleness | None = None

@@ -1,4 +1,4 @@
-"""timed pauses, labels, owners and freshness of connectors; project freezes; run limits
+"""timed pauses, labels and owners of connectors; project freezes; destination run limits
 
 Revision ID: 0007
 Revises: 0006
@@ -20,8 +20,6 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("owners", sa.JSON(), server_default="[]", nullable=False))
         batch_op.add_column(sa.Column("paused_until", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("pause_reason", sa.String(), nullable=True))
-        batch_op.add_column(sa.Column("max_staleness", sa.Interval(), nullable=True))
-        batch_op.add_column(sa.Column("stale_since", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("project", schema=None) as batch_op:
         batch_op.add_column(sa.Column("freeze_reason", sa.String(), nullable=True))
         batch_op.add_column(sa.Column("frozen_until", sa.DateTime(timezone=True), nullable=True))
@@ -36,8 +34,6 @@ def downgrade() -> None:
         batch_op.drop_column("frozen_until")
         batch_op.drop_column("freeze_reason")
     with op.batch_alter_table("connector", schema=None) as batch_op:
-        batch_op.drop_column("stale_since")
-        batch_op.drop_column("max_staleness")
         batch_op.drop_column("pause_reason")
         batch_op.drop_column("paused_until")
         batch_op.drop_column("owners")
