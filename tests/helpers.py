@@ -11,6 +11,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import httpx
+import pytest
 from croniter import croniter
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import (
@@ -29,6 +30,11 @@ from sqlalchemy import create_engine, text
 
 from tests.stack import wait_for
 
+# On a test of Prefect's own machinery (its automations, work queues, events, a deployment's
+# runs), whose database-dependent parts other tests cover on both databases: PostgreSQL only,
+# which production runs, so the suite stays within its time.
+POSTGRESQL_ONLY = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
 CONTROL_FLOWS = [
     "create-connector",
     "update-connector",
@@ -38,6 +44,7 @@ CONTROL_FLOWS = [
     "cancel-connector-run",
     "reset-connector",
     "delete-connector",
+    "notify-owners",
 ]
 
 

@@ -17,7 +17,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 
 from tests.conftest import AuthApi, Stack
-from tests.helpers import control_runs, unique, wait_final
+from tests.helpers import POSTGRESQL_ONLY, control_runs, unique, wait_final
 from tests.stack import api_server, free_port, running, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -170,6 +170,7 @@ class TestJavaExample:
 
 
 class TestPythonExampleRetries:
+    @POSTGRESQL_ONLY
     def test_rides_out_an_api_restart(
         self, stack: Stack, prefect: SyncPrefectClient, api: httpx.Client, tmp_path: Path
     ):

@@ -9,6 +9,7 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
 from tests.helpers import (
+    POSTGRESQL_ONLY,
     Catalog,
     control_runs,
     created,
@@ -216,6 +217,7 @@ class TestLabelsAndBulkActions:
 
 
 class TestDestinationLimit:
+    @POSTGRESQL_ONLY
     def test_runs_into_a_limited_destination_take_turns(
         self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog, stack
     ):
@@ -271,6 +273,7 @@ class TestDestinationLimit:
 
 class TestFreshness:
     @pytest.mark.usefixtures("control_deployments")
+    @POSTGRESQL_ONLY
     def test_a_connector_goes_stale_and_fresh_again(
         self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog, prefect_api_url
     ):
