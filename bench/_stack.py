@@ -83,7 +83,9 @@ def local_stack(
             settings.prefect_database_url = prefect_database
         else:
             database_url = f"sqlite:///{home / 'control-plane.db'}"
-            # As `up` runs it: a PostgreSQL of its own for Prefect's server.
+            # As `up` runs it: a PostgreSQL of its own for Prefect's server, whose user (nobody,
+            # when this runs as root) must enter `home`, a temporary directory only we may.
+            home.chmod(0o711)
             cluster = prefect_cluster(Settings(data_dir=home, prefect_postgres_port=free_port()))
             log = home / "postgres.log"
             prefect_postgres = Process("PostgreSQL", cluster.command, {}, log, cluster.user)

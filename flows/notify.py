@@ -2,28 +2,23 @@
 each event a connector's routes hear (`control_plane.notify`)."""
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.blocks.abstract import NotificationBlock, NotificationError
-from prefect.events.filters import EventFilter, EventIDFilter, EventOccurredFilter
 from prefect.states import Completed, Failed, State
 
 from control_plane import crud, notify
 from control_plane.audit import label_refused, label_run
 from control_plane.db import session_scope
 from control_plane.errors import NotFound
-from control_plane.orchestrator import prefect_client
-from models.base import utcnow
 from models.notifications import effective, hears
 
 # A channel that fails is tried again after these many seconds, then given up on.
 RETRY_DELAYS = (1, 4)
-# How old an event may be when its run starts (its worker was down, say) and still be told.
-MAX_EVENT_AGE = timedelta(days=7)
 
 
 def _reason(error: NotificationError) -> str:
@@ -63,25 +58,22 @@ async def _deliver(channel: str, delivery: str, said: dict[str, Any]) -> str:
     on_failure=[label_refused("notify the owners of connector")],
 )
 async def notify_owners(
-    event_id: UUID, event: str, connector_id: int, actor: str = "automation"
+    event_id: UUID,
+    event: str,
+    connector_id: int,
+    occurred: datetime,
+    payload: dict[str, Any],
+    actor: str = "automation",
 ) -> State:
     """Tell each channel whose route hears this event of the connector (its own routes, or its
-    project's), once; a channel that keeps failing fails this run, and nothing else."""
+    project's), once; a channel that keeps failing fails this run, and nothing else. The
+    automation passes the event as it fired: Prefect may store it only after this run starts."""
     await label_run(
         actor=actor,
         name=f"notify the owners of connector {connector_id}: {event}",
         connector_id=connector_id,
     )
     logger = get_run_logger()
-    since = utcnow() - MAX_EVENT_AGE
-    async with prefect_client() as client:
-        page = await client.read_events(
-            EventFilter(id=EventIDFilter(id=[event_id]), occurred=EventOccurredFilter(since=since)),
-            limit=1,
-        )
-    if not page.events:
-        return Completed(message=f"event {event_id} is not in Prefect (older than 7 days?)")
-    found = page.events[0]
     async with session_scope() as session:
         try:
             connector = await crud.get_connector(session=session, connector_id=connector_id)
@@ -89,16 +81,15 @@ async def notify_owners(
             return Completed(message=f"connector {connector_id} is gone")
         project = await crud.get_project(session=session, project_id=connector.project_id)
     routes = effective(connector.notifications, project.notifications)
-    occurred = found.occurred.isoformat()
-    said = notify.message(found.event, occurred, found.payload, connector, project)
+    said = notify.message(event, occurred.isoformat(), payload, connector, project)
     outcomes = {}
-    for channel in hears(routes, found.event):
+    for channel in hears(routes, event):
         outcomes[channel] = await _deliver(channel, f"{event_id}/{channel}", said)
         logger.info("%s: %s", channel, outcomes[channel])
     await create_table_artifact(
         key=f"connector-{connector_id}-notifications",
         table=[{"channel": channel, "outcome": outcome} for channel, outcome in outcomes.items()],
-        description=f"Who heard {found.event} of connector {connector_id}",
+        description=f"Who heard {event} of connector {connector_id}",
     )
     failed = {channel: o for channel, o in outcomes.items() if o != "delivered"}
     if failed:
