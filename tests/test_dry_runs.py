@@ -223,6 +223,8 @@ class TestCatalogDryRuns:
             "changes": [
                 {"field": "name", "before": None, "after": name, "secretChanged": False},
                 {"field": "description", "before": None, "after": "d", "secretChanged": False},
+                {"field": "owners", "before": None, "after": [], "secretChanged": False},
+                {"field": "notifications", "before": None, "after": [], "secretChanged": False},
             ],
             "usedBy": [],
         }

@@ -48,6 +48,7 @@ class TestControlDeployments:
         assert snapshot() == before
         assert {"auto-deactivate-failing-connectors", "first-sync-on-create"} <= before[1].keys()
 
+    @POSTGRESQL_ONLY
     def test_the_whole_lifecycle_runs_from_deployments(
         self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
     ):
