@@ -32,7 +32,7 @@ test: $(VENV)/.test java chromium
 	$(VENV)/bin/ruff format --check .
 	$(PYTHON) -m pytest -n 2 $(PYTEST_ARGS)
 
-# The benchmarks of the README's Performance section, one after the other (about 17 min).
+# The benchmarks of the README's Performance section, one after the other (about 19 min).
 bench: $(VENV)/.test
 	$(PYTHON) -m bench.actions
 	$(PYTHON) -m bench.throughput
@@ -41,3 +41,4 @@ bench: $(VENV)/.test
 	$(PYTHON) -m bench.trigger
 	$(PYTHON) -m bench.data_plane
 	$(PYTHON) -m bench.crash
+	$(PYTHON) -m bench.alerts
