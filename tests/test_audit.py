@@ -12,7 +12,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 
 from tests.conftest import AuthApi
-from tests.helpers import MONTHLY, Catalog, control_runs, created, unique
+from tests.helpers import MONTHLY, POSTGRESQL_ONLY, Catalog, control_runs, created, unique
 
 
 def _unknown_id() -> int:
@@ -134,6 +134,7 @@ class TestMissingConnector:
         # The connector dependency refuses first: there is no attempt of a control flow to log.
         assert control_runs(prefect, connector_id) == []
 
+    @POSTGRESQL_ONLY
     @pytest.mark.usefixtures("control_deployments")
     @pytest.mark.parametrize(
         ("flow", "parameters", "name"),

@@ -40,6 +40,7 @@ from control_plane.connectors.builtin import (
 )
 from control_plane.policy import Allowed, Scope
 from tests.conftest import PUBLIC_TEST_HOST, fresh_postgres
+from tests.stack import free_port
 
 Mode = Literal["append", "replace", "merge"]
 
@@ -507,7 +508,7 @@ class _Pages(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def http_server() -> Iterator[str]:
     """A real HTTP server on a free local port, serving `_Pages.routes`; its base URL."""
-    server = ThreadingHTTPServer((PUBLIC_TEST_HOST, 0), _Pages)
+    server = ThreadingHTTPServer((PUBLIC_TEST_HOST, free_port()), _Pages)
     thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:

@@ -23,7 +23,7 @@ from prefect.client.schemas.objects import StateType
 
 from tests.conftest import PUBLIC_TEST_HOST, Stack, fresh_postgres
 from tests.helpers import created, execute, trigger_and_wait, unique, wait_final
-from tests.stack import wait_for
+from tests.stack import free_port, wait_for
 
 
 def _write_csv(path: Path, rows: range) -> None:
@@ -217,7 +217,7 @@ class _Api(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def http_source() -> Iterator[str]:
     # Not 127.0.0.1: the rest of loopback (the API, Prefect) is out of the connectors' reach.
-    server = ThreadingHTTPServer((PUBLIC_TEST_HOST, 0), _Api)
+    server = ThreadingHTTPServer((PUBLIC_TEST_HOST, free_port()), _Api)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://{PUBLIC_TEST_HOST}:{server.server_port}"
     _Api.release.set()

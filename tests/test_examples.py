@@ -238,6 +238,7 @@ def _command(language: str, java_build: JavaBuild, tmp_path: Path) -> list[str]:
 
 
 class TestWithAuth:
+    @POSTGRESQL_ONLY
     @pytest.mark.parametrize("language", ["python", "java"])
     def test_a_token_walks_the_lifecycle_as_its_subject(
         self, language, java_build, auth_api: AuthApi, stack, prefect, api, tmp_path: Path

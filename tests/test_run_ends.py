@@ -192,7 +192,7 @@ class _FlakyOrSlow(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def http_api() -> Iterator[str]:
-    server = ThreadingHTTPServer((PUBLIC_TEST_HOST, 0), _FlakyOrSlow)
+    server = ThreadingHTTPServer((PUBLIC_TEST_HOST, free_port()), _FlakyOrSlow)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://{PUBLIC_TEST_HOST}:{server.server_port}"
     server.shutdown()

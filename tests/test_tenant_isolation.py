@@ -195,7 +195,10 @@ def serve() -> Iterator[Callable[[str], Served]]:
 
     def start(host: str) -> Served:
         requests: list[tuple[str, str | None]] = []
-        server = ThreadingHTTPServer((host, 0), type("Handler", (_Server,), {"requests": requests}))
+        # A port free on 127.0.0.1 too: a scope refuses any loopback address on the port of
+        # Prefect's API or ours, and 127.0.0.2 could be given the one Prefect has on 127.0.0.1.
+        handler = type("Handler", (_Server,), {"requests": requests})
+        server = ThreadingHTTPServer((host, free_port()), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         started.append(server)
         return Served(f"http://{host}:{server.server_address[1]}", requests)
