@@ -30,7 +30,8 @@ chromium:
 test: $(VENV)/.test java chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PYTHON) -m pytest -n 2 $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -p no:xdist tests/unit
+	$(PYTHON) -m pytest -n 2 --ignore=tests/unit $(PYTEST_ARGS)
 
 # The benchmarks of the README's Performance section, one after the other (about 19 min).
 bench: $(VENV)/.test

@@ -1,0 +1,122 @@
+"""The pure logic, without a database, Prefect or a process: runs in a second or two, before the
+integration tests (`make test`)."""
+
+from datetime import timedelta
+
+import pytest
+
+from control_plane.connectors import MASK, deep_merge, keep_secrets, mask_secrets
+from control_plane.deployments import DeploymentSpec
+from control_plane.durations import check_staleness, minutes_if_number
+from control_plane.errors import InvalidInput
+from control_plane.notify import SignedWebhook, signature
+from models.base import check_cron, check_timezone
+from models.notifications import NotificationRoute, effective, hears
+
+URL = "postgresql://bob:s3cret@db.example.com:5432/app"
+
+
+class TestDeepMerge:
+    def test_nested_dicts_merge_and_the_rest_is_replaced(self):
+        base = {"a": {"x": 1, "y": 2}, "b": [1], "c": 1}
+        assert deep_merge(base, {"a": {"y": 3}, "b": [2]}) == {
+            "a": {"x": 1, "y": 3},
+            "b": [2],
+            "c": 1,
+        }
+        assert base == {"a": {"x": 1, "y": 2}, "b": [1], "c": 1}
+
+    def test_a_dict_replaces_a_value_that_is_not_one(self):
+        assert deep_merge({"a": 1}, {"a": {"x": 1}}) == {"a": {"x": 1}}
+
+
+class TestSecrets:
+    def test_a_url_password_is_masked_and_kept_when_sent_back(self):
+        masked = mask_secrets("source", {"url": URL, "table": "t"})
+        assert masked == {"url": f"postgresql://bob:{MASK}@db.example.com:5432/app", "table": "t"}
+        assert keep_secrets("source", masked, {"url": URL}, field="config")["url"] == URL
+
+    def test_a_mask_sent_to_another_host_is_refused(self):
+        moved = {"url": f"postgresql://bob:{MASK}@evil.example.com:5432/app"}
+        with pytest.raises(InvalidInput, match="another host"):
+            keep_secrets("source", moved, {"url": URL}, field="config")
+
+
+class TestChecks:
+    @pytest.mark.parametrize("cron", ["0 */4 * * *", "  0   3 1 * * "])
+    def test_five_field_crons_pass(self, cron):
+        assert check_cron(cron) == " ".join(cron.split())
+
+    @pytest.mark.parametrize(
+        ("cron", "says"), [("0 0 * * * *", "five fields"), ("0 0 30 2 *", "never fires")]
+    )
+    def test_others_are_refused_saying_why(self, cron, says):
+        with pytest.raises(ValueError, match=says):
+            check_cron(cron)
+
+    def test_a_time_zone_is_an_iana_name(self):
+        assert check_timezone("Europe/Berlin") == "Europe/Berlin"
+        with pytest.raises(ValueError, match="IANA"):
+            check_timezone("Mars/Olympus")
+
+    def test_a_freshness_window_is_minutes_or_a_duration_within_bounds(self):
+        assert minutes_if_number(90) == timedelta(minutes=90)
+        assert minutes_if_number("PT1H") == "PT1H"
+        assert check_staleness(timedelta(0)) == timedelta(0)
+        with pytest.raises(ValueError, match="10 seconds"):
+            check_staleness(timedelta(seconds=5))
+        with pytest.raises(ValueError, match="366 days"):
+            check_staleness(timedelta(days=400))
+
+
+def _spec(**fields) -> DeploymentSpec:
+    values = {
+        "name": "connector-1",
+        "schedule": "0 3 * * *",
+        "timezone": "UTC",
+        "parameters": {"connector_id": 1},
+        "tags": ("connector:1", "control-plane"),
+        "work_pool": "connectors",
+        "work_queue": "destination-2",
+    }
+    return DeploymentSpec(**{**values, **fields})
+
+
+def test_drift_names_each_field_that_differs():
+    assert _spec().differences(_spec()) == []
+    assert _spec().differences(_spec(schedule="0 4 * * *", paused=True)) == [
+        "schedule: '0 4 * * *' -> '0 3 * * *'",
+        "paused: True -> False",
+    ]
+
+
+class TestNotifications:
+    def test_a_connector_without_routes_takes_its_projects(self):
+        project = [NotificationRoute(events=["stale"], channel="slack-webhook/team")]
+        assert effective(None, project) == [{"events": ["stale"], "channel": "slack-webhook/team"}]
+        assert effective([], project) == []
+
+    def test_only_routes_that_hear_the_event_are_told(self):
+        routes = [
+            {"events": ["run-failed", "stale"], "channel": "signed-webhook/ops"},
+            {"events": ["fresh"], "channel": "slack-webhook/team"},
+        ]
+        assert hears(routes, "connector.stale") == ["signed-webhook/ops"]
+        assert hears(routes, "connector.synced") == []
+
+    def test_a_signature_is_the_hmac_of_time_and_body(self):
+        signed = signature(b"secret", "1700000000", b'{"a":1}')
+        assert signed == signature(b"secret", "1700000000", b'{"a":1}')
+        assert signed != signature(b"secret", "1700000001", b'{"a":1}')
+        assert signed != signature(b"other", "1700000000", b'{"a":1}')
+
+    @pytest.mark.parametrize(
+        ("fields", "says"),
+        [
+            ({"url": "ftp://x", "secret": "s" * 16}, "http"),
+            ({"url": "https://x", "secret": "short"}, "16 characters"),
+        ],
+    )
+    def test_a_signed_webhook_needs_an_http_url_and_a_long_secret(self, fields, says):
+        with pytest.raises(ValueError, match=says):
+            SignedWebhook(**fields)
