@@ -170,11 +170,13 @@ class TestNotifications:
             response = api.post("/connectors", json=catalog.connector(notifications=routes))
             assert response.status_code == 422, response.text
             assert "notifications" in response.text and says in response.text
-        project = api.patch(
-            f"/projects/{catalog.project_id}",
-            json={"notifications": [{"events": ["stale"], "channel": f"secret/{name}"}]},
-        )
-        assert project.status_code == 422
+        for dry_run in ("true", "false"):
+            project = api.patch(
+                f"/projects/{catalog.project_id}",
+                params={"dryRun": dry_run},
+                json={"notifications": [{"events": ["stale"], "channel": f"secret/{name}"}]},
+            )
+            assert project.status_code == 422, project.text
         assert api.get(f"/projects/{catalog.project_id}").json()["notifications"] == []
 
     def test_a_route_names_known_events(self, api: httpx.Client, catalog: Catalog):

@@ -3,7 +3,7 @@ change is a control flow run (`flows.catalog`); reads and dry runs are plain."""
 
 from fastapi import APIRouter, status
 
-from control_plane import crud
+from control_plane import crud, notify
 from control_plane.api.deps import (
     CallerDep,
     DryRun,
@@ -30,6 +30,7 @@ async def create_project(
 ):
     check_may_create_projects(caller)
     if dry_run:
+        await notify.check_channels(spec.notifications, field="notifications")
         return plan_create(await crud.new_project(session=session, spec=spec))
     return await create_catalog_entry(kind="project", spec=spec, actor=caller.actor)
 
@@ -57,6 +58,7 @@ async def update_project(
     dry_run: DryRun = False,
 ):
     if dry_run:
+        await notify.check_channels(changes.notifications, field="notifications")
         return await plan_change(
             session,
             action="update",
