@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 from prefect.blocks.abstract import NotificationBlock, NotificationError
 from prefect.blocks.core import Block
+from prefect.client.orchestration import PrefectClient
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import get_current_settings
 from pydantic import Field, SecretStr, field_validator
@@ -43,10 +44,9 @@ class DeliveryFailed(NotificationError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(log=reason)
-        self.reason = reason
 
     def __str__(self) -> str:
-        return self.reason
+        return self.log
 
 
 class SignedWebhook(NotificationBlock):
@@ -111,25 +111,43 @@ class SignedWebhook(NotificationBlock):
 async def check_channels(routes: list[NotificationRoute] | None, *, field: str) -> None:
     """Each route's channel is a Prefect block that sends notifications; a 422 naming the
     field otherwise. One read of Prefect per channel."""
-    for channel in sorted({route.channel for route in routes or ()}):
-        block_type, name = channel.split("/")
-        async with prefect_client() as client:
-            try:
-                document = await client.read_block_document_by_name(
-                    name, block_type, include_secrets=False
-                )
-            except ObjectNotFound:
-                raise InvalidInput(
-                    field,
-                    f"Prefect has no block {channel!r}: create it in the Prefect UI (Blocks), "
-                    f"e.g. a Signed Webhook named {name!r}, or name one that exists",
-                ) from None
-        if "notify" not in (document.block_schema.capabilities if document.block_schema else []):
-            raise InvalidInput(
-                field,
-                f"the block {channel!r} sends no notifications; name a notification block "
-                "(signed-webhook, slack-webhook, ...)",
-            )
+    channels = sorted({route.channel for route in routes or ()})
+    if not channels:
+        return
+    async with prefect_client() as client:
+        for channel in channels:
+            await _check_channel(client, channel, field=field)
+
+
+async def _check_channel(client: PrefectClient, channel: str, *, field: str) -> None:
+    block_type, name = channel.split("/")
+    try:
+        document = await client.read_block_document_by_name(name, block_type, include_secrets=False)
+    except ObjectNotFound:
+        raise InvalidInput(
+            field,
+            f"Prefect has no block {channel!r}: create it in the Prefect UI (Blocks), "
+            f"e.g. a Signed Webhook named {name!r}, or name one that exists",
+        ) from None
+    if "notify" not in (document.block_schema.capabilities if document.block_schema else []):
+        raise InvalidInput(
+            field,
+            f"the block {channel!r} sends no notifications; name a notification block "
+            "(signed-webhook, slack-webhook, ...)",
+        )
+
+
+def failure(error: Exception) -> str:
+    """Why a channel's block did not deliver, never with the receiver's URL, which may be a
+    credential: Prefect's own blocks raise httpx's errors, whose messages name it."""
+    if isinstance(error, NotificationError):
+        return error.log[:300]
+    if isinstance(error, httpx.HTTPStatusError):
+        response = error.response
+        return f"the receiver answered {response.status_code} {response.reason_phrase}"
+    if isinstance(error, httpx.HTTPError):
+        return f"the receiver cannot be reached: {type(error).__name__}"
+    return f"the block failed: {type(error).__name__}"
 
 
 async def load_channel(channel: str) -> NotificationBlock:
@@ -207,6 +225,7 @@ __all__ = [
     "DeliveryFailed",
     "SignedWebhook",
     "check_channels",
+    "failure",
     "load_channel",
     "message",
     "run_url",

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
-from prefect.blocks.abstract import NotificationBlock, NotificationError
+from prefect.blocks.abstract import NotificationBlock
 from prefect.states import Completed, Failed, State
 
 from control_plane import crud, notify
@@ -19,10 +19,6 @@ from models.notifications import effective, hears
 
 # A channel that fails is tried again after these many seconds, then given up on.
 RETRY_DELAYS = (1, 4)
-
-
-def _reason(error: NotificationError) -> str:
-    return str(error) if isinstance(error, notify.DeliveryFailed) else error.log[:300]
 
 
 async def _send(block: NotificationBlock, said: dict[str, Any], delivery: str) -> None:
@@ -44,8 +40,8 @@ async def _deliver(channel: str, delivery: str, said: dict[str, Any]) -> str:
         await asyncio.sleep(delay)
         try:
             await _send(block, said, delivery)
-        except NotificationError as error:
-            reason = _reason(error)
+        except Exception as error:  # one channel's failure, whatever its block raised
+            reason = notify.failure(error)
             get_run_logger().warning("%s: %s", channel, reason)
         else:
             return "delivered"

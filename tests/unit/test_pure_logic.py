@@ -3,13 +3,14 @@ integration tests (`make test`)."""
 
 from datetime import timedelta
 
+import httpx
 import pytest
 
 from control_plane.connectors import MASK, deep_merge, keep_secrets, mask_secrets
 from control_plane.deployments import DeploymentSpec
 from control_plane.durations import check_staleness, minutes_if_number
 from control_plane.errors import InvalidInput
-from control_plane.notify import SignedWebhook, signature
+from control_plane.notify import DeliveryFailed, SignedWebhook, failure, signature
 from models.base import check_cron, check_timezone
 from models.notifications import NotificationRoute, effective, hears
 
@@ -109,6 +110,24 @@ class TestNotifications:
         assert signed == signature(b"secret", "1700000000", b'{"a":1}')
         assert signed != signature(b"secret", "1700000001", b'{"a":1}')
         assert signed != signature(b"other", "1700000000", b'{"a":1}')
+
+    def test_a_failed_delivery_says_why_without_the_receivers_url(self):
+        url = "https://hooks.example.com/services/T0KEN"
+        request = httpx.Request("POST", url)
+        response = httpx.Response(404, request=request)
+        answered = httpx.HTTPStatusError(url, request=request, response=response)
+        reasons = [
+            failure(answered),
+            failure(httpx.ConnectError(f"cannot connect to {url}", request=request)),
+            failure(DeliveryFailed("the receiver answered 500 Internal Server Error")),
+            failure(RuntimeError(url)),
+        ]
+        assert reasons == [
+            "the receiver answered 404 Not Found",
+            "the receiver cannot be reached: ConnectError",
+            "the receiver answered 500 Internal Server Error",
+            "the block failed: RuntimeError",
+        ]
 
     @pytest.mark.parametrize(
         ("fields", "says"),
