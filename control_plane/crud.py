@@ -660,10 +660,11 @@ async def notification_routes(
     *, session: AsyncSession, connector: Connector
 ) -> list[dict[str, Any]]:
     """The connector's notification routes: its own, or its project's while it has none."""
-    if connector.notifications is not None:
-        return effective(connector.notifications, None)
-    project = await get_project(session=session, project_id=connector.project_id)
-    return effective(None, project.notifications)
+    project_routes = None
+    if connector.notifications is None:
+        project = await get_project(session=session, project_id=connector.project_id)
+        project_routes = project.notifications
+    return effective(connector.notifications, project_routes)
 
 
 async def mark_fresh(

@@ -73,7 +73,7 @@ def emit(
     notification routes (`crud.notification_routes`), an event one of them hears is labelled
     for the automation that tells their channels."""
     labels = resource(connector)
-    if hears(list(routes), event):
+    if hears(routes, event):
         labels[NOTIFY_LABEL] = "true"
     related = [_related(f"project.{connector.project_id}", "project")]
     deployment_id = deployment_id or connector.prefect_deployment_id

@@ -58,6 +58,10 @@ class RunTimedOut(TimeoutError):
     """The run took longer than its connector's timeout; the destination rolled back."""
 
 
+# The actor of the events a sync run causes: the sync flow's own name.
+SYNC_ACTOR = "sync-connector"
+
+
 def failure_threshold(connector: Connector) -> int:
     """Failed runs in a row that switch the connector off; 0: never."""
     if connector.max_consecutive_failures is not None:
@@ -78,7 +82,7 @@ def tell_failed(
     events.emit(
         events.RUN_CRASHED if crashed else events.RUN_FAILED,
         connector,
-        actor="sync-connector",
+        actor=SYNC_ACTOR,
         reason=error,
         routes=routes,
         flowRunId=str(flow_run_id),
@@ -89,7 +93,7 @@ def tell_failed(
         events.emit(
             events.FAILING,
             connector,
-            actor="sync-connector",
+            actor=SYNC_ACTOR,
             reason=f"{failures} consecutive failed runs, last: {error}",
             routes=routes,
             flowRunId=str(flow_run_id),
@@ -275,6 +279,7 @@ def move(plan: SyncPlan, *, load_id: UUID, batch_size: int) -> Moved:
 
 
 __all__ = [
+    "SYNC_ACTOR",
     "Moved",
     "RunTimedOut",
     "SyncPlan",

@@ -20,8 +20,6 @@ from control_plane.settings import get_settings
 from models import Connector
 from models.base import as_utc
 
-ACTOR = "sync-connector"
-
 
 def _report(plan: sync.SyncPlan, moved: sync.Moved) -> str:
     return "\n".join(
@@ -64,12 +62,12 @@ def _emit_synced(
     """`connector.synced` after every successful run (it restarts the freshness window), and
     `connector.fresh` after the first one of a stale connector."""
     figures = {"recordsRead": moved.records_read, "recordsWritten": moved.records_written}
-    events.emit(events.SYNCED, connector, actor=ACTOR, flowRunId=str(run_id), **figures)
+    events.emit(events.SYNCED, connector, actor=sync.SYNC_ACTOR, flowRunId=str(run_id), **figures)
     if stale_since is not None:
         events.emit(
             events.FRESH,
             connector,
-            actor=ACTOR,
+            actor=sync.SYNC_ACTOR,
             reason=f"sync run {run_id} succeeded",
             routes=routes,
             staleSince=as_utc(stale_since).isoformat(),
@@ -86,7 +84,7 @@ async def _retry_as_planned(plan: sync.SyncPlan, run_id: UUID) -> None:
             await client.update_flow_run(run_id, empirical_policy=policy)
 
 
-@flow(name="sync-connector", flow_run_name="sync connector {connector_id}")
+@flow(name=sync.SYNC_ACTOR, flow_run_name="sync connector {connector_id}")
 async def sync_connector(connector_id: int) -> dict[str, Any] | State:
     """Move the connector's new records from its defined source to its defined destination.
 

@@ -5,6 +5,7 @@ its credentials encrypted and masked, and the Prefect UI creates and edits it. A
 routes, or its project's when it has none of its own, say which events each channel hears.
 """
 
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, StringConstraints
@@ -66,10 +67,10 @@ def effective(own: Any, project_routes: Any) -> list[dict[str, Any]]:
     return to_jsonable_python(own if own is not None else project_routes or [])
 
 
-def hears(routes: list[dict[str, Any]] | None, event: str) -> list[str]:
+def hears(routes: Sequence[dict[str, Any]], event: str) -> list[str]:
     """The channels of the routes that hear `connector.<event>`."""
     suffix = event.removeprefix("connector.")
-    return [route["channel"] for route in routes or () if suffix in route["events"]]
+    return [route["channel"] for route in routes if suffix in route["events"]]
 
 
 __all__ = [
