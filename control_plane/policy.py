@@ -206,7 +206,7 @@ class Scope:
             raise Refused(f"is not a URL: {error}") from None
         if url.scheme not in ("http", "https") or not url.host:
             raise Refused("is not an http:// or https:// URL with a host")
-        return url, self.address(url.host, _port(url))
+        return url, self.address(url.host, port_of(url))
 
     def transport(self) -> httpx.BaseTransport:
         """An HTTP transport that checks every request it sends: redirects and next pages too."""
@@ -276,7 +276,8 @@ class Scope:
         )
 
 
-def _port(url: httpx.URL) -> int:
+def port_of(url: httpx.URL) -> int:
+    """The port an http(s) URL names, or its scheme's."""
     return url.port or (443 if url.scheme == "https" else 80)
 
 
@@ -413,7 +414,7 @@ def _boundary(settings: Settings) -> Scope:
     ]
     if prefect.api.url:
         api = httpx.URL(prefect.api.url)
-        services.append(("Prefect's API", _service(api.host, _port(api))))
+        services.append(("Prefect's API", _service(api.host, port_of(api))))
     databases = [
         ("the control plane's database", settings.resolved_database_url),
         ("Prefect's database", settings.prefect_database_url),
@@ -470,5 +471,6 @@ __all__ = [
     "Scope",
     "checked",
     "is_glob",
+    "port_of",
     "scope_for",
 ]

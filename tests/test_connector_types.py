@@ -3,6 +3,7 @@
 import csv
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from control_plane.connectors import Batch, Source, keep_secrets, mask_url
+from control_plane.connectors import Batch, Kind, Load, Source, checks, keep_secrets, mask_url
 from control_plane.connectors.builtin import (
     CsvSource,
     HttpSource,
@@ -38,6 +39,7 @@ from control_plane.connectors.builtin import (
     SqlDestination,
     SqlSource,
 )
+from control_plane.connectors.checks import Step
 from control_plane.policy import Allowed, Scope
 from tests.conftest import PUBLIC_TEST_HOST, fresh_postgres
 from tests.stack import free_port
@@ -606,3 +608,228 @@ class TestSecretsInUrls:
         assert mask_url(url) == shown
         config = {"url": url}
         assert keep_secrets("source", {"url": shown}, config, field="config") == config
+
+
+def _check(kind: Kind, type_name: str, config: dict[str, Any], scope: Scope) -> dict[str, Step]:
+    """Each step of the connection check of `config`, by name."""
+    steps = checks.run(kind, type_name, config, scope, deadline=time.monotonic() + 30)
+    return {step.name: step for step in steps}
+
+
+def _statuses(steps: dict[str, Step]) -> dict[str, str]:
+    return {name: step.status for name, step in steps.items()}
+
+
+@contextmanager
+def _role(postgres_url: str) -> Iterator[str]:
+    """A login role of its own, which may use the database but create nothing in it."""
+    name = f"checker_{_suffix()}"
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+
+
+class TestChecks:
+    """Each type's connection check passes where a run would work, and fails at the step that
+    says why otherwise, with the steps after it skipped."""
+
+    def test_a_csv_file_passes_naming_its_fields_never_values(
+        self, tmp_path: Path, scope: Scope
+    ) -> None:
+        secret = f"value-{_suffix()}"
+        (tmp_path / "in.csv").write_text(f"id,diagnosis\n1,{secret}\n")
+
+        steps = _check("source", "csv", {"path": "in.csv"}, scope)
+
+        assert _statuses(steps) == {"resolve": "passed", "connect": "passed", "read": "passed"}
+        assert steps["read"].message == "read a record with the fields id, diagnosis"
+        assert all(secret not in step.message for step in steps.values())
+
+    def test_a_missing_file_fails_to_connect_and_skips_the_read(self, scope: Scope) -> None:
+        steps = _check("source", "jsonl", {"path": "nowhere.jsonl"}, scope)
+
+        assert _statuses(steps) == {"resolve": "passed", "connect": "failed", "read": "skipped"}
+        assert "'nowhere.jsonl' is no file" in steps["connect"].message
+
+    def test_a_path_outside_the_folder_fails_to_resolve(self, scope: Scope) -> None:
+        steps = _check("source", "csv", {"path": "../other/in.csv"}, scope)
+
+        assert _statuses(steps) == {"resolve": "failed"}
+        assert "outside the project's folder" in steps["resolve"].message
+
+    def test_a_bad_line_fails_the_read(self, tmp_path: Path, scope: Scope) -> None:
+        (tmp_path / "in.jsonl").write_text("{not json\n")
+
+        steps = _check("source", "jsonl", {"path": "in.jsonl"}, scope)
+
+        assert steps["read"].status == "failed"
+        assert "line 1" in steps["read"].message
+
+    def test_a_jsonl_destination_passes_and_creates_nothing(
+        self, tmp_path: Path, scope: Scope
+    ) -> None:
+        steps = _check("destination", "jsonl", {"path": "out/loads.jsonl"}, scope)
+
+        assert _statuses(steps) == {"resolve": "passed", "write": "passed"}
+        assert list(tmp_path.iterdir()) == []
+
+    def test_a_jsonl_destination_under_a_file_fails_to_write(
+        self, tmp_path: Path, scope: Scope
+    ) -> None:
+        (tmp_path / "in.csv").write_text("id\n")
+
+        steps = _check("destination", "jsonl", {"path": "in.csv/out.jsonl"}, scope)
+
+        assert steps["write"].status == "failed"
+        assert "'in.csv' is no folder" in steps["write"].message
+
+    def test_a_postgresql_table_passes(self, postgres_url: str, scope: Scope) -> None:
+        name = f"checked_{_suffix()}"
+        _events_table(postgres_url, name, _events(range(1, 3), datetime.now(UTC)))
+
+        steps = _check("source", "sql", {"url": postgres_url, "table": name}, scope)
+
+        assert _statuses(steps) == {
+            "resolve": "passed",
+            "connect": "passed",
+            "authenticate": "passed",
+            "read": "passed",
+        }
+        assert steps["authenticate"].message.startswith("logged in as ")
+
+    def test_a_missing_table_fails_the_read(self, postgres_url: str, scope: Scope) -> None:
+        steps = _check("source", "sql", {"url": postgres_url, "table": "no_such_table"}, scope)
+
+        assert steps["authenticate"].status == "passed"
+        assert steps["read"].status == "failed"
+        assert 'relation "no_such_table" does not exist' in steps["read"].message
+
+    def test_an_unknown_user_fails_to_authenticate(self, postgres_url: str, scope: Scope) -> None:
+        url = make_url(postgres_url).set(username=f"nobody_{_suffix()}", password="pw")
+
+        steps = _check(
+            "source", "sql", {"url": url.render_as_string(False), "query": "SELECT 1"}, scope
+        )
+
+        assert _statuses(steps)["connect"] == "passed"
+        assert steps["authenticate"].status == "failed"
+        assert "does not exist" in steps["authenticate"].message
+        assert steps["read"].status == "skipped"
+
+    def test_a_port_nobody_listens_on_fails_to_connect(self, scope: Scope) -> None:
+        url = f"postgresql://app@{PUBLIC_TEST_HOST}:{free_port()}/db"
+
+        steps = _check("destination", "sql", {"url": url, "table": "t"}, scope)
+
+        assert steps["connect"].status == "failed"
+        assert "cannot be reached (Connection refused)" in steps["connect"].message
+        assert _statuses(steps)["write"] == "skipped"
+
+    def test_a_postgresql_destination_passes_and_leaves_no_table(
+        self, postgres_url: str, scope: Scope
+    ) -> None:
+        name = f"target_{_suffix()}"
+
+        steps = _check("destination", "sql", {"url": postgres_url, "table": name}, scope)
+
+        assert steps["write"].status == "passed"
+        assert steps["write"].message == f"may create the table {name}: the first run does"
+        with _database(postgres_url) as engine, engine.connect() as connection:
+            tables = inspect(connection).get_table_names()
+        assert name not in tables and "_control_plane_check" not in tables
+
+    def test_a_user_who_may_create_no_table_fails_to_write(
+        self, postgres_url: str, scope: Scope
+    ) -> None:
+        with _role(postgres_url) as role:
+            url = make_url(postgres_url).set(username=role).render_as_string(False)
+
+            steps = _check("destination", "sql", {"url": url, "table": "t"}, scope)
+
+        assert steps["authenticate"].status == "passed"
+        assert steps["write"].status == "failed"
+        assert "permission denied for schema public" in steps["write"].message
+
+    def test_a_user_who_may_not_insert_into_the_table_fails_to_write(
+        self, postgres_url: str, scope: Scope
+    ) -> None:
+        name = f"target_{_suffix()}"
+        destination = SqlDestination.configured({"url": postgres_url, "table": name}, scope)
+        destination.write([[{"id": 1}]], Load(stream="connector:1", load_id=_suffix()))
+        with _role(postgres_url) as role:
+            url = make_url(postgres_url).set(username=role).render_as_string(False)
+
+            steps = _check(
+                "destination",
+                "sql",
+                {"url": url, "table": name, "mode": "merge", "primaryKey": ["id"]},
+                scope,
+            )
+
+        assert steps["write"].status == "failed"
+        assert f"may not INSERT or UPDATE on {name}" in steps["write"].message
+
+    def test_a_sqlite_destination_passes_without_creating_its_file(
+        self, tmp_path: Path, scope: Scope
+    ) -> None:
+        steps = _check("destination", "sql", {"url": "sqlite:///w.db", "table": "t"}, scope)
+
+        assert _statuses(steps) == {"resolve": "passed", "connect": "passed", "write": "passed"}
+        assert not (tmp_path / "w.db").exists()
+
+    def test_a_sqlite_source_without_its_file_fails_to_connect(self, scope: Scope) -> None:
+        steps = _check("source", "sql", {"url": "sqlite:///w.db", "table": "t"}, scope)
+
+        assert _statuses(steps) == {"resolve": "passed", "connect": "failed", "read": "skipped"}
+
+    def test_an_http_api_passes(self, http_server: str, scope: Scope) -> None:
+        path = f"/api-{_suffix()}/items"
+        _Pages.routes[path] = (200, {}, [{"id": 1, "name": "a"}])
+
+        steps = _check("source", "http", {"url": http_server + path}, scope)
+
+        assert _statuses(steps) == {
+            "resolve": "passed",
+            "connect": "passed",
+            "authenticate": "passed",
+            "read": "passed",
+        }
+        assert steps["read"].message == "read a record with the fields id, name"
+
+    def test_refused_credentials_fail_to_authenticate(self, http_server: str, scope: Scope) -> None:
+        path = f"/api-{_suffix()}/private"
+        _Pages.routes[path] = (401, {}, {"error": "who are you"})
+        token = f"secret-{_suffix()}"
+
+        steps = _check(
+            "source",
+            "http",
+            {"url": http_server + path, "headers": {"Authorization": token}},
+            scope,
+        )
+
+        assert steps["authenticate"].status == "failed"
+        assert "answered 401 Unauthorized: check the credentials" in steps["authenticate"].message
+        assert all(token not in step.message for step in steps.values())
+
+    def test_an_answer_without_records_fails_the_read(self, http_server: str, scope: Scope) -> None:
+        path = f"/api-{_suffix()}/odd"
+        _Pages.routes[path] = (200, {}, {"items": "none"})
+
+        steps = _check("source", "http", {"url": http_server + path}, scope)
+
+        assert steps["authenticate"].status == "passed"
+        assert steps["read"].status == "failed"
+        assert "expected a list of objects" in steps["read"].message
+
+    def test_a_closed_port_fails_to_connect(self, scope: Scope) -> None:
+        url = f"http://{PUBLIC_TEST_HOST}:{free_port()}/items"
+
+        steps = _check("source", "http", {"url": url}, scope)
+
+        assert _statuses(steps)["connect"] == "failed"
+        assert _statuses(steps)["authenticate"] == "skipped"

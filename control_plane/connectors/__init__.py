@@ -27,7 +27,7 @@ when the config is saved and when a run plans, and the type opens them through t
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -44,6 +44,11 @@ from control_plane.titles import field_title
 ENTRY_POINT_GROUP = "control_plane.connectors"
 
 Kind = Literal["source", "destination"]
+StepName = Literal["resolve", "connect", "authenticate", "read", "write"]
+# A step of a connection check (`connectors.checks`): its name, and what runs it, returning
+# what it found and raising with a message that says what is wrong.
+CheckStep = tuple[StepName, Callable[[], str]]
+_MAX_FIELDS_SHOWN = 20
 
 
 class TypeConfig(BaseModel):
@@ -97,6 +102,11 @@ class ConnectorType(ABC):
         """The type built from a raw config, validated within `scope`."""
         return cls(cls.Config.model_validate(config, context=scope), scope)
 
+    def check_steps(self) -> list[CheckStep]:
+        """The steps of a connection check after `resolve`, in order: connect, authenticate,
+        then read or write, those that apply to the type. None by default."""
+        return []
+
 
 class Source(ConnectorType):
     kind = "source"
@@ -105,6 +115,26 @@ class Source(ConnectorType):
     def cursor_field(self) -> str | None:
         """The field whose largest value read is where the next run resumes; None: full reads."""
         return None
+
+    def check_steps(self) -> list[CheckStep]:
+        return [("read", self.sample)]
+
+    def sample(self) -> str:
+        """Read one record, as a check does: which fields it has, never their values."""
+        batches = self.read(cursor=None, batch_size=1)
+        try:
+            batch = next(iter(batches), [])
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        if not batch:
+            return "read no record: the source is empty for now"
+        fields = list(batch[0])
+        shown = ", ".join(fields[:_MAX_FIELDS_SHOWN])
+        if len(fields) > _MAX_FIELDS_SHOWN:
+            shown += f" and {len(fields) - _MAX_FIELDS_SHOWN} more"
+        return f"read a record with the fields {shown}"
 
     @abstractmethod
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
@@ -318,6 +348,7 @@ def _refuse_if_moved(field: str, key: str, moved: list[str]) -> None:
 
 __all__ = [
     "Batch",
+    "CheckStep",
     "ConnectorType",
     "DatabaseUrl",
     "Destination",
@@ -328,6 +359,7 @@ __all__ = [
     "Record",
     "Source",
     "SourcePath",
+    "StepName",
     "TargetPath",
     "TypeConfig",
     "deep_merge",

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from control_plane.connectors import (
     Batch,
+    CheckStep,
     Destination,
     Load,
     Record,
@@ -69,7 +70,20 @@ def _open(scope: Scope, path: Path, flags: int, **kwargs: Any) -> Iterator[IO[An
         yield file
 
 
-class CsvSource(Source):
+class _FileSource(Source):
+    """A source of files that `config.path` names."""
+
+    def check_steps(self) -> list[CheckStep]:
+        return [("connect", self._found), *super().check_steps()]
+
+    def _found(self) -> str:
+        files = _files(self.scope, self.config.path)
+        if not files[0].is_file():
+            raise FileNotFoundError(f"{self.config.path!r} is no file in the project's folder")
+        return f"found {len(files)} file{'s' if len(files) > 1 else ''}"
+
+
+class CsvSource(_FileSource):
     name = "csv"
 
     class Config(TypeConfig):
@@ -107,7 +121,7 @@ class CsvSource(Source):
                         yield dict(zip_longest(header, row))
 
 
-class JsonlSource(Source):
+class JsonlSource(_FileSource):
     name = "jsonl"
 
     class Config(TypeConfig):
@@ -166,6 +180,24 @@ class JsonlDestination(Destination):
                 "File in the project's folder the records are appended to, one JSON object a line."
             )
         )
+
+    def check_steps(self) -> list[CheckStep]:
+        return [("write", self._writable)]
+
+    def _writable(self) -> str:
+        """Whether a run may append to the file, or create it (and the folders it lies in)."""
+        path = self.scope.path(self.config.path)
+        if path.exists():
+            if not path.is_file() or not os.access(path, os.W_OK):
+                raise PermissionError(f"{self.config.path!r} is no file this worker may append to")
+            return f"may append to {path.name}"
+        folder = next(parent for parent in path.parents if parent.exists())
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise PermissionError(
+                f"{self.config.path!r} cannot be created: {folder.name!r} is no folder this "
+                "worker may write in"
+            )
+        return f"may create {path.name}: the first run does"
 
     def write(self, batches: Iterable[Batch], load: Load | None = None) -> int:
         """Append every record; values JSON cannot hold (dates, decimals) are written as str.

@@ -3,6 +3,7 @@ included, goes through the project's scope: its host is resolved and checked, an
 is sent to the address checked (`control_plane.policy`). The config's headers (credentials, as
 a rule) go only to the origin of the configured URL, never to a page or redirect elsewhere."""
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ from pydantic import Field, field_validator
 
 from control_plane.connectors import (
     Batch,
+    CheckStep,
     HttpUrl,
     Record,
     Source,
@@ -20,6 +22,7 @@ from control_plane.connectors import (
     url_field,
 )
 from control_plane.connectors._batching import batched
+from control_plane.policy import port_of
 
 
 def _dig(answer: Any, path: str | None) -> Any:
@@ -72,14 +75,43 @@ class HttpSource(Source):
         """The records of every page, following the pagination until there is no next page."""
         return batched(self._records(), batch_size)
 
-    def _records(self) -> Iterator[Record]:
-        url: str | None = str(httpx.URL(self.config.url))
-        seen: set[str] = set()
-        with httpx.Client(
+    def check_steps(self) -> list[CheckStep]:
+        return [("connect", self._reach), ("authenticate", self._let_in), *super().check_steps()]
+
+    def _reach(self) -> str:
+        url, address = self.scope.http_url(self.config.url)
+        try:
+            with socket.create_connection((str(address), port_of(url)), self.config.timeout):
+                return f"{url.host}:{port_of(url)} accepts connections"
+        except OSError as error:
+            raise ConnectionError(
+                f"{url.host}:{port_of(url)} cannot be reached ({error.strerror or error}): is "
+                "the server up, and does it listen there?"
+            ) from None
+
+    def _let_in(self) -> str:
+        """The first page's status: 401 or 403 means the credentials are wrong or lacking."""
+        with self._client() as client:
+            response = self._get(client, str(httpx.URL(self.config.url)))
+        answered = f"{mask_url(str(response.url))} answered {response.status_code} "
+        answered += response.reason_phrase
+        if response.status_code in (401, 403):
+            raise PermissionError(f"{answered}: check the credentials in headers")
+        if response.is_error:
+            raise ValueError(answered)
+        return answered
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(
             timeout=self.config.timeout,
             transport=self.scope.transport(),
             trust_env=False,  # a proxy from the environment would hide the real host
-        ) as client:
+        )
+
+    def _records(self) -> Iterator[Record]:
+        url: str | None = str(httpx.URL(self.config.url))
+        seen: set[str] = set()
+        with self._client() as client:
             while url is not None:
                 if url in seen:
                     raise ValueError(f"the pagination loops: {mask_url(url)} was already read")

@@ -9,6 +9,8 @@ same transaction: fetched from a server-side cursor, written with COPY. Through 
 """
 
 import json
+import os
+import socket
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -16,6 +18,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from itertools import chain, groupby
 from operator import itemgetter
+from pathlib import Path
 from typing import Any, Literal, Self
 from uuid import UUID
 
@@ -32,6 +35,7 @@ from sqlalchemy import (
     Engine,
     Executable,
     Float,
+    Integer,
     MetaData,
     Table,
     Text,
@@ -46,11 +50,13 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import NullType, TypeEngine
 
 from control_plane.connectors import (
     Batch,
+    CheckStep,
     DatabaseUrl,
     Destination,
     Load,
@@ -59,7 +65,7 @@ from control_plane.connectors import (
     TypeConfig,
     url_field,
 )
-from control_plane.policy import Scope
+from control_plane.policy import POSTGRES_PORT, Scope
 
 # The first match wins: bool before int, because a bool is an int.
 _COLUMN_TYPES = [
@@ -80,6 +86,11 @@ _ORDINAL = sql.Identifier("_control_plane_ordinal")
 
 # Where a destination records its loads, in the schema of the table it writes.
 _LOADS = "_control_plane_loads"
+# What a destination's check creates, and rolls back, to learn whether a run may create tables.
+_PROBE = "_control_plane_check"
+# The privileges a write into an existing table needs, by mode.
+_PRIVILEGES = {"append": ["INSERT"], "replace": ["INSERT", "DELETE"], "merge": ["INSERT", "UPDATE"]}
+_CONNECT_SECONDS = 10
 
 
 def _no_attach(action: int, *_: Any) -> int:
@@ -110,6 +121,42 @@ def _engine(scope: Scope, url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def _database_steps(scope: Scope, url: str, *, creates: bool) -> list[CheckStep]:
+    """A check's connect and authenticate steps for the database `url` names; a SQLite file
+    that a run `creates` need not exist yet, and has no login."""
+    checked = scope.database(url)
+    if checked.get_backend_name() == "sqlite":
+        return [("connect", lambda: _find_file(Path(str(checked.database)), creates=creates))]
+    return [("connect", lambda: _reach(checked)), ("authenticate", lambda: _log_in(scope, url))]
+
+
+def _find_file(path: Path, *, creates: bool) -> str:
+    if path.is_file():
+        return f"found the SQLite file {path.name}"
+    if creates and path.parent.is_dir():
+        return f"{path.name} does not exist yet: the first run creates it"
+    raise FileNotFoundError(f"no SQLite file {path.name} in that folder of the project's")
+
+
+def _reach(url: URL) -> str:
+    """A TCP connection to the address checked, which is where the driver connects."""
+    port = url.port or POSTGRES_PORT
+    try:
+        with socket.create_connection((str(url.query["hostaddr"]), port), _CONNECT_SECONDS):
+            return f"{url.host}:{port} accepts connections"
+    except OSError as error:
+        raise ConnectionError(
+            f"{url.host}:{port} cannot be reached ({error.strerror or error}): is the database "
+            "up, and does it listen there?"
+        ) from None
+
+
+def _log_in(scope: Scope, url: str) -> str:
+    with _engine(scope, url) as engine, engine.connect() as connection:
+        user, database = connection.execute(text("SELECT current_user, current_database()")).one()
+    return f"logged in as {user} to database {database}"
 
 
 def _schema_and_name(qualified: str) -> tuple[str | None, str]:
@@ -168,6 +215,10 @@ class SqlSource(Source):
     @property
     def cursor_field(self) -> str | None:
         return self.config.cursor_field
+
+    def check_steps(self) -> list[CheckStep]:
+        steps = _database_steps(self.scope, self.config.url, creates=False)
+        return [*steps, *super().check_steps()]
 
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
         """The rows, streamed from a server-side cursor; dates, decimals and UUIDs as strings."""
@@ -239,6 +290,36 @@ class SqlDestination(Destination):
     @property
     def replaces(self) -> bool:
         return self.config.mode == "replace"
+
+    def check_steps(self) -> list[CheckStep]:
+        steps = _database_steps(self.scope, self.config.url, creates=True)
+        return [*steps, ("write", self._writable)]
+
+    def _writable(self) -> str:
+        """Whether a run may write: in a transaction rolled back, create a table where the
+        run creates one (the target, its load state), and ask PostgreSQL for the privileges
+        that the mode needs on a target that exists. Nothing stays behind."""
+        url = self.scope.database(self.config.url)
+        if url.get_backend_name() == "sqlite" and not Path(str(url.database)).exists():
+            if not os.access(Path(str(url.database)).parent, os.W_OK):
+                raise PermissionError("the SQLite file's folder is not writable for this worker")
+            return "may create the SQLite file: the first run does"
+        schema, name = _schema_and_name(self.config.table)
+        loads, _ = self._loads()
+        with _engine(self.scope, self.config.url) as engine, engine.connect() as connection:
+            with connection.begin() as transaction:
+                inspector = inspect(connection)
+                exists = inspector.has_table(name, schema=schema)
+                if not exists or not inspector.has_table(loads.name, schema=schema):
+                    Table(_PROBE, MetaData(), Column("probe", Integer), schema=schema).create(
+                        connection
+                    )
+                if exists and connection.dialect.name == "postgresql":
+                    _check_privileges(connection, schema, name, _PRIVILEGES[self.config.mode])
+                transaction.rollback()
+        if not exists:
+            return f"may create the table {self.config.table}: the first run does"
+        return f"may write into the table {self.config.table} ({self.config.mode})"
 
     def write(self, batches: Iterable[Batch], load: Load | None = None) -> int:
         """Write every batch in one transaction: nothing is changed unless all of it is written.
@@ -379,6 +460,27 @@ class SqlDestination(Destination):
         if not updates:
             return statement.on_conflict_do_nothing(index_elements=key)
         return statement.on_conflict_do_update(index_elements=key, set_=updates)
+
+
+def _check_privileges(
+    connection: Connection, schema: str | None, name: str, privileges: list[str]
+) -> None:
+    table_name = connection.dialect.identifier_preparer.format_table(
+        Table(name, MetaData(), schema=schema)
+    )
+    lacking = [
+        privilege
+        for privilege in privileges
+        if not connection.execute(
+            text("SELECT has_table_privilege(:table, :privilege)"),
+            {"table": table_name, "privilege": privilege},
+        ).scalar()
+    ]
+    if lacking:
+        raise PermissionError(
+            f"the user may not {' or '.join(lacking)} on {table_name}: grant it, or write as "
+            "a user who may"
+        )
 
 
 def _loads_table(schema: str | None) -> Table:
