@@ -82,7 +82,8 @@ async def get_project(*, session: AsyncSession, project_id: int) -> Project:
     return project
 
 
-async def _referenced_project(session: AsyncSession, project_id: int) -> None:
+async def referenced_project(session: AsyncSession, project_id: int) -> None:
+    """A 422 naming `projectId` when a body's project does not exist."""
     if await session.get(Project, project_id) is None:
         raise InvalidInput("projectId", f"project {project_id} does not exist")
 
@@ -206,7 +207,7 @@ async def new_endpoint(*, session: AsyncSession, kind: Kind, spec: EndpointCreat
     _check_run_limit(kind, spec.max_concurrent_runs)
     scope = await project_scope(spec.project_id)
     await _validated(kind, spec.type, spec.config, field="config", scope=scope)
-    await _referenced_project(session, spec.project_id)
+    await referenced_project(session, spec.project_id)
     await _check_endpoint_name(session, kind, spec.project_id, spec.name)
     return ENDPOINT_TABLES[kind].model_validate(spec)
 
@@ -372,7 +373,7 @@ async def _check_connector(session: AsyncSession, connector: Connector) -> None:
 
 
 async def _check_connector_references(session: AsyncSession, connector: Connector) -> None:
-    await _referenced_project(session, connector.project_id)
+    await referenced_project(session, connector.project_id)
     scope = await project_scope(connector.project_id)
     for kind, field in (("source", "definedSourceId"), ("destination", "definedDestinationId")):
         endpoint_id = getattr(connector, _endpoint_column(kind).key)

@@ -276,6 +276,55 @@ async def run_control_later(
         return flow_run.id
 
 
+# The connection check flow, deployed once per work pool of connectors (`start_check`).
+CHECK_FLOW = "check-connector"
+CHECK_ENTRYPOINT = "flows.check:check_connector"
+_check_deployments: dict[str, UUID] = {}
+
+
+async def _check_deployment(pool: str) -> UUID:
+    """The check flow's deployment on `pool`, created (upserted) once per process: checks run
+    where the pool's sync runs do, with the same files, network and credentials."""
+    if pool not in _check_deployments:
+        # Loaded by its entrypoint, as the worker does: flows.check imports this module.
+        check_flow = load_flow_from_entrypoint(CHECK_ENTRYPOINT)
+        async with prefect_client() as client:
+            flow_id = await client.create_flow_from_name(check_flow.name)
+            _check_deployments[pool] = await client.create_deployment(
+                flow_id=flow_id,
+                name=pool,
+                work_pool_name=pool,
+                entrypoint=CHECK_ENTRYPOINT,
+                description=(
+                    "Connection checks of the connectors on this work pool; the API starts each "
+                    "one (POST .../check) and answers with its result."
+                ),
+                tags=[MANAGED_TAG],
+                parameter_openapi_schema=_titled(parameter_schema(check_flow).model_dump()),
+                enforce_parameter_schema=True,
+            )
+    return _check_deployments[pool]
+
+
+async def start_check(check_id: UUID, *, name: str, tags: list[str]) -> UUID:
+    """Start a run of the check flow for the stored check, on the connectors' work pool,
+    named and tagged for the audit log as it is created; returns its flow run id."""
+    pool = get_settings().work_pool
+    try:
+        return await _run_check(await _check_deployment(pool), check_id, name, tags)
+    except DeploymentMissing:
+        _check_deployments.pop(pool)  # deleted in Prefect since: created again
+        return await _run_check(await _check_deployment(pool), check_id, name, tags)
+
+
+async def _run_check(deployment_id: UUID, check_id: UUID, name: str, tags: list[str]) -> UUID:
+    async with prefect_client() as client:
+        flow_run = await client.create_flow_run_from_deployment(
+            deployment_id, parameters={"check_id": str(check_id)}, name=name, tags=tags
+        )
+        return flow_run.id
+
+
 async def limit_destination(destination_id: int, limit: int | None) -> None:
     """Let the destination's work queue start `limit` runs at once (None: any number); the
     queue is made if missing (a deployment's create makes it too, without a limit)."""
@@ -467,6 +516,7 @@ __all__ = [
     "MANAGED_TAG",
     "actual",
     "DeploymentSpec",
+    "CHECK_FLOW",
     "check_health",
     "apply",
     "deployment_name",
@@ -482,4 +532,5 @@ __all__ = [
     "read_by_name",
     "run_control_later",
     "run_now",
+    "start_check",
 ]

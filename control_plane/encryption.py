@@ -13,6 +13,8 @@
 """
 
 import fcntl
+import hashlib
+import hmac
 import json
 import os
 import tempfile
@@ -169,6 +171,14 @@ def decrypt_json(token: str, *, key_file: Path | None = None) -> Any:
     return json.loads(_plaintext(key_file or _default_key_file(), token))
 
 
+def digest_json(value: Any, *, key_file: Path | None = None) -> str:
+    """A keyed hash of `value` as JSON (HMAC-SHA256 under the newest key of the key file): equal
+    values, equal digests, and without the key file a digest tells nothing of a secret in it.
+    A rotation changes every digest."""
+    key = read_keys(key_file or _default_key_file())[0]
+    return hmac.new(key, json.dumps(value, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
 # Rows are read far more often than written (a list of 100 connectors opens 300 tokens), and a
 # token never changes: open each once (15 us with its JSON), then find it here (2 us). The
 # process holds the configs it reads in memory anyway.
@@ -294,6 +304,7 @@ __all__ = [
     "SecretKeyError",
     "check_key_file",
     "decrypt_json",
+    "digest_json",
     "encrypt_json",
     "encrypted_columns",
     "ensure_key_file",

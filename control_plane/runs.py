@@ -113,6 +113,30 @@ async def cancel(connector_id: int, flow_run_id: UUID) -> FlowRun:
         return await client.read_flow_run(flow_run_id)
 
 
+async def wait_for_end(flow_run_id: UUID, *, timeout: float) -> FlowRun | None:
+    """The run once it has ended, or None if it has not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    async with prefect_client() as client:
+        while True:
+            run = await client.read_flow_run(flow_run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            if time.monotonic() >= deadline:
+                return None
+            await asyncio.sleep(0.25)
+
+
+async def give_up(flow_run_id: UUID) -> None:
+    """Cancel a run whose result no one waits for any more: a running one is stopped by its
+    worker, any other is cancelled outright."""
+    async with prefect_client() as client:
+        run = await client.read_flow_run(flow_run_id)
+        if run.state is not None and run.state.is_running():
+            await client.set_flow_run_state(flow_run_id, Cancelling())
+        else:
+            await client.set_flow_run_state(flow_run_id, Cancelled(), force=True)
+
+
 # A worker takes runs due within its prefetch (Prefect's default: 10 s) ahead of time.
 _DUE_SOON = timedelta(minutes=1)
 
@@ -228,7 +252,9 @@ __all__ = [
     "connector_id_of",
     "connector_tag",
     "goes_with_deployment",
+    "give_up",
     "goes_with_update",
     "list_runs",
     "trigger_of",
+    "wait_for_end",
 ]

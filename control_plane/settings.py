@@ -65,6 +65,22 @@ class Settings(BaseSettings):
     first_sync_on_create: bool = Field(
         default=False, description="Run a connector once as soon as it is created."
     )
+    check_timeout_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds a connection check may take, from its request to its result, the start of "
+            "its run on a worker included; a check without a result by then fails."
+        ),
+    )
+    require_check: bool = Field(
+        default=False,
+        description=(
+            "Activate a connector only after a check of it passed with the configs it has "
+            "(`POST /connectors/{id}/check`)."
+        ),
+    )
     api_host: str = Field(default="127.0.0.1", description="Address the REST API listens on.")
     api_port: int = Field(default=8000, description="Port the REST API listens on.")
     api_url: str | None = Field(

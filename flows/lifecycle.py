@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 from pydantic.alias_generators import to_camel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane import crud, deployments, events, freshness, notify, runs, schedules
+from control_plane import checks, crud, deployments, events, freshness, notify, runs, schedules
 from control_plane.audit import actor_tag, label_refused, label_run, publish_changes
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
@@ -215,6 +215,8 @@ async def _publish_changes(
 async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> ConnectorPublic:
     """Store a new connector and, when active, create its scheduled deployment."""
     await label_run(actor=actor, name=_describe_create(spec))
+    if spec.is_active:
+        checks.refuse_unchecked_activation()
     await notify.check_channels(spec.notifications, field="notifications")
     async with write_lock(f"create:{spec.project_id}:{spec.name}"), session_scope() as session:
         connector = await crud.add_connector(session=session, spec=spec)
@@ -317,6 +319,8 @@ async def _update(
             before, previous = await _spec(session, connector), _Snapshot.of(connector)
             shown = ConnectorPublic.model_validate(connector)
             await crud.change_connector(session=session, connector=connector, changes=changes)
+            if connector.is_active and not previous.is_active:
+                await checks.require_passed(session=session, connector=connector)
             if previous.is_active and not connector.is_active:
                 await _cancel_runs(connector_id, wait=0)
             public = await _apply_and_commit(session, connector, before)

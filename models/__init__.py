@@ -15,6 +15,7 @@ from models.catalog import (
     TypePublic,
     TypesPublic,
 )
+from models.check import CheckPublic, ConnectionCheck
 from models.connector import (
     Connector,
     ConnectorContext,
@@ -33,6 +34,8 @@ from models.sync import IdempotencyKey, RunPublic, RunsPublic, SyncRun, SyncStat
 
 __all__ = [
     "CatalogPlan",
+    "CheckPublic",
+    "ConnectionCheck",
     "Connector",
     "ConnectorContext",
     "ConnectorCreate",

@@ -6,7 +6,7 @@ from uuid import UUID
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from prefect.client.schemas.objects import FlowRun, StateType
 
-from control_plane import audit, crud, deployments, reconcile, runs
+from control_plane import audit, checks, crud, deployments, reconcile, runs
 from control_plane.api.deps import (
     CallerDep,
     ConnectorDep,
@@ -19,6 +19,7 @@ from control_plane.api.deps import (
 from control_plane.api.idempotency import IdempotencyDep
 from control_plane.api.plans import planned
 from control_plane.api.routes.schedules import add_warnings, schedule_preview
+from control_plane.db import session_scope
 from control_plane.errors import PreconditionFailed
 from control_plane.schedules import MAX_PREVIEW, PREVIEW_COUNT
 from flows.bulk import bulk_connector_action
@@ -49,6 +50,7 @@ from models import (
 )
 from models.base import Id
 from models.bulk import BulkRequest, BulkResult
+from models.check import CheckPublic, ConnectorCheckRequest
 from models.connector import Label
 from models.schedule import PreviewStart
 
@@ -145,6 +147,24 @@ async def bulk(request: BulkRequest, caller: CallerDep, dry_run: DryRun = False)
     )
 
 
+@router.post("/check", response_model=CheckPublic, dependencies=[NoDryRun])
+async def check_unsaved(request: ConnectorCheckRequest, caller: CallerDep):
+    """Check a connector before saving it: its defined source and destination, with the
+    overrides it would lay over their configs, step by step on a worker of the connectors'
+    work pool, as a `check-connector` run. 200 with the result, passed or failed."""
+    check_project_reference(caller, request.project_id)
+    checks.unsaved(request.source_config_override, "sourceConfigOverride")
+    checks.unsaved(request.destination_config_override, "destinationConfigOverride")
+    async with session_scope() as session:
+        target = await checks.connector_target(session=session, connector=request)
+    return await checks.run_check(
+        project_id=request.project_id,
+        subject=f"an unsaved connector of project {request.project_id}",
+        target=target,
+        actor=caller.actor,
+    )
+
+
 @router.get("/{connector_id}", response_model=ConnectorPublic)
 async def read(connector: ConnectorDep, response: Response):
     response.headers["ETag"] = _etag(connector.version)
@@ -200,6 +220,23 @@ async def trigger(
         return TriggerResult(flow_run_id=flow_run_id)
 
     return await idempotency.run(start, body=request.model_dump(), status_code=status.HTTP_200_OK)
+
+
+@router.post("/{connector_id}/check", response_model=CheckPublic, dependencies=[NoDryRun])
+async def check(connector: ConnectorDep, caller: CallerDep):
+    """Check the connector's source and destination as its runs see them (resolve, connect,
+    authenticate, read a sample, write permission), on a worker of the connectors' work pool,
+    as a `check-connector` run. 200 with the result, passed or failed; with
+    CONTROL_PLANE_REQUIRE_CHECK, a passed check is what lets the connector be activated."""
+    async with session_scope() as session:
+        target = await checks.connector_target(session=session, connector=connector)
+    return await checks.run_check(
+        project_id=connector.project_id,
+        subject=f"connector {connector.id}",
+        target=target,
+        actor=caller.actor,
+        connector_id=connector.id,
+    )
 
 
 @router.get("/{connector_id}/schedule", response_model=SchedulePreview)

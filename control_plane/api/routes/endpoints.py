@@ -5,10 +5,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, status
 
-from control_plane import crud
+from control_plane import checks, crud
 from control_plane.api.deps import (
     CallerDep,
     DryRun,
+    NoDryRun,
     PageDep,
     SessionDep,
     check_project_reference,
@@ -30,6 +31,7 @@ from models import (
     TypesPublic,
 )
 from models.base import Id
+from models.check import CheckPublic, EndpointCheckRequest
 
 ProjectFilter = Annotated[Id | None, Query(alias="projectId", description="Only this project's.")]
 
@@ -61,6 +63,33 @@ def endpoint_router(kind: Kind) -> APIRouter:
         if dry_run:
             return plan_create(await crud.new_endpoint(session=session, kind=kind, spec=spec))
         return await create_catalog_entry(kind=kind, spec=spec, actor=caller.actor)
+
+    @router.post("/check", response_model=CheckPublic, dependencies=[NoDryRun])
+    async def check_unsaved(request: EndpointCheckRequest, caller: CallerDep):
+        """Check a config before saving it, step by step on a worker of the connectors' work
+        pool, as a `check-connector` run. 200 with the result, passed or failed."""
+        check_project_reference(caller, request.project_id)
+        async with session_scope() as session:
+            await crud.referenced_project(session, request.project_id)
+        config = checks.unsaved(request.config, "config")
+        return await checks.run_check(
+            project_id=request.project_id,
+            subject=f"an unsaved defined {kind} of project {request.project_id}",
+            target=checks.endpoint_target(kind, request.type, config),
+            actor=caller.actor,
+        )
+
+    @router.post("/{endpoint_id}/check", response_model=CheckPublic, dependencies=[NoDryRun])
+    async def check(endpoint: EndpointDep, caller: CallerDep):
+        """Check the saved config (resolve, connect, authenticate, then read a sample or try
+        the write permissions), on a worker of the connectors' work pool, as a
+        `check-connector` run. 200 with the result, passed or failed."""
+        return await checks.run_check(
+            project_id=endpoint.project_id,
+            subject=f"defined {kind} {endpoint.id}",
+            target=checks.endpoint_target(kind, endpoint.type, endpoint.config),
+            actor=caller.actor,
+        )
 
     @router.get("", response_model=EndpointsPublic)
     async def list_all(
