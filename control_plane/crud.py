@@ -541,11 +541,25 @@ async def reset_state(*, session: AsyncSession, connector: Connector) -> SyncSta
 
 
 async def save_cursor(
-    *, session: AsyncSession, connector_id: int, cursor: Any, load_id: UUID
+    *, session: AsyncSession, connector_id: int, cursor: Any, load_id: UUID | None
 ) -> None:
     await session.merge(
         SyncState(connector_id=connector_id, cursor=cursor, load_id=load_id, updated_at=utcnow())
     )
+
+
+async def set_state(
+    *, session: AsyncSession, connector: Connector, cursor: Any
+) -> SyncState | None:
+    """Make incremental reads resume after `cursor` (None: from the start), as a reset does:
+    a run that started before does not save its cursor, and no load it committed is adopted.
+    Returns the state it replaced, if there was one."""
+    replaced = await reset_state(session=session, connector=connector)
+    if cursor is not None:
+        assert connector.id is not None
+        await save_cursor(session=session, connector_id=connector.id, cursor=cursor, load_id=None)
+        await session.flush()
+    return replaced
 
 
 async def add_sync_run(

@@ -29,6 +29,7 @@ DEACTIVATED = "connector.deactivated"
 AUTO_DEACTIVATED = "connector.auto-deactivated"
 TRIGGERED = "connector.triggered"
 RESET = "connector.reset"
+STATE_SET = "connector.state-set"
 PAUSED = "connector.paused"
 RESUMED = "connector.resumed"
 DELETED = "connector.deleted"
@@ -123,6 +124,7 @@ __all__ = [
     "PAUSED",
     "RESCHEDULED",
     "RESET",
+    "STATE_SET",
     "RESUMED",
     "RUN_CRASHED",
     "RUN_FAILED",

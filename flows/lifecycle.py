@@ -27,10 +27,25 @@ from control_plane import checks, crud, deployments, events, freshness, notify, 
 from control_plane.audit import actor_tag, label_refused, label_run, publish_changes
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
-from control_plane.errors import Conflict, DeploymentMissing, NotFound, Unavailable
+from control_plane.errors import (
+    Conflict,
+    DeploymentMissing,
+    NotFound,
+    PreconditionFailed,
+    Unavailable,
+)
 from control_plane.faults import pause_point
+from control_plane.public import state_etag, state_public
 from control_plane.sync import failure_threshold, refusal
-from models import Connector, ConnectorCreate, ConnectorPlan, ConnectorPublic, ConnectorUpdate
+from models import (
+    Connector,
+    ConnectorCreate,
+    ConnectorPlan,
+    ConnectorPublic,
+    ConnectorUpdate,
+    StatePublic,
+    StateUpdate,
+)
 from models.base import as_utc, utcnow
 from models.connector import OnConflict
 from models.plan import DeploymentPlan, FieldChange, RunDropped, field_changes
@@ -492,6 +507,46 @@ async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
     events.emit(events.RESET, connector, actor=actor, changes=await publish_changes([forgot]))
 
 
+@flow(
+    name="set-connector-state",
+    persist_result=False,
+    on_failure=[label_refused("set the state of connector")],
+)
+async def set_connector_state(
+    connector_id: int,
+    state: StateUpdate,
+    actor: str = UI_ACTOR,
+    expected_etag: str | None = None,
+) -> StatePublic:
+    """Set where the connector's next incremental read resumes (null: from the start). As with
+    a reset, a run in progress finishes without saving its cursor.
+
+    With `expected_etag` (a caller's If-Match), only if the state is still the one it names.
+    """
+    await label_run(
+        actor=actor, name=f"set the state of connector {connector_id}", connector_id=connector_id
+    )
+    [stream] = state.streams
+    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+        connector = await crud.get_connector(
+            session=session, connector_id=connector_id, for_update=True
+        )
+        current = await crud.get_state(session=session, connector_id=connector_id)
+        if expected_etag not in (None, state_etag(state_public(current))):
+            raise PreconditionFailed(
+                f"the state of connector {connector_id} changed since {expected_etag} (a run "
+                "saved its cursor, or someone set it): read it again and retry with its ETag"
+            )
+        replaced = await crud.set_state(session=session, connector=connector, cursor=stream.cursor)
+        await session.commit()
+        public = state_public(await crud.get_state(session=session, connector_id=connector_id))
+    # The cursor a run saved is the source's data: the change says when it was saved, not what.
+    saved = None if replaced is None else f"saved {as_utc(replaced.updated_at).isoformat()}"
+    change = FieldChange(field="cursor", before=saved, after=stream.cursor, secret_changed=False)
+    events.emit(events.STATE_SET, connector, actor=actor, changes=await publish_changes([change]))
+    return public
+
+
 @flow(name="delete-connector", persist_result=False, on_failure=[label_refused("delete connector")])
 async def delete_connector(
     connector_id: int, actor: str = UI_ACTOR, expected_version: int | None = None
@@ -676,7 +731,8 @@ async def _runs_dropped(
     return dropped
 
 
-# The flows whose runs make a connector's history (GET /connectors/{id}/history).
+# The flows whose runs make a connector's history (GET /connectors/{id}/history): these, and
+# its connection checks (flows/check.py, which runs on the connectors' pool).
 LIFECYCLE_FLOWS = [
     flow_.name
     for flow_ in (
@@ -687,10 +743,11 @@ LIFECYCLE_FLOWS = [
         trigger_connector,
         cancel_connector_run,
         reset_connector,
+        set_connector_state,
         delete_connector,
         plan_connector_change,
     )
-]
+] + [deployments.CHECK_FLOW]
 
 __all__ = [
     "LIFECYCLE_FLOWS",
@@ -703,6 +760,7 @@ __all__ = [
     "plan_connector_change",
     "reset_connector",
     "resume_connector",
+    "set_connector_state",
     "trigger_connector",
     "update_connector",
 ]

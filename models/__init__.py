@@ -30,7 +30,15 @@ from models.connector import (
 from models.history import HistoryEntry, HistoryPublic
 from models.plan import CatalogPlan, ConnectorPlan
 from models.schedule import ScheduledRun, SchedulePreview, SchedulePreviewRequest
-from models.sync import IdempotencyKey, RunPublic, RunsPublic, SyncRun, SyncState
+from models.sync import (
+    IdempotencyKey,
+    RunPublic,
+    RunsPublic,
+    StatePublic,
+    StateUpdate,
+    SyncRun,
+    SyncState,
+)
 
 __all__ = [
     "CatalogPlan",
@@ -63,6 +71,8 @@ __all__ = [
     "SchedulePreview",
     "SchedulePreviewRequest",
     "ScheduledRun",
+    "StatePublic",
+    "StateUpdate",
     "SyncRun",
     "SyncState",
     "TriggerRequest",

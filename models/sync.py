@@ -1,13 +1,16 @@
 """What sync runs leave behind: each connector's incremental state, and each run's figures."""
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer
 from sqlmodel import Field, SQLModel
 
-from models.base import ApiModel, UtcDatetime, timestamp_field
+from models.base import ApiModel, InputModel, UtcDatetime, timestamp_field
+
+# A connector reads one stream until it selects several: its state is that stream's.
+DEFAULT_STREAM = "default"
 
 
 def _connector_key(**kwargs: Any) -> Any:
@@ -62,6 +65,35 @@ class RunPublic(ApiModel):
 class RunsPublic(ApiModel):
     data: list[RunPublic]
     count: int
+
+
+class StreamState(ApiModel):
+    stream: str = Field(description=f"The stream's name: `{DEFAULT_STREAM}`, a connector's one.")
+    cursor: Any | None = Field(
+        default=None,
+        description=(
+            "Where the next incremental read resumes: after this value of the source's "
+            "cursorField. Null: from the start."
+        ),
+    )
+    updated_at: UtcDatetime | None = Field(
+        default=None, description="When it was saved: by a sync run, or set through the API."
+    )
+
+
+class StatePublic(ApiModel):
+    streams: list[StreamState]
+
+
+class StreamStateUpdate(InputModel):
+    stream: Literal["default"] = Field(description="The stream whose cursor to set.")
+    cursor: Any | None = Field(
+        description="Where its next incremental read resumes; null: from the start (a reset)."
+    )
+
+
+class StateUpdate(InputModel):
+    streams: list[StreamStateUpdate] = Field(min_length=1, max_length=1)
 
 
 class IdempotencyKey(SQLModel, table=True):

@@ -43,6 +43,7 @@ CONTROL_FLOWS = [
     "trigger-connector",
     "cancel-connector-run",
     "reset-connector",
+    "set-connector-state",
     "delete-connector",
     "notify-owners",
 ]

@@ -94,6 +94,11 @@ class TestChecks:
         ]
         run = prefect.read_flow_run(UUID(check["flowRunId"]))
         assert f"connector:{connector['id']}" in run.tags
+        [last, *_] = api.get(f"/connectors/{connector['id']}/history").json()["data"]
+        assert (last["action"], last["name"]) == (
+            "check-connector",
+            f"check connector {connector['id']}",
+        )
 
 
 class TestRefusedBeforeAnyRun:

@@ -186,6 +186,63 @@ class TestIncrementalSql:
         assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
         assert api.get(f"{path}/runs", params={"limit": 1}).json()["data"][0]["recordsRead"] == 5
 
+    def test_the_state_shows_the_cursor_and_a_put_with_its_etag_moves_it(
+        self, api, prefect, project, warehouse
+    ):
+        source_table = unique("events").replace("-", "_")
+        target_table = unique("copies").replace("-", "_")
+        _query(warehouse, f"CREATE TABLE {source_table} (id INTEGER PRIMARY KEY, v TEXT)")
+        _query(warehouse, f"INSERT INTO {source_table} VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        connector = _connector(
+            api,
+            project,
+            {
+                "type": "sql",
+                "config": {"url": warehouse.url, "table": source_table, "cursorField": "id"},
+            },
+            {"type": "sql", "config": {"url": warehouse.url, "table": target_table}},
+        )
+        path = f"/connectors/{connector['id']}"
+        fresh = api.get(f"{path}/state")
+        assert fresh.json() == {
+            "streams": [{"stream": "default", "cursor": None, "updatedAt": None}]
+        }
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        synced = api.get(f"{path}/state")
+        assert synced.json()["streams"][0]["cursor"] == 3
+        assert synced.headers["ETag"] != fresh.headers["ETag"]
+
+        to_one = {"streams": [{"stream": "default", "cursor": 1}]}
+        stale = api.put(f"{path}/state", json=to_one, headers={"If-Match": fresh.headers["ETag"]})
+        assert stale.status_code == 412, stale.text
+        assert api.get(f"{path}/state").json() == synced.json()
+
+        moved = api.put(f"{path}/state", json=to_one, headers={"If-Match": synced.headers["ETag"]})
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["streams"][0]["cursor"] == 1
+        assert moved.headers["ETag"] == api.get(f"{path}/state").headers["ETag"]
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        assert api.get(f"{path}/runs", params={"limit": 1}).json()["data"][0]["recordsRead"] == 2
+        assert _query(warehouse, f"SELECT count(*) FROM {target_table}") == [(5,)]
+
+        history = api.get(f"{path}/history").json()["data"]
+        refused, done = [e for e in history if e["action"] == "set-connector-state"][::-1]
+        assert "changed since" in refused["refused"]
+        [change] = done["changes"]
+        assert (change["field"], change["after"]) == ("cursor", 1)
+        assert change["before"].startswith("saved ")
+
+    def test_a_stream_it_does_not_have_is_a_422(self, api, catalog):
+        connector = created(api.post("/connectors", json=catalog.connector()))
+
+        response = api.put(
+            f"/connectors/{connector['id']}/state",
+            json={"streams": [{"stream": "orders", "cursor": 1}]},
+        )
+
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["body", "streams", 0, "stream"]
+
 
 class _Api(BaseHTTPRequestHandler):
     """Pages of records: /next/N links by a JSON field, /link/N by the Link header;

@@ -21,6 +21,7 @@ from control_plane.api.plans import planned
 from control_plane.api.routes.schedules import add_warnings, schedule_preview
 from control_plane.db import session_scope
 from control_plane.errors import PreconditionFailed
+from control_plane.public import state_etag, state_public
 from control_plane.schedules import MAX_PREVIEW, PREVIEW_COUNT
 from flows.bulk import bulk_connector_action
 from flows.lifecycle import (
@@ -30,6 +31,7 @@ from flows.lifecycle import (
     delete_connector,
     plan_connector_change,
     reset_connector,
+    set_connector_state,
     trigger_connector,
     update_connector,
 )
@@ -44,6 +46,8 @@ from models import (
     RunPublic,
     RunsPublic,
     SchedulePreview,
+    StatePublic,
+    StateUpdate,
     SyncRun,
     TriggerRequest,
     TriggerResult,
@@ -70,10 +74,18 @@ IfMatch = Annotated[
 ]
 
 
-def _expected_version(if_match: str | None) -> int | None:
+def _tag(if_match: str | None) -> str | None:
+    """The ETag an If-Match names, quoted; None for none or `*`."""
     if if_match is None or if_match.strip() == "*":
         return None
-    tag = if_match.strip().removeprefix("W/").strip('"')
+    return if_match.strip().removeprefix("W/")
+
+
+def _expected_version(if_match: str | None) -> int | None:
+    tag = _tag(if_match)
+    if tag is None:
+        return None
+    tag = tag.strip('"')
     if not tag.isdigit():
         raise PreconditionFailed(f"If-Match {if_match!r} is no ETag of a connector")
     return int(tag)
@@ -331,6 +343,31 @@ async def drift(connector: ConnectorDep, session: SessionDep):
 async def reset(connector: ConnectorDep, caller: CallerDep) -> None:
     """Forget the incremental state: the next run is a full sync."""
     await reset_connector(connector_id=connector.id, actor=caller.actor)
+
+
+@router.get("/{connector_id}/state", response_model=StatePublic)
+async def read_state(connector: ConnectorDep, session: SessionDep, response: Response):
+    """Where each stream's next incremental read resumes; its ETag goes with a PUT's If-Match."""
+    state = state_public(await crud.get_state(session=session, connector_id=connector.id))
+    response.headers["ETag"] = state_etag(state)
+    return state
+
+
+@router.put("/{connector_id}/state", response_model=StatePublic, dependencies=[NoDryRun])
+async def set_state(
+    connector: ConnectorDep,
+    state: StateUpdate,
+    caller: CallerDep,
+    response: Response,
+    if_match: IfMatch = None,
+):
+    """Set where a stream's next incremental read resumes (a `set-connector-state` run): a
+    cursor, or null to read from the start. 412 when the state changed since the If-Match."""
+    public = await set_connector_state(
+        connector_id=connector.id, state=state, actor=caller.actor, expected_etag=_tag(if_match)
+    )
+    response.headers["ETag"] = state_etag(public)
+    return public
 
 
 @router.delete("/{connector_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_PLANNED)
