@@ -13,7 +13,7 @@ from uuid import UUID
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import crud, events
-from control_plane.connectors import Batch, Destination, Load, Source, get_type
+from control_plane.connectors import Batch, Destination, Load, Source, get_type, json_value
 from control_plane.errors import Conflict
 from control_plane.faults import blocking_pause_point
 from control_plane.runs import connector_tag
@@ -263,7 +263,7 @@ def move(plan: SyncPlan, *, load_id: UUID, batch_size: int) -> Moved:
             if cursor_field:
                 # Sources read in ascending cursor order: the last value is the largest.
                 values = [r[cursor_field] for r in batch if r.get(cursor_field) is not None]
-                load.cursor = values[-1] if values else load.cursor
+                load.cursor = json_value(values[-1]) if values else load.cursor
             yield batch
             if number == 0:
                 blocking_pause_point("sync-connector:during-write")

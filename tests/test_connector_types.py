@@ -7,10 +7,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal
+from uuid import UUID
 
 import httpx
 import psycopg
@@ -30,7 +33,16 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from control_plane.connectors import Batch, Kind, Load, Source, checks, keep_secrets, mask_url
+from control_plane.connectors import (
+    Batch,
+    Kind,
+    Load,
+    Source,
+    checks,
+    json_value,
+    keep_secrets,
+    mask_url,
+)
 from control_plane.connectors.builtin import (
     CsvSource,
     HttpSource,
@@ -191,7 +203,7 @@ class TestJsonlDestination:
         assert destination.write([[{"id": 4}]]) == 1
 
         lines = [json.loads(line) for line in path.read_text().splitlines()]
-        assert lines == [{"id": 1, "at": str(at)}, {"id": 2}, {"id": 3}, {"id": 4}]
+        assert lines == [{"id": 1, "at": at.isoformat()}, {"id": 2}, {"id": 3}, {"id": 4}]
 
 
 def _events_table(url: str, name: str, rows: list[dict[str, Any]]) -> None:
@@ -227,8 +239,9 @@ class TestSqlSource:
         first = _read(source, batch_size=2)
         assert [len(batch) for batch in first] == [2, 2, 1]
         assert [record["id"] for record in _records(first)] == [0, 1, 2, 3, 4]
-        # Rows come in cursor order, so the last one holds the largest cursor value.
-        cursor = _records(first)[-1]["updated_at"]
+        # Rows come in cursor order, so the last one holds the largest cursor value; a run
+        # keeps it as JSON holds it.
+        cursor = json_value(_records(first)[-1]["updated_at"])
         assert json.loads(json.dumps(cursor)) == cursor
 
         _events_table(database_url, name, _events(range(5, 8), start))
@@ -262,7 +275,7 @@ class TestSqlSource:
         assert _read(source, batch_size=2) == [[{"id": 2}, {"id": 1}], [{"id": 0}]]
         assert source.cursor_field is None
 
-    def test_values_json_cannot_hold_come_as_strings(self, postgres_url: str, scope: Scope) -> None:
+    def test_values_keep_their_python_types(self, postgres_url: str, scope: Scope) -> None:
         name = f"events_{_suffix()}"
         _events_table(postgres_url, name, _events(range(3), datetime(2026, 3, 1)))
         # A % in the query: SQLAlchemy doubles it for psycopg, which must take it back.
@@ -281,12 +294,12 @@ class TestSqlSource:
         assert records == [
             {
                 "id": 2,
-                "amount": "1.50",
-                "day": "2026-03-01",
-                "at": "12:30:00",
-                "ref": "5c0ae7f5-55b4-4b6a-9cbf-6c4d3c36e1a3",
+                "amount": Decimal("1.50"),
+                "day": date(2026, 3, 1),
+                "at": dt_time(12, 30),
+                "ref": UUID("5c0ae7f5-55b4-4b6a-9cbf-6c4d3c36e1a3"),
                 "doc": {"a": [1]},
-                "updated_at": "2026-03-01T00:02:00",
+                "updated_at": datetime(2026, 3, 1, 0, 2),
             }
         ]
 
@@ -366,8 +379,11 @@ class TestSqlDestination:
         self._destination(scope, database_url, name, "append").write([[{"id": 1}, {"id": 2}]])
 
         batches = [[{"id": 3}], [{"id": 4, "surprise": "x"}]]
+        frozen = self._destination(
+            scope, database_url, name, "replace", schemaChangePolicy="freeze"
+        )
         with pytest.raises(ValueError, match="has no column surprise"):
-            self._destination(scope, database_url, name, "replace").write(batches)
+            frozen.write(batches)
 
         assert _rows(database_url, name, "id") == [{"id": 1}, {"id": 2}]
 
@@ -375,8 +391,9 @@ class TestSqlDestination:
         name = f"orders_{_suffix()}"
 
         batches = [[{"id": 1}], [{"id": 2, "surprise": "x"}]]
+        frozen = self._destination(scope, database_url, name, "append", schemaChangePolicy="freeze")
         with pytest.raises(ValueError, match="has no column surprise"):
-            self._destination(scope, database_url, name, "append").write(batches)
+            frozen.write(batches)
 
         with _database(database_url) as engine, engine.connect() as connection:
             assert not inspect(connection).has_table(name)
@@ -405,6 +422,103 @@ class TestSqlDestination:
             {"id": 2, "name": "Bob C."},
             {"id": 3, "name": "Cy D."},
         ]
+
+
+class TestTypedTables:
+    """Tables keep the source's types, take the columns new fields bring as their
+    schemaChangePolicy says, and refuse a value a column cannot hold."""
+
+    def test_types_are_kept_end_to_end(self, postgres_url: str, scope: Scope) -> None:
+        source_table, target_table = f"typed_{_suffix()}", f"copied_{_suffix()}"
+        execute_sql = f"""
+            CREATE TABLE {source_table} (
+                id integer, at timestamptz, amount numeric(12, 2), ref uuid, doc jsonb,
+                day date, ok boolean, name text
+            );
+            INSERT INTO {source_table} VALUES
+                (1, '2026-03-01 10:00+01', 12.34, '5c0ae7f5-55b4-4b6a-9cbf-6c4d3c36e1a3',
+                 '{{"a": [1, 2]}}', '2026-03-01', true, 'x'),
+                (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL)
+        """
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(execute_sql)
+        source = SqlSource.configured({"url": postgres_url, "table": source_table}, scope)
+        destination = SqlDestination.configured({"url": postgres_url, "table": target_table}, scope)
+
+        assert destination.write(source.read(cursor=None, batch_size=1)) == 2
+
+        with _database(postgres_url) as engine, engine.connect() as connection:
+            columns = {
+                c["name"]: str(c["type"]) for c in inspect(connection).get_columns(target_table)
+            }
+        assert columns == {
+            "id": "BIGINT",
+            "at": "TIMESTAMP",
+            "amount": "NUMERIC",
+            "ref": "UUID",
+            "doc": "JSON",
+            "day": "DATE",
+            "ok": "BOOLEAN",
+            "name": "TEXT",
+        }
+        with psycopg.connect(postgres_url) as db:
+            [(kind,)] = db.execute(
+                "SELECT data_type FROM information_schema.columns"
+                " WHERE table_name = %s AND column_name = 'at'",
+                (target_table,),
+            )
+        assert kind == "timestamp with time zone"
+        [first, second] = _rows(postgres_url, target_table, "id")
+        assert first == {
+            "id": 1,
+            "at": datetime(2026, 3, 1, 9, 0, tzinfo=UTC),
+            "amount": Decimal("12.34"),
+            "ref": UUID("5c0ae7f5-55b4-4b6a-9cbf-6c4d3c36e1a3"),
+            "doc": {"a": [1, 2]},
+            "day": date(2026, 3, 1),
+            "ok": True,
+            "name": "x",
+        }
+        assert set(second.values()) == {2, None}
+
+    def test_a_new_field_adds_its_column_mid_run(self, database_url: str, scope: Scope) -> None:
+        name = f"evolving_{_suffix()}"
+        destination = SqlDestination.configured({"url": database_url, "table": name}, scope)
+        destination.write([[{"id": 1}]])
+
+        batches = [[{"id": 2}], [{"id": 3, "note": "new", "score": 7}], [{"id": 4}]]
+        assert destination.write(batches) == 3
+
+        assert _rows(database_url, name, "id") == [
+            {"id": 1, "note": None, "score": None},
+            {"id": 2, "note": None, "score": None},
+            {"id": 3, "note": "new", "score": 7},
+            {"id": 4, "note": None, "score": None},
+        ]
+
+    def test_discard_leaves_a_new_field_out(self, database_url: str, scope: Scope) -> None:
+        name = f"fixed_{_suffix()}"
+        config = {"url": database_url, "table": name, "schemaChangePolicy": "discard"}
+        destination = SqlDestination.configured(config, scope)
+        destination.write([[{"id": 1}]])
+
+        assert destination.write([[{"id": 2, "note": "dropped"}]]) == 1
+
+        assert _rows(database_url, name, "id") == [{"id": 1}, {"id": 2}]
+
+    def test_a_narrowing_change_fails_naming_the_column(
+        self, database_url: str, scope: Scope
+    ) -> None:
+        name = f"narrow_{_suffix()}"
+        destination = SqlDestination.configured({"url": database_url, "table": name}, scope)
+        destination.write([[{"id": 1, "amount": 5}]])
+
+        with pytest.raises(
+            ValueError, match="column 'amount' of table .* is BIGINT and cannot hold the float"
+        ):
+            destination.write([[{"id": 2, "amount": 5}], [{"id": 3, "amount": 2.5}]])
+
+        assert _rows(database_url, name, "id") == [{"id": 1, "amount": 5}]
 
 
 class TestSqlDestinationCopy:

@@ -29,6 +29,7 @@ when the config is saved and when a run plans, and the type opens them through t
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import date, datetime, time
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Annotated, Any, ClassVar, Literal
@@ -62,8 +63,23 @@ class TypeConfig(BaseModel):
     )
 
 
+# A record's values are Python's: a source that knows their types keeps them (datetime,
+# Decimal, UUID, ...), so that a destination can too; `json_value` for where JSON holds them.
 Record = dict[str, Any]
 Batch = list[Record]
+
+_JSON_TYPES = frozenset({str, int, float, bool, type(None), dict, list})
+
+
+def json_value(value: Any) -> Any:
+    """`value` as JSON holds it: ISO 8601 for dates and times, text for decimals, UUIDs and
+    whatever else JSON has no type for; JSON's own types as they are."""
+    if type(value) in _JSON_TYPES:
+        return value
+    if isinstance(value, datetime | date | time):
+        return value.isoformat()
+    return str(value)
+
 
 # What a config may name, each checked against the project's scope (see the module docstring).
 SourcePath = Annotated[str, AfterValidator(checked(Scope.pattern))]  # a file or a glob
@@ -365,6 +381,7 @@ __all__ = [
     "deep_merge",
     "get_type",
     "holds_mask",
+    "json_value",
     "keep_secrets",
     "mask_secrets",
     "mask_url",

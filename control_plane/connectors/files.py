@@ -27,6 +27,7 @@ from control_plane.connectors import (
     SourcePath,
     TargetPath,
     TypeConfig,
+    json_value,
 )
 from control_plane.connectors._batching import batched
 from control_plane.policy import Scope, is_glob
@@ -200,7 +201,7 @@ class JsonlDestination(Destination):
         return f"may create {path.name}: the first run does"
 
     def write(self, batches: Iterable[Batch], load: Load | None = None) -> int:
-        """Append every record; values JSON cannot hold (dates, decimals) are written as str.
+        """Append every record; values JSON has no type for as `json_value` writes them.
 
         The file is opened (and created) once the first batch is read, so a source that fails
         before it leaves nothing behind. A load without records still commits, the file created
@@ -219,7 +220,9 @@ class JsonlDestination(Destination):
             manifest = _committed(self.scope, manifest_path, file.fileno())
             try:
                 for batch in chain([] if first is None else [first], batches):
-                    file.writelines(json.dumps(record, default=str) + "\n" for record in batch)
+                    file.writelines(
+                        json.dumps(record, default=json_value) + "\n" for record in batch
+                    )
                     written += len(batch)
                 file.flush()
             except BaseException:

@@ -31,14 +31,18 @@ from sqlalchemy import (
     Boolean,
     Column,
     Connection,
+    Date,
     DateTime,
     Engine,
     Executable,
     Float,
     Integer,
     MetaData,
+    Numeric,
     Table,
     Text,
+    Time,
+    Uuid,
     bindparam,
     column,
     create_engine,
@@ -67,18 +71,37 @@ from control_plane.connectors import (
 )
 from control_plane.policy import POSTGRES_PORT, Scope
 
-# The first match wins: bool before int, because a bool is an int.
-_COLUMN_TYPES = [
+# The column type a value asks for. The first match wins: bool before int (a bool is an int),
+# datetime before date (a datetime is a date).
+_COLUMN_TYPES: list[tuple[type | tuple[type, ...], type[TypeEngine[Any]]]] = [
     (bool, Boolean),
     (int, BigInteger),
     (float, Float),
+    (Decimal, Numeric),
+    (datetime, DateTime),
+    (date, Date),
+    (time, Time),
+    (UUID, Uuid),
     ((dict, list), JSON),
 ]
+# Which values a column holds without losing part of them, by the column's Python type (by
+# exact type: a bool is no BIGINT). Any column takes a string (the database parses it); a
+# column of another type (text, JSON) takes anything.
+_HOLDS: dict[type, tuple[type, ...]] = {
+    bool: (bool,),
+    int: (int,),
+    float: (int, float, Decimal),
+    Decimal: (int, float, Decimal),
+    datetime: (datetime, date),
+    date: (date,),
+    time: (time,),
+    UUID: (UUID,),
+}
 
 _UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
-# A batch with the table it goes to and its fields.
-_Checked = tuple[tuple[Table, list[str]], Batch]
+# A batch with the table it goes to and its fields, and the columns to add before it is written.
+_Checked = tuple[tuple[Table, list[str]], Batch, list[Column[Any]]]
 
 # What a merge on PostgreSQL COPYs into first, dropped once merged.
 _STAGING = sql.Identifier("_control_plane_staging")
@@ -164,28 +187,10 @@ def _schema_and_name(qualified: str) -> tuple[str | None, str]:
     return schema or None, name
 
 
-def _json_value(value: Any) -> Any:
-    """A database value as JSON holds it, since cursors are stored as JSON and records may be."""
-    if isinstance(value, datetime | date | time):
-        return value.isoformat()
-    if isinstance(value, Decimal | UUID):
-        return str(value)
-    return value
-
-
-# Values that JSON holds as they are: checking the exact type first is the fast path.
-_JSON_TYPES = frozenset({str, int, float, bool, type(None), dict, list})
-
-
 def _records(keys: list[str], rows: Iterable[Sequence[Any]]) -> Batch:
-    """The rows as records, their values as `_json_value` makes them."""
-    return [
-        {
-            key: value if type(value) in _JSON_TYPES else _json_value(value)
-            for key, value in zip(keys, row, strict=True)
-        }
-        for row in rows
-    ]
+    """The rows as records, their values as the driver gives them: datetimes, decimals, UUIDs
+    stay Python's, so a destination can keep their types."""
+    return [dict(zip(keys, row, strict=True)) for row in rows]
 
 
 class SqlSource(Source):
@@ -221,7 +226,7 @@ class SqlSource(Source):
         return [*steps, *super().check_steps()]
 
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
-        """The rows, streamed from a server-side cursor; dates, decimals and UUIDs as strings."""
+        """The rows, streamed from a server-side cursor, with the driver's Python values."""
         with _engine(self.scope, self.config.url) as engine, engine.connect() as connection:
             statement = self._select(cursor)
             if connection.dialect.name == "postgresql":
@@ -280,6 +285,13 @@ class SqlDestination(Destination):
         primary_key: list[str] = Field(
             default_factory=list, description="Columns to merge on (mode merge)."
         )
+        schema_change_policy: Literal["evolve", "freeze", "discard"] = Field(
+            default="evolve",
+            description=(
+                "What a field the table has no column for does: evolve adds the column, freeze "
+                "fails the run naming it, discard leaves it out."
+            ),
+        )
 
         @model_validator(mode="after")
         def _merge_needs_key(self) -> Self:
@@ -324,9 +336,12 @@ class SqlDestination(Destination):
     def write(self, batches: Iterable[Batch], load: Load | None = None) -> int:
         """Write every batch in one transaction: nothing is changed unless all of it is written.
 
-        A missing table is created from the first batch: BIGINT, FLOAT, BOOLEAN or JSON columns
-        by the first non-null value, TEXT otherwise. Columns are never added later. PostgreSQL
-        gets the batches by COPY (a merge through a temp table), other databases by executemany.
+        A missing table is created from the first batch, each column typed by its first
+        non-null value (`_COLUMN_TYPES`: BIGINT, FLOAT, NUMERIC, BOOLEAN, TIMESTAMP WITH TIME
+        ZONE, DATE, TIME, UUID, JSON; TEXT for a string). A field the table has no column for
+        follows `schemaChangePolicy`; a value its column cannot hold (a narrowing change, such
+        as decimals into a BIGINT column) fails the run naming both. PostgreSQL gets the
+        batches by COPY (a merge through a temp table), other databases by executemany.
 
         With `load`, its row in the state table (`_control_plane_loads` in the table's schema,
         created when missing) is upserted after the last batch, in the same transaction, in
@@ -339,9 +354,12 @@ class SqlDestination(Destination):
                 written = self._copy(connection, checked)
             else:
                 written = 0
-                for (target, columns), batch in checked:
+                for (target, columns), batch, added in checked:
+                    _add_columns(connection, target, added)
                     # executemany needs the same keys in every record: a missing one is NULL.
-                    rows = [{name: record.get(name) for name in columns} for record in batch]
+                    rows = [
+                        {name: _bindable(record.get(name)) for name in columns} for record in batch
+                    ]
                     connection.execute(self._insert(connection, target, columns), rows)
                     written += len(batch)
             if load is not None:
@@ -372,9 +390,12 @@ class SqlDestination(Destination):
         return _loads_table(schema), name
 
     def _checked(self, connection: Connection, batches: Iterable[Batch]) -> Iterator[_Checked]:
-        """The batches with records, each with the table and its fields, checked against it.
+        """The batches with records, each with the table and its fields, checked against it,
+        and the columns to add to it first.
 
         Replace deletes the old rows first; a missing table is created from the first batch.
+        The columns a batch brings are added to the table's object here, and to the database
+        by the caller, which may still be writing the batches before (a COPY).
         """
         target = self._existing_table(connection)
         if target is not None and self.config.mode == "replace":
@@ -384,7 +405,8 @@ class SqlDestination(Destination):
                 continue
             if target is None:
                 target = self._create_table(connection, batch)
-            yield (target, self._columns(target, batch)), batch
+            columns, added = self._columns(target, batch, connection.dialect.name)
+            yield (target, columns), batch, added
 
     def _copy(self, connection: Connection, checked: Iterator[_Checked]) -> int:
         """COPY the batches in on the psycopg connection under `connection`, in its transaction.
@@ -397,9 +419,13 @@ class SqlDestination(Destination):
         with connection.connection.driver_connection.cursor() as cursor:
             # psycopg has no type for a dict: into a TEXT column it goes as its JSON text.
             cursor.adapters.register_dumper(dict, JsonDumper)
-            # The table is one object throughout: this groups the batches by their fields.
+            # The table is one object throughout: this groups the batches by their fields. A
+            # batch that adds columns starts a group, and they are added before its COPY.
             for (target, columns), run in groupby(checked, key=itemgetter(0)):
-                same_fields = (batch for _, batch in run)
+                group = (item[1:] for item in run)
+                first, added = next(group)
+                _add_columns(connection, target, added)
+                same_fields = chain([first], (batch for batch, _ in group))
                 if self.config.mode == "merge":
                     key = self.config.primary_key
                     written += _merge(cursor, target, columns, key, same_fields)
@@ -427,7 +453,7 @@ class SqlDestination(Destination):
             *(
                 Column(
                     column_name,
-                    _column_type(batch, column_name),
+                    _column_type(_first_value(batch, column_name), connection.dialect.name),
                     primary_key=column_name in key,
                     autoincrement=False,
                 )
@@ -438,15 +464,46 @@ class SqlDestination(Destination):
         created.create(connection)
         return created
 
-    def _columns(self, target: Table, batch: Batch) -> list[str]:
-        """The fields of the batch, each a column of the table."""
+    def _columns(
+        self, target: Table, batch: Batch, dialect: str
+    ) -> tuple[list[str], list[Column[Any]]]:
+        """The fields of the batch that go into the table, and the columns to add for them;
+        a field without a column follows `schemaChangePolicy`."""
         names = _fields(batch)
-        if unknown := [name for name in names if name not in target.c]:
+        unknown = [name for name in names if name not in target.c]
+        policy = self.config.schema_change_policy
+        if unknown and policy == "freeze":
             raise ValueError(
-                f"table {self.config.table!r} has no column {', '.join(unknown)}, and columns "
-                "are never added: add it to the table, or leave the field out of the records"
+                f"table {self.config.table!r} has no column {', '.join(unknown)}, and "
+                "schemaChangePolicy is freeze: add the columns to the table, or set "
+                "schemaChangePolicy to evolve (add them) or discard (leave them out)"
             )
-        return names
+        added: list[Column[Any]] = []
+        if policy == "evolve":
+            for name in unknown:
+                added.append(Column(name, _column_type(_first_value(batch, name), dialect)))
+                target.append_column(added[-1])
+        known = [name for name in names if name in target.c]
+        self._check_narrowing(target, batch, [name for name in known if name not in unknown])
+        return known, added
+
+    def _check_narrowing(self, target: Table, batch: Batch, names: list[str]) -> None:
+        """Fail when a column cannot hold what the source now sends: a narrowing change."""
+        for name in names:
+            value = _first_value(batch, name)
+            if value is None or isinstance(value, str):
+                continue
+            try:
+                held = target.c[name].type.python_type
+            except NotImplementedError:
+                continue
+            if type(value) not in _HOLDS.get(held, (type(value),)):
+                raise ValueError(
+                    f"column {name!r} of table {self.config.table!r} is "
+                    f"{target.c[name].type} and cannot hold the {type(value).__name__} values the "
+                    "source now sends (a narrowing change): widen the column, or write to "
+                    "another table"
+                )
 
     def _insert(self, connection: Connection, target: Table, columns: list[str]) -> Executable:
         if self.config.mode != "merge":
@@ -626,10 +683,36 @@ def _fields(batch: Batch) -> list[str]:
     return list(dict.fromkeys(chain.from_iterable(batch)))
 
 
-def _column_type(batch: Batch, name: str) -> TypeEngine[Any]:
-    """The column type for the first non-null value of `name` in the batch."""
-    value = next((record[name] for record in batch if record.get(name) is not None), None)
+def _first_value(batch: Batch, name: str) -> Any:
+    """The first non-null value of the field `name` in the batch; None when it has none."""
+    return next((record[name] for record in batch if record.get(name) is not None), None)
+
+
+def _column_type(value: Any, dialect: str) -> TypeEngine[Any]:
+    """The column type for a value: its type's (`_COLUMN_TYPES`), TEXT otherwise; a datetime
+    with a zone gets a TIMESTAMP WITH TIME ZONE. SQLite has no UUIDs: TEXT, as `_bindable`
+    writes them."""
+    if isinstance(value, UUID) and dialect != "postgresql":
+        return Text()
     for python_type, sql_type in _COLUMN_TYPES:
         if isinstance(value, python_type):
+            if sql_type is DateTime:
+                return DateTime(timezone=value.tzinfo is not None)
             return sql_type()
     return Text()
+
+
+def _bindable(value: Any) -> Any:
+    """A value as sqlite3 binds it: a UUID as its text, anything else as it is."""
+    return str(value) if isinstance(value, UUID) else value
+
+
+def _add_columns(connection: Connection, target: Table, added: list[Column[Any]]) -> None:
+    """ALTER TABLE ... ADD COLUMN for each column the records brought, in the write's
+    transaction: a run that fails adds none."""
+    preparer = connection.dialect.identifier_preparer
+    for new in added:
+        connection.exec_driver_sql(
+            f"ALTER TABLE {preparer.format_table(target)} ADD COLUMN "
+            f"{preparer.format_column(new)} {new.type.compile(dialect=connection.dialect)}"
+        )
