@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from uuid import UUID
@@ -22,7 +23,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 
 from tests.conftest import PUBLIC_TEST_HOST, Stack, fresh_postgres
-from tests.helpers import created, execute, trigger_and_wait, unique, wait_final
+from tests.helpers import POSTGRESQL_ONLY, created, execute, trigger_and_wait, unique, wait_final
 from tests.stack import free_port, wait_for
 
 
@@ -242,6 +243,67 @@ class TestIncrementalSql:
 
         assert response.status_code == 422
         assert response.json()["detail"][0]["loc"] == ["body", "streams", 0, "stream"]
+
+
+@POSTGRESQL_ONLY
+class TestTypedSync:
+    def test_types_arrive_and_a_new_source_column_follows_by_the_policy(
+        self, api, prefect, project, warehouse
+    ):
+        source_table = unique("typed").replace("-", "_")
+        target_table = unique("typed_copy").replace("-", "_")
+        _query(
+            warehouse,
+            f"CREATE TABLE {source_table} (id integer PRIMARY KEY, at timestamptz,"
+            " amount numeric(12, 2), ref uuid, doc jsonb)",
+        )
+        _query(
+            warehouse,
+            f"INSERT INTO {source_table} VALUES (1, '2026-03-01 10:00+01', 12.34,"
+            " '5c0ae7f5-55b4-4b6a-9cbf-6c4d3c36e1a3', '{\"a\": [1]}')",
+        )
+        source = {"url": warehouse.url, "table": source_table, "cursorField": "id"}
+        destination = {"url": warehouse.url, "table": target_table}
+        connector = _connector(
+            api,
+            project,
+            {"type": "sql", "config": source},
+            {"type": "sql", "config": {**destination, "schemaChangePolicy": "freeze"}},
+        )
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        assert _query(
+            warehouse,
+            "SELECT column_name, data_type FROM information_schema.columns"
+            f" WHERE table_name = '{target_table}' ORDER BY ordinal_position",
+        ) == [
+            ("id", "bigint"),
+            ("at", "timestamp with time zone"),
+            ("amount", "numeric"),
+            ("ref", "uuid"),
+            ("doc", "json"),
+        ]
+        assert _query(warehouse, f"SELECT at, amount::text, ref::text FROM {target_table}") == [
+            (
+                datetime(2026, 3, 1, 9, 0, tzinfo=UTC),
+                "12.34",
+                "5c0ae7f5-55b4-4b6a-9cbf-6c4d3c36e1a3",
+            )
+        ]
+
+        _query(warehouse, f"ALTER TABLE {source_table} ADD COLUMN note text")
+        _query(warehouse, f"INSERT INTO {source_table} (id, note) VALUES (2, 'new')")
+        frozen = trigger_and_wait(api, prefect, connector["id"])
+        assert frozen.state.is_failed()
+        assert "has no column note, and schemaChangePolicy is freeze" in frozen.state.message
+
+        path = f"/connectors/{connector['id']}"
+        evolve = {"destinationConfigOverride": {"schemaChangePolicy": "evolve"}}
+        assert api.patch(path, json=evolve).status_code == 200
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        assert _query(warehouse, f"SELECT id, note FROM {target_table} ORDER BY id") == [
+            (1, None),
+            (2, "new"),
+        ]
 
 
 class _Api(BaseHTTPRequestHandler):
