@@ -29,7 +29,7 @@ from control_plane.errors import Conflict, ControlPlaneError, InvalidInput
 from control_plane.settings import get_settings
 from models import Connector
 from models.base import utcnow
-from models.check import CheckPublic, ConnectionCheck
+from models.check import ConnectionCheck
 
 # How much longer than its steps' deadline the API waits for a check's run to record them.
 _RECORDING_SECONDS = 5.0
@@ -91,6 +91,7 @@ async def finish(
     status: str,
     message: str,
     steps: list[dict[str, Any]],
+    streams: list[dict[str, Any]] | None = None,
 ) -> bool:
     """Record the check's result and forget its configs; False when it had ended already (the
     API gave up waiting): the first result stands."""
@@ -102,6 +103,7 @@ async def finish(
                 status=status,
                 message=message,
                 steps=steps,
+                streams=streams,
                 flow_run_id=flow_run_id,
                 target=None,
                 finished_at=utcnow(),
@@ -118,8 +120,10 @@ async def run_check(
     target: Target,
     actor: str,
     connector_id: int | None = None,
-) -> CheckPublic:
-    """Check `target` on the connectors' work pool and answer with the result."""
+    discover: bool = False,
+) -> ConnectionCheck:
+    """Check `target` on the connectors' work pool (and with `discover`, list a source's
+    streams) and answer with the check as it ended."""
     row = ConnectionCheck(
         project_id=project_id,
         subject=subject,
@@ -127,6 +131,7 @@ async def run_check(
         target=target,
         fingerprint=digest_json(target),
         actor=actor,
+        discover=discover,
     )
     async with session_scope() as session:
         await _forget_abandoned(session)
@@ -138,7 +143,8 @@ async def run_check(
     timeout = get_settings().check_timeout_seconds
     flow_run_id = None
     try:
-        flow_run_id = await deployments.start_check(row.id, name=f"check {subject}", tags=tags)
+        name = f"{'discover the streams of' if discover else 'check'} {subject}"
+        flow_run_id = await deployments.start_check(row.id, name=name, tags=tags)
         ended = await runs.wait_for_end(flow_run_id, timeout=timeout + _RECORDING_SECONDS)
         if ended is None:
             await runs.give_up(flow_run_id)
@@ -160,7 +166,8 @@ async def run_check(
     await finish(check_id=row.id, flow_run_id=flow_run_id, status="failed", message=why, steps=[])
     async with session_scope() as session:
         stored = await session.get(ConnectionCheck, row.id)
-    return CheckPublic.model_validate(stored)
+    assert stored is not None
+    return stored
 
 
 async def _forget_abandoned(session: AsyncSession) -> None:

@@ -6,10 +6,10 @@ Connectors need no such step: their overrides mask themselves in JSON (models/co
 
 import hashlib
 
-from control_plane.connectors import Kind, mask_secrets
+from control_plane.connectors import DEFAULT_STREAM, Kind, mask_secrets
 from control_plane.crud import Endpoint
 from models import EndpointPublic, StatePublic, SyncState
-from models.sync import DEFAULT_STREAM, StreamState
+from models.sync import StreamState
 
 
 def endpoint_public(kind: Kind, endpoint: Endpoint) -> EndpointPublic:

@@ -10,6 +10,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
 from control_plane import checks, crud, deployments
+from control_plane.connectors import Stream
 from control_plane.connectors import checks as steps_of
 from control_plane.db import session_scope
 from control_plane.settings import get_settings
@@ -20,9 +21,9 @@ from models.check import ConnectionCheck
 
 @flow(name=deployments.CHECK_FLOW, persist_result=False)
 async def check_connector(check_id: UUID) -> State:
-    """Run each step of the stored check (resolve, connect, authenticate, read or write) until
-    one fails, record the steps, and forget the configs checked. Ends Failed when a step
-    failed, with what to fix."""
+    """Run each step of the stored check (resolve, connect, authenticate, read or write, and
+    for a discovery, discover) until one fails, record the steps (and the streams found), and
+    forget the configs checked. Ends Failed when a step failed, with what to fix."""
     logger = get_run_logger()
     async with session_scope() as session:
         check = await session.get(ConnectionCheck, check_id)
@@ -33,10 +34,19 @@ async def check_connector(check_id: UUID) -> State:
     waited = (utcnow() - as_utc(check.created_at)).total_seconds()
     deadline = time.monotonic() + get_settings().check_timeout_seconds - waited
     found: list[steps_of.Step] = []
+    streams: list[Stream] = []
     for kind, side in check.target.items():
-        found += await in_daemon_thread(
-            steps_of.run, kind, side["type"], side["config"], scope, deadline=deadline
+        side_steps, side_streams = await in_daemon_thread(
+            steps_of.run,
+            kind,
+            side["type"],
+            side["config"],
+            scope,
+            deadline=deadline,
+            discover=check.discover,
         )
+        found += side_steps
+        streams += side_streams
     status, message = checks.summary(found)
     recorded = await checks.finish(
         check_id=check_id,
@@ -44,6 +54,7 @@ async def check_connector(check_id: UUID) -> State:
         status=status,
         message=message,
         steps=[step.as_json() for step in found],
+        streams=[stream.as_json() for stream in streams] if check.discover else None,
     )
     if not recorded:
         logger.warning("check %s ended before this run did: its result was not kept", check_id)

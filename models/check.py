@@ -30,7 +30,10 @@ class ConnectionCheck(ApiModel, table=True):
     fingerprint: str = Field(max_length=64)
     actor: str = Field(max_length=200)
     status: str = Field(default="pending", max_length=20)
+    # A discovery: a check of a source that lists its streams too, kept in `streams`.
+    discover: bool = False
     steps: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    streams: list[dict[str, Any]] | None = Field(default=None, sa_type=JSON)
     message: str | None = None
     flow_run_id: UUID | None = None
     created_at: datetime = timestamp_field()
@@ -39,7 +42,7 @@ class ConnectionCheck(ApiModel, table=True):
 
 class CheckStepPublic(ApiModel):
     kind: Literal["source", "destination"]
-    name: Literal["resolve", "connect", "authenticate", "read", "write"]
+    name: Literal["resolve", "connect", "authenticate", "read", "write", "discover"]
     status: Literal["passed", "failed", "skipped"]
     message: str
 
@@ -53,6 +56,21 @@ class CheckPublic(ApiModel):
     flow_run_id: UUID | None = None
     created_at: UtcDatetime
     finished_at: UtcDatetime | None = None
+
+
+class StreamPublic(ApiModel):
+    name: str
+    namespace: str | None = Field(default=None, description="Its schema, in a database.")
+    json_schema: dict[str, Any] = Field(description="The JSON schema of its records.")
+    primary_key: list[str] = Field(description="Its key's fields, where the source says.")
+    cursor_candidates: list[str] = Field(
+        description="Fields whose type a cursor can have (numbers, dates, timestamps)."
+    )
+
+
+class StreamsPublic(ApiModel):
+    streams: list[StreamPublic] = Field(description="Empty when the discovery failed.")
+    check: CheckPublic = Field(description="The discovery's run and steps: why, if it failed.")
 
 
 class EndpointCheckRequest(InputModel):

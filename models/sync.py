@@ -7,10 +7,8 @@ from uuid import UUID
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer
 from sqlmodel import Field, SQLModel
 
+from control_plane.connectors import DEFAULT_STREAM
 from models.base import ApiModel, InputModel, UtcDatetime, timestamp_field
-
-# A connector reads one stream until it selects several: its state is that stream's.
-DEFAULT_STREAM = "default"
 
 
 def _connector_key(**kwargs: Any) -> Any:

@@ -101,6 +101,48 @@ class TestChecks:
         )
 
 
+class TestDiscovery:
+    def test_a_defined_source_lists_its_streams_from_a_run_on_the_worker(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
+    ) -> None:
+        response = api.get(f"/defined-sources/{catalog.source_id}/streams")
+
+        assert response.status_code == 200, response.text
+        [stream] = response.json()["streams"]
+        assert stream["name"] == "default"
+        assert stream["jsonSchema"]["properties"] == {
+            "id": {"type": "integer"},
+            "name": {"type": "string"},
+        }
+        assert stream["cursorCandidates"] == ["id"]
+        check = response.json()["check"]
+        assert check["status"] == "passed"
+        assert check["steps"][-1] == {
+            "kind": "source",
+            "name": "discover",
+            "status": "passed",
+            "message": "found 1 stream",
+        }
+        run = prefect.read_flow_run(UUID(check["flowRunId"]))
+        assert run.name == f"discover the streams of defined source {catalog.source_id}"
+
+    def test_a_source_that_cannot_be_read_lists_none_and_says_why(
+        self, api: httpx.Client, catalog: Catalog
+    ) -> None:
+        (catalog.folder / "in.csv").unlink()
+
+        response = api.get(f"/defined-sources/{catalog.source_id}/streams")
+
+        assert response.status_code == 200, response.text
+        assert response.json()["streams"] == []
+        check = response.json()["check"]
+        assert check["status"] == "failed"
+        assert check["message"] == "source connect: 'in.csv' is no file in the project's folder"
+        assert (
+            check["steps"][-1]["name"] == "discover" and check["steps"][-1]["status"] == "skipped"
+        )
+
+
 class TestRefusedBeforeAnyRun:
     def test_a_masked_secret_in_an_unsaved_config_is_a_422(
         self, api: httpx.Client, catalog: Catalog

@@ -726,7 +726,7 @@ class TestSecretsInUrls:
 
 def _check(kind: Kind, type_name: str, config: dict[str, Any], scope: Scope) -> dict[str, Step]:
     """Each step of the connection check of `config`, by name."""
-    steps = checks.run(kind, type_name, config, scope, deadline=time.monotonic() + 30)
+    steps, _ = checks.run(kind, type_name, config, scope, deadline=time.monotonic() + 30)
     return {step.name: step for step in steps}
 
 
@@ -947,3 +947,79 @@ class TestChecks:
 
         assert _statuses(steps)["connect"] == "failed"
         assert _statuses(steps)["authenticate"] == "skipped"
+
+
+class TestDiscovery:
+    def test_a_postgresql_schema_lists_its_tables_with_types_keys_and_cursors(
+        self, postgres_url: str, scope: Scope
+    ) -> None:
+        schema = f"shop_{_suffix()}"
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(
+                f"""
+                CREATE SCHEMA {schema};
+                CREATE TABLE {schema}.orders (
+                    id serial PRIMARY KEY, at timestamptz NOT NULL, amount numeric(12, 2),
+                    ref uuid, doc jsonb, ok boolean, note text
+                );
+                CREATE VIEW {schema}.big_orders AS SELECT id, amount FROM {schema}.orders;
+                """
+            )
+        config = {"url": postgres_url, "table": f"{schema}.orders"}
+
+        steps, streams = checks.run(
+            "source", "sql", config, scope, deadline=time.monotonic() + 30, discover=True
+        )
+
+        assert [(step.name, step.status) for step in steps][-1] == ("discover", "passed")
+        found = {(s.namespace, s.name): s for s in streams if s.namespace == schema}
+        assert set(found) == {(schema, "orders"), (schema, "big_orders")}
+        orders = found[(schema, "orders")]
+        assert orders.json_schema["properties"] == {
+            "id": {"type": "integer"},
+            "at": {"type": "string", "format": "date-time"},
+            "amount": {"type": ["number", "null"]},
+            "ref": {"type": ["string", "null"], "format": "uuid"},
+            "doc": {},
+            "ok": {"type": ["boolean", "null"]},
+            "note": {"type": ["string", "null"]},
+        }
+        assert orders.primary_key == ["id"]
+        assert orders.cursor_candidates == ["id", "at", "amount"]
+        assert found[(schema, "big_orders")].primary_key == []
+
+    def test_a_csv_sample_tells_each_columns_type(self, tmp_path: Path, scope: Scope) -> None:
+        (tmp_path / "in.csv").write_text(
+            "id,price,ok,day,at,note\n"
+            "1,2.5,true,2026-01-01,2026-01-01T10:00:00Z,x\n"
+            "2,,false,2026-01-02,2026-01-02T10:00:00Z,7\n"
+        )
+        source = CsvSource.configured({"path": "in.csv"}, scope)
+
+        [stream] = source.discover()
+
+        assert stream.name == "default"
+        assert stream.json_schema["properties"] == {
+            "id": {"type": "integer"},
+            "price": {"type": ["number", "null"]},
+            "ok": {"type": "boolean"},
+            "day": {"type": "string", "format": "date"},
+            "at": {"type": "string", "format": "date-time"},
+            "note": {},
+        }
+        assert stream.cursor_candidates == ["id", "price", "day", "at"]
+
+    def test_json_records_show_their_shape(self, tmp_path: Path, scope: Scope) -> None:
+        (tmp_path / "in.jsonl").write_text(
+            '{"id": 1, "tags": ["a"], "meta": {"k": 1}, "score": 1}\n'
+            '{"id": 2, "tags": [], "meta": null, "score": 2.5}\n'
+        )
+
+        [stream] = JsonlSource.configured({"path": "in.jsonl"}, scope).discover()
+
+        assert stream.json_schema["properties"] == {
+            "id": {"type": "integer"},
+            "tags": {"type": "array"},
+            "meta": {"type": ["object", "null"]},
+            "score": {"type": "number"},
+        }

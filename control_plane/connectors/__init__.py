@@ -38,6 +38,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from pydantic.alias_generators import to_camel
 
 from control_plane.connectors._urls import MASK, mask_url, origin, secrets_of, with_secrets
+from control_plane.connectors.discovery import Stream, sampled
 from control_plane.errors import InvalidInput
 from control_plane.policy import Scope, checked
 from control_plane.titles import field_title
@@ -45,11 +46,16 @@ from control_plane.titles import field_title
 ENTRY_POINT_GROUP = "control_plane.connectors"
 
 Kind = Literal["source", "destination"]
-StepName = Literal["resolve", "connect", "authenticate", "read", "write"]
+StepName = Literal["resolve", "connect", "authenticate", "read", "write", "discover"]
 # A step of a connection check (`connectors.checks`): its name, and what runs it, returning
 # what it found and raising with a message that says what is wrong.
 CheckStep = tuple[StepName, Callable[[], str]]
 _MAX_FIELDS_SHOWN = 20
+# A source that holds one stream calls it so; so does a connector's state, until it selects
+# several.
+DEFAULT_STREAM = "default"
+# How many records a discovery reads to tell a stream's fields and their types.
+SAMPLE_SIZE = 100
 
 
 class TypeConfig(BaseModel):
@@ -137,13 +143,7 @@ class Source(ConnectorType):
 
     def sample(self) -> str:
         """Read one record, as a check does: which fields it has, never their values."""
-        batches = self.read(cursor=None, batch_size=1)
-        try:
-            batch = next(iter(batches), [])
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
+        batch = self._first_batch(1)
         if not batch:
             return "read no record: the source is empty for now"
         fields = list(batch[0])
@@ -151,6 +151,20 @@ class Source(ConnectorType):
         if len(fields) > _MAX_FIELDS_SHOWN:
             shown += f" and {len(fields) - _MAX_FIELDS_SHOWN} more"
         return f"read a record with the fields {shown}"
+
+    def discover(self) -> list[Stream]:
+        """The streams the source holds, with their records' JSON schema. By default one,
+        `default`, as its first `SAMPLE_SIZE` records show it."""
+        return [sampled(DEFAULT_STREAM, self._first_batch(SAMPLE_SIZE))]
+
+    def _first_batch(self, size: int) -> Batch:
+        batches = self.read(cursor=None, batch_size=size)
+        try:
+            return next(iter(batches), [])
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
 
     @abstractmethod
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
@@ -366,6 +380,7 @@ __all__ = [
     "Batch",
     "CheckStep",
     "ConnectorType",
+    "DEFAULT_STREAM",
     "DatabaseUrl",
     "Destination",
     "HttpUrl",
@@ -376,6 +391,7 @@ __all__ = [
     "Source",
     "SourcePath",
     "StepName",
+    "Stream",
     "TargetPath",
     "TypeConfig",
     "deep_merge",

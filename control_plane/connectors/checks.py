@@ -1,5 +1,6 @@
 """Connection checks: whether a source or destination config can be reached, logged into, read
-or written, asked before it is saved or activated.
+or written, asked before it is saved or activated; and a source's discovery, which is a check
+with one more step that lists its streams.
 
 A check goes step by step and stops at the first step that fails; the steps after it are
 reported skipped. `resolve` comes first for every type: the config validated within the
@@ -19,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from control_plane.connectors import Kind, StepName, get_type, validate_config
+from control_plane.connectors import Kind, Source, StepName, Stream, get_type, validate_config
 from control_plane.errors import InvalidInput
 from control_plane.policy import Scope
 
@@ -46,7 +47,8 @@ def reason(error: BaseException) -> str:
 
 
 def _within(step: Callable[[], str], seconds: float) -> str:
-    """The step's answer, or a `TimeoutError` when it takes longer than `seconds`."""
+    """The step's answer, or a `TimeoutError` when it takes longer than `seconds` (the step
+    goes on in its daemon thread, and its answer is dropped)."""
     outcome: dict[str, Any] = {}
 
     def run() -> None:
@@ -66,17 +68,35 @@ def _within(step: Callable[[], str], seconds: float) -> str:
 
 
 def run(
-    kind: Kind, type_name: str, config: dict[str, Any], scope: Scope, *, deadline: float
-) -> list[Step]:
-    """Every step of the check of one config (`deadline`: `time.monotonic()` to be done by)."""
+    kind: Kind,
+    type_name: str,
+    config: dict[str, Any],
+    scope: Scope,
+    *,
+    deadline: float,
+    discover: bool = False,
+) -> tuple[list[Step], list[Stream]]:
+    """Every step of the check of one config (`deadline`: `time.monotonic()` to be done by),
+    and with `discover`, a source's streams after a last step, `discover`."""
     try:
         validated = validate_config(kind, type_name, config, field="config", scope=scope)
     except InvalidInput as refused:
-        return [Step(kind, "resolve", "failed", refused.detail.removeprefix("config: "))]
+        return [Step(kind, "resolve", "failed", refused.detail.removeprefix("config: "))], []
     connector_type = get_type(kind, type_name)(validated, scope)  # type: ignore[call-arg]
     steps = [Step(kind, "resolve", "passed", "the config is valid and within the project's reach")]
+    streams: list[Stream] = []
+    type_steps = connector_type.check_steps()
+    if discover and isinstance(connector_type, Source):
+        source = connector_type
+
+        def listing() -> str:
+            found = source.discover()
+            streams.extend(found)
+            return f"found {len(found)} stream{'' if len(found) == 1 else 's'}"
+
+        type_steps.append(("discover", listing))
     failed = False
-    for name, step in connector_type.check_steps():
+    for name, step in type_steps:
         if failed:
             steps.append(Step(kind, name, "skipped", "an earlier step failed"))
             continue
@@ -87,7 +107,7 @@ def run(
             steps.append(Step(kind, name, "failed", reason(error)))
         else:
             steps.append(Step(kind, name, "passed", found))
-    return steps
+    return steps, [] if failed else streams
 
 
 __all__ = ["Step", "StepStatus", "reason", "run"]

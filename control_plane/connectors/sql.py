@@ -66,8 +66,15 @@ from control_plane.connectors import (
     Load,
     Record,
     Source,
+    Stream,
     TypeConfig,
     url_field,
+)
+from control_plane.connectors.discovery import (
+    cursor_candidates,
+    kind_of_type,
+    property_schema,
+    record_schema,
 )
 from control_plane.policy import POSTGRES_PORT, Scope
 
@@ -114,6 +121,10 @@ _PROBE = "_control_plane_check"
 # The privileges a write into an existing table needs, by mode.
 _PRIVILEGES = {"append": ["INSERT"], "replace": ["INSERT", "DELETE"], "merge": ["INSERT", "UPDATE"]}
 _CONNECT_SECONDS = 10
+# The schemas of PostgreSQL's own catalog, which no stream comes from.
+_SYSTEM_SCHEMAS = {"information_schema", "pg_catalog", "pg_toast"}
+# The most streams a discovery lists.
+MAX_STREAMS = 1000
 
 
 def _no_attach(action: int, *_: Any) -> int:
@@ -144,6 +155,25 @@ def _engine(scope: Scope, url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def _table_stream(inspector: Any, schema: str | None, name: str) -> Stream:
+    properties = {}
+    for described in inspector.get_columns(name, schema=schema):
+        try:
+            kind = kind_of_type(described["type"].python_type)
+        except NotImplementedError:
+            kind = None
+        nullable = {None} if described.get("nullable", True) else set()
+        properties[described["name"]] = property_schema({kind} | nullable) if kind else {}
+    key = inspector.get_pk_constraint(name, schema=schema).get("constrained_columns") or []
+    return Stream(
+        name=name,
+        namespace=schema,
+        json_schema=record_schema(properties),
+        primary_key=list(key),
+        cursor_candidates=cursor_candidates(properties),
+    )
 
 
 def _database_steps(scope: Scope, url: str, *, creates: bool) -> list[CheckStep]:
@@ -224,6 +254,28 @@ class SqlSource(Source):
     def check_steps(self) -> list[CheckStep]:
         steps = _database_steps(self.scope, self.config.url, creates=False)
         return [*steps, *super().check_steps()]
+
+    def discover(self) -> list[Stream]:
+        """The database's tables and views, each a stream with its columns' types, primary key
+        and cursor candidates, from its catalog; a source of a `query` is one stream, as a
+        sample shows it."""
+        if self.config.query is not None:
+            return super().discover()
+        with _engine(self.scope, self.config.url) as engine, engine.connect() as connection:
+            inspector = inspect(connection)
+            schemas = [None]
+            if connection.dialect.name == "postgresql":
+                schemas = [s for s in inspector.get_schema_names() if s not in _SYSTEM_SCHEMAS]
+            names = [
+                (schema, name)
+                for schema in schemas
+                for name in [
+                    *inspector.get_table_names(schema=schema),
+                    *inspector.get_view_names(schema=schema),
+                ]
+                if not name.startswith("_control_plane_")
+            ]
+            return [_table_stream(inspector, schema, name) for schema, name in names[:MAX_STREAMS]]
 
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
         """The rows, streamed from a server-side cursor, with the driver's Python values."""

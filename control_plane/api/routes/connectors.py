@@ -169,12 +169,13 @@ async def check_unsaved(request: ConnectorCheckRequest, caller: CallerDep):
     checks.unsaved(request.destination_config_override, "destinationConfigOverride")
     async with session_scope() as session:
         target = await checks.connector_target(session=session, connector=request)
-    return await checks.run_check(
+    checked = await checks.run_check(
         project_id=request.project_id,
         subject=f"an unsaved connector of project {request.project_id}",
         target=target,
         actor=caller.actor,
     )
+    return CheckPublic.model_validate(checked)
 
 
 @router.get("/{connector_id}", response_model=ConnectorPublic)
@@ -242,13 +243,14 @@ async def check(connector: ConnectorDep, caller: CallerDep):
     CONTROL_PLANE_REQUIRE_CHECK, a passed check is what lets the connector be activated."""
     async with session_scope() as session:
         target = await checks.connector_target(session=session, connector=connector)
-    return await checks.run_check(
+    checked = await checks.run_check(
         project_id=connector.project_id,
         subject=f"connector {connector.id}",
         target=target,
         actor=caller.actor,
         connector_id=connector.id,
     )
+    return CheckPublic.model_validate(checked)
 
 
 @router.get("/{connector_id}/schedule", response_model=SchedulePreview)

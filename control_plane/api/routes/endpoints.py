@@ -31,7 +31,7 @@ from models import (
     TypesPublic,
 )
 from models.base import Id
-from models.check import CheckPublic, EndpointCheckRequest
+from models.check import CheckPublic, EndpointCheckRequest, StreamsPublic
 
 ProjectFilter = Annotated[Id | None, Query(alias="projectId", description="Only this project's.")]
 
@@ -72,24 +72,45 @@ def endpoint_router(kind: Kind) -> APIRouter:
         async with session_scope() as session:
             await crud.referenced_project(session, request.project_id)
         config = checks.unsaved(request.config, "config")
-        return await checks.run_check(
+        checked = await checks.run_check(
             project_id=request.project_id,
             subject=f"an unsaved defined {kind} of project {request.project_id}",
             target=checks.endpoint_target(kind, request.type, config),
             actor=caller.actor,
         )
+        return CheckPublic.model_validate(checked)
 
     @router.post("/{endpoint_id}/check", response_model=CheckPublic, dependencies=[NoDryRun])
     async def check(endpoint: EndpointDep, caller: CallerDep):
         """Check the saved config (resolve, connect, authenticate, then read a sample or try
         the write permissions), on a worker of the connectors' work pool, as a
         `check-connector` run. 200 with the result, passed or failed."""
-        return await checks.run_check(
+        checked = await checks.run_check(
             project_id=endpoint.project_id,
             subject=f"defined {kind} {endpoint.id}",
             target=checks.endpoint_target(kind, endpoint.type, endpoint.config),
             actor=caller.actor,
         )
+        return CheckPublic.model_validate(checked)
+
+    if kind == "source":
+
+        @router.get("/{endpoint_id}/streams", response_model=StreamsPublic)
+        async def streams(endpoint: EndpointDep, caller: CallerDep):
+            """What the source holds, each stream with the JSON schema of its records, its key
+            and cursor candidates: a database's tables and views from its catalog, a file's or
+            an API's records as a sample of them shows. A check with one more step, run on a
+            worker of the connectors' work pool; `check` says why when it failed."""
+            checked = await checks.run_check(
+                project_id=endpoint.project_id,
+                subject=f"defined source {endpoint.id}",
+                target=checks.endpoint_target(kind, endpoint.type, endpoint.config),
+                actor=caller.actor,
+                discover=True,
+            )
+            return StreamsPublic(
+                streams=checked.streams or [], check=CheckPublic.model_validate(checked)
+            )
 
     @router.get("", response_model=EndpointsPublic)
     async def list_all(

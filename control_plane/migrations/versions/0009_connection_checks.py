@@ -1,4 +1,4 @@
-"""connection checks
+"""connection checks and discoveries
 
 Revision ID: 0009
 Revises: 0008
@@ -26,7 +26,9 @@ def upgrade() -> None:
         sa.Column("fingerprint", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=False),
         sa.Column("actor", sqlmodel.sql.sqltypes.AutoString(length=200), nullable=False),
         sa.Column("status", sqlmodel.sql.sqltypes.AutoString(length=20), nullable=False),
+        sa.Column("discover", sa.Boolean(), nullable=False),
         sa.Column("steps", sa.JSON(), nullable=False),
+        sa.Column("streams", sa.JSON(), nullable=True),
         sa.Column("message", sqlmodel.sql.sqltypes.AutoString(), nullable=True),
         sa.Column("flow_run_id", sa.Uuid(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
