@@ -158,23 +158,32 @@ class TestJsonlToSql:
         assert _query(warehouse, f"SELECT count(*) FROM {table}") == [(50,)]
 
 
+def _incremental(
+    api: httpx.Client, project: Project, warehouse: Warehouse
+) -> tuple[dict, str, str]:
+    """A connector that reads a new table of three rows after its `id` cursor into another
+    table; with the two tables' names."""
+    source_table = unique("events").replace("-", "_")
+    target_table = unique("copies").replace("-", "_")
+    _query(warehouse, f"CREATE TABLE {source_table} (id INTEGER PRIMARY KEY, v TEXT)")
+    _query(warehouse, f"INSERT INTO {source_table} VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+    connector = _connector(
+        api,
+        project,
+        {
+            "type": "sql",
+            "config": {"url": warehouse.url, "table": source_table, "cursorField": "id"},
+        },
+        {"type": "sql", "config": {"url": warehouse.url, "table": target_table}},
+    )
+    return connector, source_table, target_table
+
+
 class TestIncrementalSql:
     def test_the_second_run_moves_only_new_rows_and_reset_starts_over(
         self, api, prefect, project, warehouse
     ):
-        source_table = unique("events").replace("-", "_")
-        target_table = unique("copies").replace("-", "_")
-        _query(warehouse, f"CREATE TABLE {source_table} (id INTEGER PRIMARY KEY, v TEXT)")
-        _query(warehouse, f"INSERT INTO {source_table} VALUES (1, 'a'), (2, 'b'), (3, 'c')")
-        connector = _connector(
-            api,
-            project,
-            {
-                "type": "sql",
-                "config": {"url": warehouse.url, "table": source_table, "cursorField": "id"},
-            },
-            {"type": "sql", "config": {"url": warehouse.url, "table": target_table}},
-        )
+        connector, source_table, target_table = _incremental(api, project, warehouse)
         path = f"/connectors/{connector['id']}"
         assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
         _query(warehouse, f"INSERT INTO {source_table} VALUES (4, 'd'), (5, 'e')")
@@ -190,19 +199,7 @@ class TestIncrementalSql:
     def test_the_state_shows_the_cursor_and_a_put_with_its_etag_moves_it(
         self, api, prefect, project, warehouse
     ):
-        source_table = unique("events").replace("-", "_")
-        target_table = unique("copies").replace("-", "_")
-        _query(warehouse, f"CREATE TABLE {source_table} (id INTEGER PRIMARY KEY, v TEXT)")
-        _query(warehouse, f"INSERT INTO {source_table} VALUES (1, 'a'), (2, 'b'), (3, 'c')")
-        connector = _connector(
-            api,
-            project,
-            {
-                "type": "sql",
-                "config": {"url": warehouse.url, "table": source_table, "cursorField": "id"},
-            },
-            {"type": "sql", "config": {"url": warehouse.url, "table": target_table}},
-        )
+        connector, _, target_table = _incremental(api, project, warehouse)
         path = f"/connectors/{connector['id']}"
         fresh = api.get(f"{path}/state")
         assert fresh.json() == {
