@@ -55,6 +55,8 @@ class TestChecks:
         assert run.parameters == {"check_id": check["id"]}
         assert prefect.read_deployment(run.deployment_id).work_pool_name == stack.work_pool
 
+    # What the row and the run do is the same for any database: the one above covers SQLite.
+    @POSTGRESQL_ONLY
     def test_an_unsaved_destination_that_cannot_be_written_fails_at_that_step(
         self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
     ) -> None:
@@ -77,6 +79,7 @@ class TestChecks:
         listed = api.get("/defined-destinations", params={"projectId": catalog.project_id})
         assert listed.json()["count"] == 1  # the catalog's own: a check saves nothing
 
+    @POSTGRESQL_ONLY
     def test_a_connector_is_checked_on_both_sides(
         self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
     ) -> None:
@@ -101,6 +104,7 @@ class TestChecks:
         )
 
 
+@POSTGRESQL_ONLY
 class TestDiscovery:
     def test_a_defined_source_lists_its_streams_from_a_run_on_the_worker(
         self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
