@@ -115,8 +115,12 @@ def _sync(folder: str, source_type: str, source: dict, destination: dict, batch_
         source=get_type("source", source_type).configured(source, scope),  # type: ignore[arg-type]
         destination=get_type("destination", "sql").configured(destination, scope),  # type: ignore[arg-type]
         cursor=None,
+        resets=0,
+        retries=0,
+        retry_delay_seconds=0,
+        timeout_seconds=0,
     )
-    moved = move(plan, batch_size=batch_size)
+    moved = move(plan, load_id=uuid.uuid4(), batch_size=batch_size)
     assert moved.records_read == moved.records_written, moved
     return moved.records_written
 
