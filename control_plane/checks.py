@@ -21,7 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import crud, deployments, runs
 from control_plane.audit import actor_tag
-from control_plane.connectors import MASK, Kind, deep_merge, get_type, holds_mask
+from control_plane.connectors import MASK, Kind, get_type, holds_mask
 from control_plane.connectors.checks import Step
 from control_plane.db import session_scope
 from control_plane.encryption import digest_json
@@ -66,13 +66,14 @@ async def connector_target(*, session: AsyncSession, connector: ConnectorLike) -
     fields: dict[Kind, str] = {"source": "definedSourceId", "destination": "definedDestinationId"}
     for kind, field in fields.items():
         endpoint_id = getattr(connector, f"defined_{kind}_id")
-        override = getattr(connector, f"{kind}_config_override")
         endpoint = await session.get(crud.ENDPOINT_TABLES[kind], endpoint_id)
         if endpoint is None or endpoint.project_id != connector.project_id:
             raise InvalidInput(
                 field, f"project {connector.project_id} has no defined {kind} {endpoint_id}"
             )
-        target[kind] = {"type": endpoint.type, "config": deep_merge(endpoint.config, override)}
+        # A request shaped like a connector merges as one does.
+        config = crud.merged_config(connector=connector, kind=kind, endpoint=endpoint)  # type: ignore[arg-type]
+        target[kind] = {"type": endpoint.type, "config": config}
     return target
 
 

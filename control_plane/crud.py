@@ -263,12 +263,17 @@ def _override(connector: Connector, kind: Kind) -> dict[str, Any]:
     return getattr(connector, f"{kind}_config_override")
 
 
+def merged_config(*, connector: Connector, kind: Kind, endpoint: Endpoint) -> dict[str, Any]:
+    """The endpoint's config with the connector's override laid over it, as its runs read it."""
+    return deep_merge(endpoint.config, _override(connector, kind))
+
+
 async def resolve_config(
     *, connector: Connector, kind: Kind, endpoint: Endpoint, scope: Scope
 ) -> TypeConfig:
-    """The endpoint's config with the connector's override laid over it, checked by its type
-    within the connector's project's `scope`."""
-    merged = deep_merge(endpoint.config, _override(connector, kind))
+    """The merged config (`merged_config`), checked by its type within the connector's
+    project's `scope`."""
+    merged = merged_config(connector=connector, kind=kind, endpoint=endpoint)
     return await _validated(kind, endpoint.type, merged, field=f"{kind}ConfigOverride", scope=scope)
 
 

@@ -7,6 +7,8 @@ from uuid import UUID, uuid4
 from sqlalchemy import JSON, DateTime
 from sqlmodel import Field
 
+from control_plane.connectors import Kind, StepName
+from control_plane.connectors.checks import StepStatus
 from control_plane.encryption import EncryptedJSON
 from models.base import ApiModel, Id, InputModel, UtcDatetime, timestamp_field
 from models.catalog import InputConfig
@@ -41,9 +43,9 @@ class ConnectionCheck(ApiModel, table=True):
 
 
 class CheckStepPublic(ApiModel):
-    kind: Literal["source", "destination"]
-    name: Literal["resolve", "connect", "authenticate", "read", "write", "discover"]
-    status: Literal["passed", "failed", "skipped"]
+    kind: Kind
+    name: StepName
+    status: StepStatus
     message: str
 
 
