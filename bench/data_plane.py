@@ -35,7 +35,7 @@ from typing import Any
 
 import psycopg
 
-from control_plane.connectors import get_type
+from control_plane.connectors import DEFAULT_STREAM, Route, get_type
 from control_plane.policy import Allowed, Scope
 from control_plane.sync import SyncPlan, move
 from tests.stack import postgres_database
@@ -112,16 +112,21 @@ def _sync(folder: str, source_type: str, source: dict, destination: dict, batch_
         connector_name="bench",
         source_label=f"bench ({source_type})",
         destination_label="bench (sql)",
-        source=get_type("source", source_type).configured(source, scope),  # type: ignore[arg-type]
-        destination=get_type("destination", "sql").configured(destination, scope),  # type: ignore[arg-type]
-        cursor=None,
+        routes=[
+            Route(
+                DEFAULT_STREAM,
+                get_type("source", source_type).configured(source, scope),  # type: ignore[arg-type]
+                get_type("destination", "sql").configured(destination, scope),  # type: ignore[arg-type]
+            )
+        ],
+        cursors={},
         resets=0,
         retries=0,
         retry_delay_seconds=0,
         timeout_seconds=0,
     )
     moved = move(plan, load_id=uuid.uuid4(), batch_size=batch_size)
-    assert moved.records_read == moved.records_written, moved
+    assert moved.failure is None and moved.records_read == moved.records_written, moved
     return moved.records_written
 
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from pydantic import TypeAdapter
 from pydantic.alias_generators import to_camel
 from sqlalchemy import DateTime, String, case, cast, delete, func, literal, or_, update
 from sqlalchemy.exc import IntegrityError
@@ -19,16 +20,21 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from control_plane.connectors import (
     MASK,
     Kind,
+    SelectedStream,
     TypeConfig,
     deep_merge,
+    get_type,
     holds_mask,
     keep_secrets,
     mask_secrets,
+    routes,
     validate_config,
 )
 from control_plane.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from control_plane.policy import Scope, scope_for
 from models import (
+    Backfill,
+    BackfillRequest,
     Connector,
     ConnectorContext,
     ConnectorCreate,
@@ -48,6 +54,7 @@ from models.base import check_cron, check_timezone, utcnow
 from models.notifications import effective
 
 Endpoint = DefinedSource | DefinedDestination
+_STREAMS = TypeAdapter(list[SelectedStream])
 ENDPOINT_TABLES: dict[Kind, type[DefinedSource] | type[DefinedDestination]] = {
     "source": DefinedSource,
     "destination": DefinedDestination,
@@ -380,6 +387,7 @@ async def _check_connector(session: AsyncSession, connector: Connector) -> None:
 async def _check_connector_references(session: AsyncSession, connector: Connector) -> None:
     await referenced_project(session, connector.project_id)
     scope = await project_scope(connector.project_id)
+    types = {}
     for kind, field in (("source", "definedSourceId"), ("destination", "definedDestinationId")):
         endpoint_id = getattr(connector, _endpoint_column(kind).key)
         endpoint = await session.get(ENDPOINT_TABLES[kind], endpoint_id)
@@ -391,7 +399,11 @@ async def _check_connector_references(session: AsyncSession, connector: Connecto
                 f"defined {kind} {endpoint_id} belongs to project {endpoint.project_id}, "
                 f"not to project {connector.project_id}",
             )
-        await resolve_config(connector=connector, kind=kind, endpoint=endpoint, scope=scope)
+        config = await resolve_config(
+            connector=connector, kind=kind, endpoint=endpoint, scope=scope
+        )
+        types[kind] = get_type(kind, endpoint.type)(config, scope)
+    routes(types["source"], types["destination"], selected_streams(connector))  # type: ignore[arg-type]
     query = select(Connector.id).where(
         Connector.project_id == connector.project_id,
         Connector.name == connector.name,
@@ -401,6 +413,13 @@ async def _check_connector_references(session: AsyncSession, connector: Connecto
         raise Conflict(
             f"project {connector.project_id} has a connector named {connector.name!r} already"
         )
+
+
+def selected_streams(connector: Connector) -> list[SelectedStream] | None:
+    """The streams the connector selected (its column holds them as dicts), or None."""
+    if connector.streams is None:
+        return None
+    return _STREAMS.validate_python(connector.streams)
 
 
 async def new_connector(*, session: AsyncSession, spec: ConnectorCreate) -> Connector:
@@ -525,46 +544,84 @@ RunEnd = Literal["COMPLETED", "FAILED", "CRASHED", "CANCELLED", "AWAITING_RETRY"
 _COUNTED: set[str] = {"FAILED", "CRASHED"}
 
 
-async def get_state(*, session: AsyncSession, connector_id: int) -> SyncState | None:
-    return await session.get(SyncState, connector_id)
+async def get_states(*, session: AsyncSession, connector_id: int) -> dict[str, SyncState]:
+    """The connector's saved cursors, by stream."""
+    query = select(SyncState).where(col(SyncState.connector_id) == connector_id)
+    return {state.stream: state for state in await session.exec(query)}
 
 
-async def get_cursor(*, session: AsyncSession, connector_id: int) -> Any:
-    state = await get_state(session=session, connector_id=connector_id)
-    return state.cursor if state else None
-
-
-async def reset_state(*, session: AsyncSession, connector: Connector) -> SyncState | None:
-    """Forget where incremental reads resume: the next run reads everything, and a run that
-    started before this reset does not save its cursor (it counts the resets it started with).
-    Returns the state it forgot, if there was one."""
+async def reset_state(
+    *, session: AsyncSession, connector: Connector, streams: Collection[str] | None = None
+) -> list[SyncState]:
+    """Forget where incremental reads of `streams` (None: every stream) resume: their next run
+    reads everything, and a run that started before this reset saves no cursor (it counts the
+    resets it started with). Returns the states it forgot."""
     connector.resets += 1
-    forgotten = await session.get(SyncState, connector.id)
-    await session.exec(delete(SyncState).where(col(SyncState.connector_id) == connector.id))
+    mine = [col(SyncState.connector_id) == connector.id]
+    if streams is not None:
+        mine.append(col(SyncState.stream).in_(streams))
+    forgotten = list(await session.exec(select(SyncState).where(*mine)))
+    await session.exec(delete(SyncState).where(*mine))
     await session.flush()
     return forgotten
 
 
 async def save_cursor(
-    *, session: AsyncSession, connector_id: int, cursor: Any, load_id: UUID | None
+    *, session: AsyncSession, connector_id: int, stream: str, cursor: Any, load_id: UUID | None
 ) -> None:
     await session.merge(
-        SyncState(connector_id=connector_id, cursor=cursor, load_id=load_id, updated_at=utcnow())
+        SyncState(
+            connector_id=connector_id,
+            stream=stream,
+            cursor=cursor,
+            load_id=load_id,
+            updated_at=utcnow(),
+        )
     )
 
 
 async def set_state(
-    *, session: AsyncSession, connector: Connector, cursor: Any
-) -> SyncState | None:
-    """Make incremental reads resume after `cursor` (None: from the start), as a reset does:
-    a run that started before does not save its cursor, and no load it committed is adopted.
-    Returns the state it replaced, if there was one."""
-    replaced = await reset_state(session=session, connector=connector)
-    if cursor is not None:
-        assert connector.id is not None
-        await save_cursor(session=session, connector_id=connector.id, cursor=cursor, load_id=None)
-        await session.flush()
+    *, session: AsyncSession, connector: Connector, cursors: dict[str, Any]
+) -> list[SyncState]:
+    """Make incremental reads of each stream resume after its cursor (None: from the start),
+    as a reset does: a run that started before saves no cursor, and no load it committed is
+    adopted. Returns the states it replaced."""
+    replaced = await reset_state(session=session, connector=connector, streams=list(cursors))
+    assert connector.id is not None
+    for stream, cursor in cursors.items():
+        if cursor is not None:
+            await save_cursor(
+                session=session,
+                connector_id=connector.id,
+                stream=stream,
+                cursor=cursor,
+                load_id=None,
+            )
+    await session.flush()
     return replaced
+
+
+async def add_backfill(
+    *, session: AsyncSession, connector_id: int, request: BackfillRequest, actor: str
+) -> Backfill:
+    backfill = Backfill(
+        connector_id=connector_id,
+        stream=request.stream,
+        start=request.start,
+        end=request.end,
+        actor=actor,
+    )
+    session.add(backfill)
+    await session.flush()
+    return backfill
+
+
+async def get_backfill(*, session: AsyncSession, backfill_id: UUID) -> Backfill:
+    """The backfill's window; NotFound once its connector was deleted."""
+    backfill = await session.get(Backfill, backfill_id)
+    if backfill is None:
+        raise NotFound(f"backfill {backfill_id} does not exist: its connector was deleted")
+    return backfill
 
 
 async def add_sync_run(
@@ -619,19 +676,20 @@ async def finish_sync_run(
     end: RunEnd,
     records_read: int = 0,
     records_written: int = 0,
-    cursor: Any = None,
+    cursors: dict[str, Any] | None = None,
     error: str | None = None,
     if_unfinished: bool = False,
 ) -> bool:
-    """Record the run's end and the connector's status; a completed run also saves its cursor,
-    unless the connector was reset since the run started.
+    """Record the run's end and the connector's status, and save the `cursors` (by stream) of
+    what the run committed into the destination (every stream of a completed run; some of a
+    run that failed), unless the connector was reset since the run started.
 
     The connector's last run state moves only if no later run started; a failed or crashed run
     counts unless a success started after it. With `if_unfinished` (someone else noticed the
     run end), only the end and the error, and only if no end is recorded yet: of two such
-    recorders, one wins. Returns whether the end was recorded and, for a completed run, its
-    cursor saved. The connector is locked first, so a reset is either before this (the cursor
-    is not saved) or after it (it deletes the cursor).
+    recorders, one wins. Returns whether the end was recorded and its cursors saved. The
+    connector is locked first, so a reset is either before this (the cursors are not saved) or
+    after it (it deletes them).
     """
     owner = select(SyncRun.connector_id).where(col(SyncRun.flow_run_id) == flow_run_id)
     locked = await lock_connector(session=session, connector_id=owner.scalar_subquery())
@@ -639,7 +697,7 @@ async def finish_sync_run(
         return False  # the run or its connector is gone
     connector_id, resets = locked
     now = literal(utcnow(), DateTime(timezone=True))
-    figures = {"records_read": records_read, "records_written": records_written, "cursor": cursor}
+    figures = {"records_read": records_read, "records_written": records_written, "cursors": cursors}
     query = update(SyncRun).where(col(SyncRun.flow_run_id) == flow_run_id)
     if if_unfinished:
         query = query.where(col(SyncRun.ended_at).is_(None))
@@ -666,13 +724,18 @@ async def finish_sync_run(
             ),
         }
     await session.exec(update(Connector).where(col(Connector.id) == connector_id).values(**status))
-    if end != "COMPLETED":
+    if not cursors:
         return True
     if resets != run_resets:
         return False
-    await save_cursor(
-        session=session, connector_id=connector_id, cursor=cursor, load_id=flow_run_id
-    )
+    for stream, cursor in cursors.items():
+        await save_cursor(
+            session=session,
+            connector_id=connector_id,
+            stream=stream,
+            cursor=cursor,
+            load_id=flow_run_id,
+        )
     return True
 
 

@@ -7,8 +7,8 @@ Connectors need no such step: their overrides mask themselves in JSON (models/co
 import hashlib
 
 from control_plane.connectors import DEFAULT_STREAM, Kind, mask_secrets
-from control_plane.crud import Endpoint
-from models import EndpointPublic, StatePublic, SyncState
+from control_plane.crud import Endpoint, selected_streams
+from models import Connector, EndpointPublic, StatePublic, SyncState
 from models.sync import StreamState
 
 
@@ -18,12 +18,20 @@ def endpoint_public(kind: Kind, endpoint: Endpoint) -> EndpointPublic:
     return public
 
 
-def state_public(state: SyncState | None) -> StatePublic:
-    """A connector's state: its one stream's cursor, null before any was saved."""
-    if state is None:
-        return StatePublic(streams=[StreamState(stream=DEFAULT_STREAM)])
-    stream = StreamState(stream=DEFAULT_STREAM, cursor=state.cursor, updated_at=state.updated_at)
-    return StatePublic(streams=[stream])
+def state_public(connector: Connector, states: dict[str, SyncState]) -> StatePublic:
+    """A connector's state: each stream it moves with its cursor, null before one was saved."""
+    selected = selected_streams(connector)
+    names = [DEFAULT_STREAM] if selected is None else [stream.name for stream in selected]
+    return StatePublic(
+        streams=[
+            StreamState(stream=name)
+            if name not in states
+            else StreamState(
+                stream=name, cursor=states[name].cursor, updated_at=states[name].updated_at
+            )
+            for name in names
+        ]
+    )
 
 
 def state_etag(state: StatePublic) -> str:

@@ -31,6 +31,8 @@ from models.base import utcnow
 
 SYNC_FLOW = "sync-connector"
 MANUAL_TAG = "trigger:manual"
+# A backfill's sync run: `backfill`, and `backfill:<id>` naming its window's row.
+BACKFILL_TAG = "backfill"
 ACTIVE_STATES = [StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED]
 UNENDED_STATES = [StateType.SCHEDULED, *ACTIVE_STATES]
 
@@ -86,10 +88,23 @@ async def active_runs(connector_id: int) -> list[FlowRun]:
         return await client.read_flow_runs(**_filters(connector_id, ACTIVE_STATES), limit=10)
 
 
+def backfill_tag(backfill_id: UUID) -> str:
+    return f"{BACKFILL_TAG}:{backfill_id}"
+
+
+def backfill_of(tags: Sequence[str]) -> UUID | None:
+    """The backfill whose run carries these tags; None for a run that is no backfill."""
+    prefix = f"{BACKFILL_TAG}:"
+    ids = [tag.removeprefix(prefix) for tag in tags if tag.startswith(prefix)]
+    return UUID(ids[0]) if ids else None
+
+
 def trigger_of(run: FlowRun) -> str:
-    """schedule, manual (a trigger through the control plane) or automation."""
+    """schedule, manual (a trigger through the control plane), backfill or automation."""
     if run.auto_scheduled:
         return "schedule"
+    if BACKFILL_TAG in run.tags:
+        return "backfill"
     return "manual" if MANUAL_TAG in run.tags else "automation"
 
 

@@ -13,12 +13,20 @@ from uuid import UUID
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import crud, events
-from control_plane.connectors import Batch, Destination, Load, Source, get_type, json_value
-from control_plane.errors import Conflict
+from control_plane.connectors import (
+    DEFAULT_STREAM,
+    Batch,
+    Load,
+    Route,
+    get_type,
+    json_value,
+    routes,
+)
+from control_plane.errors import Conflict, InvalidInput
 from control_plane.faults import blocking_pause_point
 from control_plane.runs import connector_tag
 from control_plane.settings import get_settings
-from models import Connector
+from models import Backfill, Connector
 from models.base import utcnow
 
 T = TypeVar("T")
@@ -32,26 +40,67 @@ class SyncPlan:
     connector_name: str
     source_label: str
     destination_label: str
-    source: Source
-    destination: Destination
-    cursor: Any
-    resets: int  # the connector's, when the run planned: a reset since, and its cursor is not saved
+    routes: list[Route]  # a stream each
+    cursors: dict[str, Any]  # by stream; a stream without one reads from the start
+    resets: int  # the connector's, when the run planned: a reset since, and no cursor is saved
     retries: int
     retry_delay_seconds: int
     timeout_seconds: int  # 0: no limit
+    backfill: Backfill | None = None  # a backfill's window: then `routes` is its one stream
 
-    @property
-    def stream(self) -> str:
-        """Whose load state a destination keeps for this run."""
-        return connector_tag(self.connector_id)
+    def load_stream(self, route: Route) -> str:
+        """Whose load state a destination keeps for the route: `connector:<id>`, with the
+        stream's name unless it is the default one."""
+        tag = connector_tag(self.connector_id)
+        return tag if route.stream == DEFAULT_STREAM else f"{tag}/{route.stream}"
+
+
+@dataclass
+class StreamMoved:
+    stream: str
+    records_read: int = 0
+    records_written: int = 0
+    cursor: Any = None
+    error: str | None = None  # why it failed; None: committed
 
 
 @dataclass
 class Moved:
-    records_read: int
-    records_written: int
-    cursor: Any
+    streams: list[StreamMoved]
     seconds: float
+    backfill: bool = False  # a backfill's: its cursors are not where the next run resumes
+
+    @property
+    def records_read(self) -> int:
+        return sum(stream.records_read for stream in self.streams)
+
+    @property
+    def records_written(self) -> int:
+        return sum(stream.records_written for stream in self.streams)
+
+    @property
+    def cursors(self) -> dict[str, Any]:
+        """The cursors to save: those of the streams committed into the destination, unless
+        the run was a backfill."""
+        if self.backfill:
+            return {}
+        return {s.stream: s.cursor for s in self.streams if s.error is None}
+
+    @property
+    def failure(self) -> str | None:
+        """Which streams failed and why; None when every one was committed."""
+        failed = [s for s in self.streams if s.error is not None]
+        if not failed:
+            return None
+        if len(self.streams) == 1:
+            return failed[0].error
+        reasons = "; ".join(f"stream {s.stream!r}: {s.error}" for s in failed)
+        loaded = "the others were loaded" if len(failed) < len(self.streams) else "none loaded"
+        return f"{len(failed)} of {len(self.streams)} streams failed, {loaded}: {reasons}"
+
+
+class StreamsFailed(Exception):
+    """Streams of the run failed (`Moved.failure` says which and why); the others committed."""
 
 
 class RunTimedOut(TimeoutError):
@@ -125,14 +174,45 @@ def _or_default(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
-async def plan(*, session: AsyncSession, connector_id: int) -> SyncPlan:
-    """The connector's source and destination, built from their merged configs, its cursor and
-    its run policy.
+def backfilled(routes: list[Route], stream: str) -> Route:
+    """The route of the stream a backfill reads again.
+
+    Raises:
+        InvalidInput: the connector moves no such stream, reads it in full, or replaces what
+            its destination holds (a backfill would leave only its window there).
+    """
+    route = next((route for route in routes if route.stream == stream), None)
+    if route is None:
+        known = ", ".join(repr(route.stream) for route in routes)
+        raise InvalidInput(
+            "stream", f"the connector moves no stream {stream!r}; its streams: {known}"
+        )
+    if route.source.cursor_field is None or not route.source.reads_windows:
+        raise InvalidInput(
+            "stream",
+            f"stream {stream!r} is read in full: a backfill reads a window of the cursor field "
+            "of an incremental stream (a sql source with a cursorField)",
+        )
+    if route.destination.replaces:
+        raise InvalidInput(
+            "stream",
+            f"stream {stream!r} replaces what its destination holds (a full refresh): a backfill "
+            "would leave only its window there",
+        )
+    return route
+
+
+async def plan(
+    *, session: AsyncSession, connector_id: int, backfill: Backfill | None = None
+) -> SyncPlan:
+    """The connector's streams, each with its source and destination built from their merged
+    configs and its cursor, and its run policy.
 
     Raises:
         NotFound: the connector is gone.
         Conflict: the connector may not run now (`refusal`).
-        InvalidInput: a config is outside the project's reach.
+        InvalidInput: a config is outside the project's reach, a stream cannot be moved, or
+            the `backfill` cannot be read (`backfilled`).
     """
     connector = await crud.get_connector(session=session, connector_id=connector_id)
     if refused := await refusal(session=session, connector=connector):
@@ -153,57 +233,82 @@ async def plan(*, session: AsyncSession, connector_id: int) -> SyncPlan:
         connector=connector, kind="destination", endpoint=destination, scope=scope
     )
     settings = get_settings()
+    chosen = routes(
+        get_type("source", source.type)(source_config, scope),  # type: ignore[arg-type]
+        get_type("destination", destination.type)(destination_config, scope),  # type: ignore[arg-type]
+        crud.selected_streams(connector),
+    )
+    if backfill is not None:
+        chosen = [backfilled(chosen, backfill.stream)]
     return SyncPlan(
         connector_id=connector_id,
         connector_name=connector.name,
         source_label=f"{source.name} ({source.type})",
         destination_label=f"{destination.name} ({destination.type})",
-        source=get_type("source", source.type)(source_config, scope),  # type: ignore[arg-type]
-        destination=get_type("destination", destination.type)(destination_config, scope),  # type: ignore[arg-type]
-        cursor=await crud.get_cursor(session=session, connector_id=connector_id),
+        routes=chosen,
+        cursors={
+            stream: state.cursor
+            for stream, state in (
+                await crud.get_states(session=session, connector_id=connector_id)
+            ).items()
+        },
         resets=connector.resets,
         retries=_or_default(connector.retries, settings.run_retries),
         retry_delay_seconds=_or_default(
             connector.retry_delay_seconds, settings.run_retry_delay_seconds
         ),
         timeout_seconds=_or_default(connector.timeout_seconds, settings.run_timeout_seconds),
+        backfill=backfill,
     )
 
 
-async def resume(*, session: AsyncSession, plan: SyncPlan) -> str | None:
-    """Make the plan resume after the destination's last load when the control plane never
+async def resume(*, session: AsyncSession, plan: SyncPlan) -> list[str]:
+    """Make each stream resume after the destination's last load when the control plane never
     recorded it: a run that committed into the destination and died before its own commit.
 
     The destination's load counts only if it is a run of this connector, started after the
     connector's last reset, whose success no one recorded; then its cursor is saved as the
-    connector's, under the connector's lock (a reset meanwhile wins), and the run's row says
-    so. Returns what was adopted, for the log; None when the control plane's cursor stands.
-    A destination that keeps no load state is not asked. Its reads run in a thread.
+    stream's, under the connector's lock (a reset meanwhile wins), and the run's row says so.
+    Returns what was adopted, for the log; empty when the control plane's cursors stand. A
+    destination that keeps no load state is not asked. Its reads run in a thread.
     """
-    if not plan.destination.keeps_loads:
-        return None
-    committed = await asyncio.to_thread(plan.destination.last_load, plan.stream)
-    if committed is None:
-        return None
+    adopted = []
+    for route in plan.routes:
+        if not route.destination.keeps_loads:
+            continue
+        committed = await asyncio.to_thread(route.destination.last_load, plan.load_stream(route))
+        if committed is not None and await _adopt(session, plan, route.stream, committed):
+            plan.cursors[route.stream] = committed.cursor
+            adopted.append(
+                f"the destination holds run {committed.load_id}'s load of stream "
+                f"{route.stream!r}: resuming after {committed.cursor!r}"
+            )
+    return adopted
+
+
+async def _adopt(session: AsyncSession, plan: SyncPlan, stream: str, committed: Load) -> bool:
     load_id = UUID(committed.load_id)
     locked = await crud.lock_connector(session=session, connector_id=plan.connector_id)
-    state = await crud.get_state(session=session, connector_id=plan.connector_id)
-    if locked is None or (state is not None and state.load_id == load_id):
-        return None
+    states = await crud.get_states(session=session, connector_id=plan.connector_id)
+    if locked is None or (stream in states and states[stream].load_id == load_id):
+        return False
     run = await crud.get_sync_run(session=session, flow_run_id=load_id)
     recorded = run is not None and run.ended_at is not None and run.error is None
     if run is None or recorded or run.connector_id != plan.connector_id:
-        return None
+        return False
     if run.resets != locked[1]:
-        return None  # loaded before a reset: the next read starts over, as the reset asked
+        return False  # loaded before a reset: the next read starts over, as the reset asked
     await crud.save_cursor(
-        session=session, connector_id=plan.connector_id, cursor=committed.cursor, load_id=load_id
+        session=session,
+        connector_id=plan.connector_id,
+        stream=stream,
+        cursor=committed.cursor,
+        load_id=load_id,
     )
-    run.cursor = committed.cursor
-    run.error = f"{run.error or 'ended unrecorded'}; its load was committed, and kept"
+    run.cursors = {**(run.cursors or {}), stream: committed.cursor}
+    run.error = f"{run.error or 'ended unrecorded'}; its load of {stream!r} was committed, and kept"
     await session.commit()
-    plan.cursor = committed.cursor
-    return f"the destination holds run {load_id}'s load: resuming after {committed.cursor!r}"
+    return True
 
 
 async def in_daemon_thread(function: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
@@ -243,45 +348,80 @@ def _in_time(deadline: float | None, timeout_seconds: int) -> None:
 
 
 def move(plan: SyncPlan, *, load_id: UUID, batch_size: int) -> Moved:
-    """Read every record after the cursor (all of them for a destination that replaces) and
-    write them with the load's state; blocking, so run it in a thread.
+    """Move each stream in turn, its records after its cursor (all of them for a destination
+    that replaces) written with its load's state; blocking, so run it in a thread.
 
-    The timeout is checked between batches: a source's request has its own timeouts.
+    A stream that fails (gone from the source, a change its table refuses) is rolled back and
+    reported, and the next one moves; a timeout stops the run. The timeout is checked between
+    batches: a source's request has its own timeouts.
     """
     started = time.perf_counter()
     deadline = time.monotonic() + plan.timeout_seconds if plan.timeout_seconds else None
-    cursor_field = plan.source.cursor_field
-    load = Load(stream=plan.stream, load_id=str(load_id), cursor=plan.cursor)
-    after = None if plan.destination.replaces else plan.cursor
-    read = 0
+    streams = []
+    for route in plan.routes:
+        moved = StreamMoved(route.stream, cursor=plan.cursors.get(route.stream))
+        try:
+            _move_stream(
+                plan, route, moved, load_id=load_id, batch_size=batch_size, deadline=deadline
+            )
+        except RunTimedOut:
+            raise
+        except Exception as error:
+            moved.error = f"{type(error).__name__}: {error}"
+        streams.append(moved)
+    return Moved(streams, time.perf_counter() - started, backfill=plan.backfill is not None)
+
+
+def _move_stream(
+    plan: SyncPlan,
+    route: Route,
+    moved: StreamMoved,
+    *,
+    load_id: UUID,
+    batch_size: int,
+    deadline: float | None,
+) -> None:
+    cursor_field = route.source.cursor_field
+    load = Load(stream=plan.load_stream(route), load_id=str(load_id), cursor=moved.cursor)
+    if plan.backfill is not None:
+        window = plan.backfill.start, plan.backfill.end
+        read = route.source.read_window(start=window[0], end=window[1], batch_size=batch_size)
+    else:
+        after = None if route.destination.replaces else moved.cursor
+        read = route.source.read(cursor=after, batch_size=batch_size)
+    columns = route.columns
 
     def batches() -> Iterator[Batch]:
-        nonlocal read
-        for number, batch in enumerate(plan.source.read(cursor=after, batch_size=batch_size)):
+        for number, batch in enumerate(read):
             _in_time(deadline, plan.timeout_seconds)
-            read += len(batch)
+            moved.records_read += len(batch)
             if cursor_field:
                 # Sources read in ascending cursor order: the last value is the largest.
                 values = [r[cursor_field] for r in batch if r.get(cursor_field) is not None]
                 load.cursor = json_value(values[-1]) if values else load.cursor
+            if columns is not None:
+                batch = [{name: r[name] for name in columns if name in r} for r in batch]
             yield batch
             if number == 0:
                 blocking_pause_point("sync-connector:during-write")
         _in_time(deadline, plan.timeout_seconds)
         blocking_pause_point("sync-connector:before-destination-commit")
 
-    if plan.destination.keeps_loads:
-        written = plan.destination.write(batches(), load)
+    # A backfill's load is not the stream's: its cursor is not where the next run resumes.
+    if route.destination.keeps_loads and plan.backfill is None:
+        moved.records_written = route.destination.write(batches(), load)
     else:
-        written = plan.destination.write(batches())
-    cursor = load.cursor if cursor_field else None
-    return Moved(read, written, cursor, time.perf_counter() - started)
+        moved.records_written = route.destination.write(batches())
+    moved.cursor = load.cursor if cursor_field else None
 
 
 __all__ = [
     "SYNC_ACTOR",
     "Moved",
     "RunTimedOut",
+    "StreamMoved",
+    "StreamsFailed",
+    "backfilled",
     "SyncPlan",
     "failure_threshold",
     "in_daemon_thread",

@@ -19,17 +19,30 @@ from typing import Any, Literal
 from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.client.schemas.objects import StateType
 from prefect.runtime import flow_run
 from pydantic.alias_generators import to_camel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane import checks, crud, deployments, events, freshness, notify, runs, schedules
+from control_plane import (
+    checks,
+    crud,
+    deployments,
+    events,
+    freshness,
+    notify,
+    runs,
+    schedules,
+    sync,
+)
 from control_plane.audit import actor_tag, label_refused, label_run, publish_changes
+from control_plane.connectors import DEFAULT_STREAM
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import (
     Conflict,
     DeploymentMissing,
+    InvalidInput,
     NotFound,
     PreconditionFailed,
     Unavailable,
@@ -38,6 +51,7 @@ from control_plane.faults import pause_point
 from control_plane.public import state_etag, state_public
 from control_plane.sync import failure_threshold, refusal
 from models import (
+    BackfillRequest,
     Connector,
     ConnectorCreate,
     ConnectorPlan,
@@ -45,6 +59,7 @@ from models import (
     ConnectorUpdate,
     StatePublic,
     StateUpdate,
+    SyncState,
 )
 from models.base import as_utc, utcnow
 from models.connector import OnConflict
@@ -470,6 +485,48 @@ async def trigger_connector(
 
 
 @flow(
+    name="backfill-connector",
+    persist_result=False,
+    on_failure=[label_refused("backfill connector")],
+)
+async def backfill_connector(
+    connector_id: int, backfill: BackfillRequest, actor: str = UI_ACTOR
+) -> UUID:
+    """Read a window of an incremental stream again, in a sync run of the connector's
+    deployment tagged `backfill`: the stream's records whose cursor lies in the window are
+    written as its sync mode writes (appended or merged), and its cursor stays where it is."""
+    await label_run(
+        actor=actor, name=f"backfill connector {connector_id}", connector_id=connector_id
+    )
+    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+        await crud.lock_connector(session=session, connector_id=connector_id)
+        plan = await sync.plan(session=session, connector_id=connector_id)
+        sync.backfilled(plan.routes, backfill.stream)
+        connector = await crud.get_connector(session=session, connector_id=connector_id)
+        if connector.prefect_deployment_id is None:
+            raise Conflict(
+                f"connector {connector_id} has no deployment: `control-plane reconcile` makes it"
+            )
+        window = await crud.add_backfill(
+            session=session, connector_id=connector_id, request=backfill, actor=actor
+        )
+        await session.commit()
+        flow_run_id = await deployments.run_now(
+            connector.prefect_deployment_id,
+            tags=[runs.BACKFILL_TAG, runs.backfill_tag(window.id), actor_tag(actor)],
+        )
+    get_run_logger().info("connector %s: started backfill run %s", connector_id, flow_run_id)
+    events.emit(
+        events.BACKFILL_STARTED,
+        connector,
+        actor=actor,
+        flowRunId=str(flow_run_id),
+        stream=backfill.stream,
+    )
+    return flow_run_id
+
+
+@flow(
     name="cancel-connector-run",
     persist_result=False,
     on_failure=[label_refused("cancel a run of connector")],
@@ -501,10 +558,38 @@ async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
         )
         forgotten = await crud.reset_state(session=session, connector=connector)
         await session.commit()
-    # The cursor's value is the source's data: the change says when it was saved, not what.
-    saved = None if forgotten is None else f"saved {forgotten.updated_at.isoformat()}"
-    forgot = FieldChange(field="cursor", before=saved, after=None, secret_changed=False)
-    events.emit(events.RESET, connector, actor=actor, changes=await publish_changes([forgot]))
+    streams = state_public(connector, {}).streams
+    changes = _cursor_changes(forgotten, dict.fromkeys(stream.stream for stream in streams))
+    events.emit(events.RESET, connector, actor=actor, changes=await publish_changes(changes))
+
+
+async def _refuse_while_running(connector_id: int) -> None:
+    """A state set for some streams during a run would cost the run's other streams their
+    cursors (a set counts as a reset): it waits for the run."""
+    running = [
+        run for run in await runs.active_runs(connector_id) if run.state_type == StateType.RUNNING
+    ]
+    if running:
+        raise Conflict(
+            f"sync run {running[0].id} of connector {connector_id} is running: set the state of "
+            "some streams once it ended, or cancel it (POST /api/v1/connectors/"
+            f"{connector_id}/runs/{running[0].id}/cancel), or set every stream's"
+        )
+
+
+def _cursor_changes(before: list[SyncState], after: dict[str, Any]) -> list[FieldChange]:
+    """What changed in the streams' state: a cursor's value is the source's data, so its
+    change says when the one before was saved, not what it was."""
+    saved = {state.stream: f"saved {as_utc(state.updated_at).isoformat()}" for state in before}
+    return [
+        FieldChange(
+            field="cursor" if stream == DEFAULT_STREAM else f"streams.{stream}.cursor",
+            before=saved.get(stream),
+            after=cursor,
+            secret_changed=False,
+        )
+        for stream, cursor in after.items()
+    ]
 
 
 @flow(
@@ -526,24 +611,35 @@ async def set_connector_state(
     await label_run(
         actor=actor, name=f"set the state of connector {connector_id}", connector_id=connector_id
     )
-    [stream] = state.streams
+    cursors = {stream.stream: stream.cursor for stream in state.streams}
     async with write_lock(f"connector:{connector_id}"), session_scope() as session:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
         )
-        current = await crud.get_state(session=session, connector_id=connector_id)
-        if expected_etag not in (None, state_etag(state_public(current))):
+        current = state_public(
+            connector, await crud.get_states(session=session, connector_id=connector_id)
+        )
+        if expected_etag not in (None, state_etag(current)):
             raise PreconditionFailed(
                 f"the state of connector {connector_id} changed since {expected_etag} (a run "
                 "saved its cursor, or someone set it): read it again and retry with its ETag"
             )
-        replaced = await crud.set_state(session=session, connector=connector, cursor=stream.cursor)
+        known = [stream.stream for stream in current.streams]
+        if unknown := [name for name in cursors if name not in known]:
+            raise InvalidInput(
+                "streams",
+                f"connector {connector_id} moves no stream {', '.join(map(repr, unknown))}; "
+                f"its streams: {', '.join(map(repr, known))}",
+            )
+        if len(cursors) < len(known):
+            await _refuse_while_running(connector_id)
+        replaced = await crud.set_state(session=session, connector=connector, cursors=cursors)
         await session.commit()
-        public = state_public(await crud.get_state(session=session, connector_id=connector_id))
-    # The cursor a run saved is the source's data: the change says when it was saved, not what.
-    saved = None if replaced is None else f"saved {as_utc(replaced.updated_at).isoformat()}"
-    change = FieldChange(field="cursor", before=saved, after=stream.cursor, secret_changed=False)
-    events.emit(events.STATE_SET, connector, actor=actor, changes=await publish_changes([change]))
+        public = state_public(
+            connector, await crud.get_states(session=session, connector_id=connector_id)
+        )
+    changes = _cursor_changes(replaced, cursors)
+    events.emit(events.STATE_SET, connector, actor=actor, changes=await publish_changes(changes))
     return public
 
 
@@ -741,6 +837,7 @@ LIFECYCLE_FLOWS = [
         resume_connector,
         deactivate_connector,
         trigger_connector,
+        backfill_connector,
         cancel_connector_run,
         reset_connector,
         set_connector_state,
@@ -752,6 +849,7 @@ LIFECYCLE_FLOWS = [
 __all__ = [
     "LIFECYCLE_FLOWS",
     "SCHEDULE_ACTOR",
+    "backfill_connector",
     "cancel_connector_run",
     "connector_changes",
     "create_connector",

@@ -11,7 +11,7 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from sqlalchemy.exc import IntegrityError
 
-from control_plane import crud, events, sync
+from control_plane import crud, events, runs, sync
 from control_plane.db import session_scope
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.faults import pause_point
@@ -26,30 +26,62 @@ def _report(plan: sync.SyncPlan, moved: sync.Moved) -> str:
         [
             f"### Sync of connector {plan.connector_id}: {plan.connector_name}",
             "",
-            "| source | destination | records read | records written | seconds | cursor |",
-            "|---|---|---|---|---|---|",
-            f"| {plan.source_label} | {plan.destination_label} | {moved.records_read} "
-            f"| {moved.records_written} | {moved.seconds:.2f} | {moved.cursor} |",
+            f"{plan.source_label} -> {plan.destination_label}, in {moved.seconds:.2f} s",
+            "",
+            "| stream | records read | records written | cursor | error |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {s.stream} | {s.records_read} | {s.records_written} | {s.cursor} "
+                f"| {s.error or ''} |"
+                for s in moved.streams
+            ),
         ]
     )
 
 
 async def _failed(
-    connector_id: int, run_id: UUID, error: Exception, *, end: crud.RunEnd, started: bool
+    connector_id: int,
+    run_id: UUID,
+    message: str,
+    *,
+    end: crud.RunEnd,
+    started: bool,
+    moved: sync.Moved | None = None,
 ) -> None:
-    """Record the failed try in the connector's status; past its threshold, say so."""
-    message = f"{type(error).__name__}: {error}"
+    """Record the failed try in the connector's status, with the cursors of the streams it
+    committed; past its threshold, say so."""
+    figures = {}
+    if moved is not None:
+        figures = {
+            "records_read": moved.records_read,
+            "records_written": moved.records_written,
+            "cursors": moved.cursors,
+        }
     async with session_scope() as session:
         if not started:
             await crud.start_sync_run(
                 session=session, connector_id=connector_id, flow_run_id=run_id, resets=0
             )
-        await crud.finish_sync_run(session=session, flow_run_id=run_id, end=end, error=message)
+        await crud.finish_sync_run(
+            session=session, flow_run_id=run_id, end=end, error=message, **figures
+        )
         await session.commit()
         connector = await crud.get_connector(session=session, connector_id=connector_id)
         routes = await crud.notification_routes(session=session, connector=connector)
     if end == "FAILED":
         sync.tell_failed(connector, run_id, message, crashed=False, routes=routes)
+
+
+def _text(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+async def _publish_report(plan: sync.SyncPlan, moved: sync.Moved) -> None:
+    await create_markdown_artifact(
+        key=f"connector-{plan.connector_id}-sync",
+        markdown=_report(plan, moved),
+        description=f"What sync run of connector {plan.connector_id} moved",
+    )
 
 
 def _emit_synced(
@@ -95,9 +127,13 @@ async def sync_connector(connector_id: int) -> dict[str, Any] | State:
     """
     logger = get_run_logger()
     run_id = UUID(flow_run.get_id())
+    backfill_id = runs.backfill_of(flow_run.get_tags())
     try:
         async with session_scope() as session:
-            plan = await sync.plan(session=session, connector_id=connector_id)
+            backfill = None
+            if backfill_id is not None:
+                backfill = await crud.get_backfill(session=session, backfill_id=backfill_id)
+            plan = await sync.plan(session=session, connector_id=connector_id, backfill=backfill)
             await crud.start_sync_run(
                 session=session, connector_id=connector_id, flow_run_id=run_id, resets=plan.resets
             )
@@ -111,27 +147,33 @@ async def sync_connector(connector_id: int) -> dict[str, Any] | State:
         return Cancelled(message=f"connector {connector_id} was deleted as the run started")
     except InvalidInput as refused:
         # A config outside the project's reach: refused before anything was opened.
-        await _failed(connector_id, run_id, refused, end="FAILED", started=False)
+        await _failed(connector_id, run_id, _text(refused), end="FAILED", started=False)
         raise
     await _retry_as_planned(plan, run_id)
+    retry_follows = flow_run.get_run_count() <= plan.retries
+    end: crud.RunEnd = "AWAITING_RETRY" if retry_follows else "FAILED"
     try:
         async with session_scope() as session:
-            if adopted := await sync.resume(session=session, plan=plan):
+            for adopted in await sync.resume(session=session, plan=plan):
                 logger.warning(adopted)
         logger.info(
-            "moving %s -> %s, resuming after %r",
+            "moving %s -> %s: %s",
             plan.source_label,
             plan.destination_label,
-            plan.cursor,
+            ", ".join(
+                f"{route.stream} after {plan.cursors.get(route.stream)!r}" for route in plan.routes
+            ),
         )
         moved = await sync.in_daemon_thread(
             sync.move, plan, load_id=run_id, batch_size=get_settings().batch_size
         )
     except Exception as error:
-        retry_follows = flow_run.get_run_count() <= plan.retries
-        end: crud.RunEnd = "AWAITING_RETRY" if retry_follows else "FAILED"
-        await _failed(connector_id, run_id, error, end=end, started=True)
+        await _failed(connector_id, run_id, _text(error), end=end, started=True)
         raise
+    if moved.failure is not None:
+        await _failed(connector_id, run_id, moved.failure, end=end, started=True, moved=moved)
+        await _publish_report(plan, moved)
+        raise sync.StreamsFailed(moved.failure)
     await pause_point("sync-connector:after-destination-commit")
     # The cursor advances only now that the destination has the records.
     async with session_scope() as session:
@@ -141,7 +183,7 @@ async def sync_connector(connector_id: int) -> dict[str, Any] | State:
             end="COMPLETED",
             records_read=moved.records_read,
             records_written=moved.records_written,
-            cursor=moved.cursor,
+            cursors=moved.cursors,
         )
         connector, stale_since = await crud.mark_fresh(session=session, connector_id=connector_id)
         await session.commit()
@@ -151,18 +193,14 @@ async def sync_connector(connector_id: int) -> dict[str, Any] | State:
             else []
         )
     if not saved:
-        logger.warning("the connector was reset during this run: its cursor was not saved")
+        logger.warning("the connector was reset during this run: its cursors were not saved")
     if connector is not None:
         _emit_synced(connector, run_id, moved, stale_since, routes)
     await pause_point("sync-connector:after-control-commit")
-    await create_markdown_artifact(
-        key=f"connector-{connector_id}-sync",
-        markdown=_report(plan, moved),
-        description=f"What sync run of connector {connector_id} moved",
-    )
+    await _publish_report(plan, moved)
     logger.info("moved %s records in %.2f s", moved.records_written, moved.seconds)
     return {
         "recordsRead": moved.records_read,
         "recordsWritten": moved.records_written,
-        "cursor": moved.cursor,
+        "cursors": moved.cursors,
     }

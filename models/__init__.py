@@ -31,6 +31,8 @@ from models.history import HistoryEntry, HistoryPublic
 from models.plan import CatalogPlan, ConnectorPlan
 from models.schedule import ScheduledRun, SchedulePreview, SchedulePreviewRequest
 from models.sync import (
+    Backfill,
+    BackfillRequest,
     IdempotencyKey,
     RunPublic,
     RunsPublic,
@@ -41,6 +43,8 @@ from models.sync import (
 )
 
 __all__ = [
+    "Backfill",
+    "BackfillRequest",
     "CatalogPlan",
     "CheckPublic",
     "ConnectionCheck",

@@ -19,7 +19,10 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
-from sqlalchemy import DateTime
+from pydantic_core import to_jsonable_python
+from sqlalchemy import JSON, DateTime
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from control_plane.durations import MAX_PAUSE, check_staleness, minutes_if_number
@@ -114,6 +117,17 @@ Staleness = Annotated[
 
 def timestamp_field() -> datetime:
     return Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class ModelsJSON(TypeDecorator[Any]):
+    """A JSON column of models (notification routes, selected streams): written from models or
+    dicts alike, read back as dicts."""
+
+    impl = JSON
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return None if value is None else to_jsonable_python(value)
 
 
 class ApiModel(SQLModel):

@@ -13,6 +13,7 @@ from models.base import (
     MAX_INT,
     ApiModel,
     InputModel,
+    ModelsJSON,
     PauseEnd,
     Reason,
     UpdateModel,
@@ -20,7 +21,7 @@ from models.base import (
     as_utc,
     timestamp_field,
 )
-from models.notifications import Routes, RoutesJSON
+from models.notifications import Routes
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200)]
 Description = Annotated[str, StringConstraints(max_length=2000)]
@@ -52,7 +53,7 @@ class ProjectBase(ApiModel):
     )
     notifications: Routes = Field(
         default_factory=list,
-        sa_type=RoutesJSON,
+        sa_type=ModelsJSON,
         description=(
             "Which events of its connectors go to which Prefect notification block, for "
             "connectors with no routes of their own."

@@ -11,13 +11,14 @@ from sqlalchemy import JSON, DateTime, Interval, UniqueConstraint
 from sqlmodel import Field
 
 from control_plane import schedules
-from control_plane.connectors import mask_secrets
+from control_plane.connectors import MAX_STREAMS, SelectedStream, mask_secrets
 from control_plane.encryption import EncryptedJSON
 from models.base import (
     MAX_INT,
     ApiModel,
     Id,
     InputModel,
+    ModelsJSON,
     PauseEnd,
     Reason,
     Staleness,
@@ -30,7 +31,7 @@ from models.base import (
     utcnow,
 )
 from models.catalog import Description, Name, Owners, Timestamps
-from models.notifications import Routes, RoutesJSON
+from models.notifications import Routes
 
 Cron = Annotated[str, AfterValidator(check_cron)]
 Timezone = Annotated[str, AfterValidator(check_timezone)]
@@ -41,6 +42,21 @@ MAX_LABELS = 32
 Label = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/=-]{0,62}$")]
 Labels = Annotated[
     list[Label], Field(max_length=MAX_LABELS), AfterValidator(lambda labels: sorted(set(labels)))
+]
+
+
+def _distinct(streams: list[SelectedStream]) -> list[SelectedStream]:
+    for what, names in (
+        ("name", [s.name for s in streams]),
+        ("destinationName", [s.target for s in streams if s.target is not None]),
+    ):
+        if twice := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"each stream's {what} must differ: {', '.join(twice)} twice")
+    return streams
+
+
+Streams = Annotated[
+    list[SelectedStream], Field(min_length=1, max_length=MAX_STREAMS), AfterValidator(_distinct)
 ]
 # Overrides travel as control flow parameters, which Prefect stores: their JSON form (flow run
 # parameters and API answers alike) masks the secret values.
@@ -118,6 +134,14 @@ class ConnectorBase(ApiModel):
             "null: the setting's default; 0: no limit."
         ),
     )
+    streams: Streams | None = Field(
+        default=None,
+        sa_type=ModelsJSON,
+        description=(
+            "The source's streams it moves, each with its sync mode and cursor; null: the "
+            "source as configured, one stream."
+        ),
+    )
     labels: Labels = Field(
         default_factory=list,
         sa_type=JSON,
@@ -134,7 +158,7 @@ class ConnectorBase(ApiModel):
     )
     notifications: Routes | None = Field(
         default=None,
-        sa_type=RoutesJSON,
+        sa_type=ModelsJSON,
         description=(
             "Which of its events go to which Prefect notification block; null: its project's "
             "routes; []: none."
@@ -235,6 +259,7 @@ class ConnectorUpdate(UpdateModel):
             "pause_reason",
             "max_staleness",
             "notifications",
+            "streams",
         }
     )
 
@@ -248,6 +273,7 @@ class ConnectorUpdate(UpdateModel):
     is_active: bool | None = None
     source_config_override: SourceOverride | None = None
     destination_config_override: DestinationOverride | None = None
+    streams: Streams | None = None
     max_consecutive_failures: int | None = Field(default=None, ge=0, le=MAX_INT)
     retries: int | None = Field(default=None, ge=0, le=MAX_RETRIES)
     retry_delay_seconds: int | None = Field(default=None, ge=0, le=MAX_SECONDS)

@@ -10,9 +10,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, StringConstraints
 from pydantic_core import to_jsonable_python
-from sqlalchemy import JSON
-from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field
 
 from models.base import InputModel
@@ -52,16 +49,6 @@ class NotificationRoute(InputModel):
 Routes = Annotated[list[NotificationRoute], Field(max_length=MAX_ROUTES)]
 
 
-class RoutesJSON(TypeDecorator[Any]):
-    """A JSON column of routes: written from models or dicts alike, read back as dicts."""
-
-    impl = JSON
-    cache_ok = True
-
-    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
-        return None if value is None else to_jsonable_python(value)
-
-
 def effective(own: Any, project_routes: Any) -> list[dict[str, Any]]:
     """A connector's routes: its own, or its project's while it has none (null)."""
     return to_jsonable_python(own if own is not None else project_routes or [])
@@ -78,7 +65,6 @@ __all__ = [
     "NotificationRoute",
     "NotifyEvent",
     "Routes",
-    "RoutesJSON",
     "effective",
     "hears",
 ]

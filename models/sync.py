@@ -1,13 +1,14 @@
 """What sync runs leave behind: each connector's incremental state, and each run's figures."""
 
 from datetime import datetime
-from typing import Any, Literal
-from uuid import UUID
+from typing import Any, Self
+from uuid import UUID, uuid4
 
+from pydantic import model_validator
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer
 from sqlmodel import Field, SQLModel
 
-from control_plane.connectors import DEFAULT_STREAM
+from control_plane.connectors import DEFAULT_STREAM, MAX_STREAMS
 from models.base import ApiModel, InputModel, UtcDatetime, timestamp_field
 
 
@@ -21,10 +22,11 @@ def _connector_key(**kwargs: Any) -> Any:
 
 
 class SyncState(SQLModel, table=True):
-    """Where a connector's next incremental read resumes."""
+    """Where the next incremental read of a connector's stream resumes."""
 
     __tablename__ = "sync_state"
     connector_id: int = _connector_key(primary_key=True)
+    stream: str = Field(default=DEFAULT_STREAM, primary_key=True, max_length=255)
     cursor: Any | None = Field(default=None, sa_type=JSON)
     load_id: UUID | None = None  # the run whose load the cursor follows
     updated_at: datetime = timestamp_field()
@@ -38,12 +40,56 @@ class SyncRun(SQLModel, table=True):
     connector_id: int = _connector_key(index=True)
     records_read: int = 0
     records_written: int = 0
-    cursor: Any | None = Field(default=None, sa_type=JSON)
+    cursors: dict[str, Any] | None = Field(default=None, sa_type=JSON)  # by stream
     error: str | None = None
     # The connector's resets when the run started: a reset since, and its cursor is not saved.
     resets: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     started_at: datetime = timestamp_field()
     ended_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class Backfill(SQLModel, table=True):
+    """A window of one stream to read again, by the sync run tagged `backfill:<id>`: its
+    records whose cursor field lies between `start` and `end`, both included."""
+
+    __tablename__ = "backfill"
+    id: UUID = Field(default_factory=uuid4, primary_key=True)
+    connector_id: int = _connector_key(index=True)
+    stream: str = Field(max_length=255)
+    start: Any = Field(sa_type=JSON)
+    end: Any = Field(sa_type=JSON)
+    actor: str = Field(max_length=200)
+    created_at: datetime = timestamp_field()
+
+
+class BackfillRequest(InputModel):
+    stream: str = Field(
+        default=DEFAULT_STREAM,
+        min_length=1,
+        max_length=255,
+        description="The incremental stream to read again; `default` without selected streams.",
+    )
+    start: Any = Field(
+        alias="from",
+        description="The first cursor value of the window, as the state shows cursors.",
+        schema_extra={"examples": ["2026-01-01T00:00:00+00:00"]},
+    )
+    end: Any = Field(
+        alias="to",
+        description="The last cursor value of the window, included.",
+        schema_extra={"examples": ["2026-02-01T00:00:00+00:00"]},
+    )
+
+    @model_validator(mode="after")
+    def _a_window(self) -> Self:
+        if self.start is None or self.end is None:
+            raise ValueError("give both ends of the window, from and to: cursor values")
+        ends = self.start, self.end
+        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in ends)
+        texts = all(isinstance(v, str) for v in ends)
+        if (numbers or texts) and self.start > self.end:
+            raise ValueError(f"from ({self.start!r}) comes after to ({self.end!r}): swap them")
+        return self
 
 
 class RunPublic(ApiModel):
@@ -66,7 +112,9 @@ class RunsPublic(ApiModel):
 
 
 class StreamState(ApiModel):
-    stream: str = Field(description=f"The stream's name: `{DEFAULT_STREAM}`, a connector's one.")
+    stream: str = Field(
+        description=f"A stream the connector selected; `{DEFAULT_STREAM}` when it selects none."
+    )
     cursor: Any | None = Field(
         default=None,
         description=(
@@ -84,14 +132,14 @@ class StatePublic(ApiModel):
 
 
 class StreamStateUpdate(InputModel):
-    stream: Literal["default"] = Field(description="The stream whose cursor to set.")
+    stream: str = Field(min_length=1, max_length=255, description="The stream whose cursor to set.")
     cursor: Any | None = Field(
         description="Where its next incremental read resumes; null: from the start (a reset)."
     )
 
 
 class StateUpdate(InputModel):
-    streams: list[StreamStateUpdate] = Field(min_length=1, max_length=1)
+    streams: list[StreamStateUpdate] = Field(min_length=1, max_length=MAX_STREAMS)
 
 
 class IdempotencyKey(SQLModel, table=True):

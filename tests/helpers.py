@@ -41,6 +41,7 @@ CONTROL_FLOWS = [
     "resume-connector",
     "deactivate-connector",
     "trigger-connector",
+    "backfill-connector",
     "cancel-connector-run",
     "reset-connector",
     "set-connector-state",

@@ -820,7 +820,7 @@ class TestChecks:
 
         assert steps["authenticate"].status == "passed"
         assert steps["read"].status == "failed"
-        assert 'relation "no_such_table" does not exist' in steps["read"].message
+        assert "has no table or view 'no_such_table'" in steps["read"].message
 
     def test_an_unknown_user_fails_to_authenticate(self, postgres_url: str, scope: Scope) -> None:
         url = make_url(postgres_url).set(username=f"nobody_{_suffix()}", password="pw")

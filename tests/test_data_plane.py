@@ -239,7 +239,162 @@ class TestIncrementalSql:
         )
 
         assert response.status_code == 422
-        assert response.json()["detail"][0]["loc"] == ["body", "streams", 0, "stream"]
+        [problem] = response.json()["detail"]
+        assert problem["loc"] == ["body", "streams"]
+        assert problem["msg"].endswith("moves no stream 'orders'; its streams: 'default'")
+
+
+class TestStreams:
+    def test_two_tables_keep_their_own_cursors_and_a_dropped_one_is_reported(
+        self, api, prefect, project, warehouse
+    ):
+        orders, customers = (
+            unique("orders").replace("-", "_"),
+            unique("customers").replace("-", "_"),
+        )
+        _query(warehouse, f"CREATE TABLE {orders} (id INTEGER PRIMARY KEY, v TEXT, secret TEXT)")
+        _query(
+            warehouse, f"INSERT INTO {orders} VALUES (1, 'a', 's'), (2, 'b', 's'), (3, 'c', 's')"
+        )
+        _query(warehouse, f"CREATE TABLE {customers} (id INTEGER PRIMARY KEY, name TEXT)")
+        _query(warehouse, f"INSERT INTO {customers} VALUES (1, 'ann'), (2, 'bob')")
+        streams = [
+            {
+                "name": orders,
+                "syncMode": "incremental",
+                "cursorField": "id",
+                "columns": ["id", "v"],
+                "destinationName": f"{orders}_copy",
+            },
+            {"name": customers, "syncMode": "full_refresh", "destinationName": f"{customers}_copy"},
+        ]
+        connector = _connector(
+            api,
+            project,
+            {"type": "sql", "config": {"url": warehouse.url, "table": orders}},
+            {"type": "sql", "config": {"url": warehouse.url, "table": "unused"}},
+            streams=streams,
+        )
+        assert connector["streams"][1]["syncMode"] == "full_refresh"
+        path = f"/connectors/{connector['id']}"
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        _query(warehouse, f"INSERT INTO {orders} VALUES (4, 'd', 's'), (5, 'e', 's')")
+        _query(warehouse, f"INSERT INTO {customers} VALUES (3, 'cy')")
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+
+        assert api.get(f"{path}/runs", params={"limit": 1}).json()["data"][0]["recordsRead"] == 5
+        assert _query(warehouse, f"SELECT * FROM {orders}_copy ORDER BY id") == [
+            (1, "a"),
+            (2, "b"),
+            (3, "c"),
+            (4, "d"),
+            (5, "e"),
+        ]
+        assert _query(warehouse, f"SELECT count(*) FROM {customers}_copy") == [(3,)]
+        state = api.get(f"{path}/state").json()["streams"]
+        assert [(s["stream"], s["cursor"]) for s in state] == [(orders, 5), (customers, None)]
+
+        _query(warehouse, f"DROP TABLE {customers}")
+        _query(warehouse, f"INSERT INTO {orders} VALUES (6, 'f', 's')")
+        failed = trigger_and_wait(api, prefect, connector["id"])
+        assert failed.state.is_failed()
+        assert f"1 of 2 streams failed, the others were loaded: stream '{customers}'" in (
+            failed.state.message
+        )
+        assert "dropped or renamed" in failed.state.message
+        assert _query(warehouse, f"SELECT max(id) FROM {orders}_copy") == [(6,)]
+        assert api.get(f"{path}/state").json()["streams"][0]["cursor"] == 6
+
+    def test_a_selection_its_types_cannot_move_is_a_422_naming_the_stream(
+        self, api, project, warehouse
+    ):
+        query = {"url": warehouse.url, "query": "SELECT 1 AS id"}
+        connector = _connector(
+            api,
+            project,
+            {"type": "sql", "config": query},
+            {"type": "jsonl", "config": {"path": "out.jsonl"}},
+        )
+        incremental = {"syncMode": "incremental", "cursorField": "id"}
+        refused = {
+            "a sql source of a query holds one stream": [{"name": "orders", **incremental}],
+            "a jsonl destination appends": [{"name": "default"}],
+            "syncMode incremental needs cursorField": [
+                {"name": "default", "syncMode": "incremental"}
+            ],
+            "destinationName must differ: x twice": [
+                {"name": "a", "destinationName": "x", **incremental},
+                {"name": "b", "destinationName": "x", **incremental},
+            ],
+        }
+        path = f"/connectors/{connector['id']}"
+        for message, streams in refused.items():
+            response = api.patch(path, json={"streams": streams})
+            assert response.status_code == 422, response.text
+            assert message in response.text
+            assert "streams" in response.json()["detail"][0]["loc"]
+        assert api.get(path).json() == connector
+
+        chosen = [{"name": "default", **incremental}]
+        assert api.patch(path, json={"streams": chosen}).json()["streams"] == [
+            {**chosen[0], "primaryKey": [], "columns": None, "destinationName": None}
+        ]
+
+
+class TestBackfill:
+    def test_a_window_is_read_again_and_the_cursor_stays(self, api, prefect, project, warehouse):
+        source_table = unique("late").replace("-", "_")
+        target_table = unique("late_copy").replace("-", "_")
+        _query(warehouse, f"CREATE TABLE {source_table} (id INTEGER PRIMARY KEY, v TEXT)")
+        _query(warehouse, f"INSERT INTO {source_table} VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        connector = _connector(
+            api,
+            project,
+            {
+                "type": "sql",
+                "config": {"url": warehouse.url, "table": source_table, "cursorField": "id"},
+            },
+            {
+                "type": "sql",
+                "config": {
+                    "url": warehouse.url,
+                    "table": target_table,
+                    "mode": "merge",
+                    "primaryKey": ["id"],
+                },
+            },
+        )
+        path = f"/connectors/{connector['id']}"
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        # A late correction the cursor cannot see, and a new row for the next run.
+        _query(warehouse, f"UPDATE {source_table} SET v = 'B' WHERE id = 2")
+        _query(warehouse, f"INSERT INTO {source_table} VALUES (4, 'd')")
+
+        for body, message in [
+            ({"from": 3, "to": 1}, "from (3) comes after to (1): swap them"),
+            ({"stream": "nope", "from": 1, "to": 2}, "the connector moves no stream 'nope'"),
+        ]:
+            refused = api.post(f"{path}/backfill", json=body)
+            assert refused.status_code == 422, refused.text
+            assert message in refused.text
+        started = api.post(f"{path}/backfill", json={"from": 1, "to": 2})
+        assert started.status_code == 200, started.text
+        assert wait_final(prefect, started.json()["flowRunId"]).state.is_completed()
+
+        assert _query(warehouse, f"SELECT id, v FROM {target_table} ORDER BY id") == [
+            (1, "a"),
+            (2, "B"),
+            (3, "c"),
+        ]
+        assert api.get(f"{path}/state").json()["streams"][0]["cursor"] == 3
+        [run] = [r for r in api.get(f"{path}/runs").json()["data"] if r["trigger"] == "backfill"]
+        assert (run["flowRunId"], run["recordsRead"]) == (started.json()["flowRunId"], 2)
+        history = api.get(f"{path}/history").json()["data"]
+        assert [e["action"] for e in history].count("backfill-connector") == 2
+
+        assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()
+        assert api.get(f"{path}/runs", params={"limit": 1}).json()["data"][0]["recordsRead"] == 1
+        assert api.get(f"{path}/state").json()["streams"][0]["cursor"] == 4
 
 
 @POSTGRESQL_ONLY

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from control_plane.connectors._urls import MASK, mask_url, origin, secrets_of, with_secrets
@@ -67,6 +67,84 @@ class TypeConfig(BaseModel):
         extra="forbid",
         field_title_generator=field_title,
     )
+
+
+# How a selected stream is read and written: in full, replacing what the destination holds;
+# after its cursor, appended; after its cursor when it has one, merged on its primary key.
+SyncMode = Literal["full_refresh", "incremental", "merge"]
+# The most streams a connector selects, and a discovery lists.
+MAX_STREAMS = 1000
+_NAME = Field(min_length=1, max_length=255)
+
+
+class SelectedStream(TypeConfig):
+    """A stream a connector moves, and how."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=255,
+        description=(
+            "The stream as `GET /defined-sources/{id}/streams` lists it: `namespace.name`, or "
+            f"`name` alone; `{DEFAULT_STREAM}` is the source as configured."
+        ),
+    )
+    sync_mode: SyncMode = Field(
+        default="full_refresh",
+        description=(
+            "full_refresh: read it all and replace what the destination holds; incremental: "
+            "read after the cursor and append; merge: read after the cursor (with a "
+            "cursorField) and merge on primaryKey."
+        ),
+    )
+    cursor_field: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="The field that only grows; runs resume after its last value.",
+    )
+    primary_key: list[Annotated[str, _NAME]] = Field(
+        default_factory=list, max_length=32, description="The fields to merge on (merge)."
+    )
+    columns: list[Annotated[str, _NAME]] | None = Field(
+        default=None,
+        max_length=MAX_STREAMS,
+        description="Only these fields are moved; null: every field.",
+    )
+    destination_name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description=(
+            "The table (sql) or file name (jsonl) it is written to; by default its name "
+            "without namespace."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _fits_its_mode(self) -> Self:
+        if self.sync_mode == "incremental" and self.cursor_field is None:
+            raise ValueError(f"stream {self.name!r}: syncMode incremental needs cursorField")
+        if self.sync_mode == "merge" and not self.primary_key:
+            raise ValueError(f"stream {self.name!r}: syncMode merge needs primaryKey")
+        if self.sync_mode == "full_refresh" and self.cursor_field is not None:
+            raise ValueError(
+                f"stream {self.name!r}: syncMode full_refresh reads everything; leave "
+                "cursorField out, or choose incremental"
+            )
+        needed = [f for f in [self.cursor_field, *self.primary_key] if f is not None]
+        if self.columns is not None and (missing := [f for f in needed if f not in self.columns]):
+            raise ValueError(
+                f"stream {self.name!r}: columns must include {', '.join(missing)} "
+                "(its cursorField and primaryKey)"
+            )
+        return self
+
+    @property
+    def target(self) -> str | None:
+        """What the destination calls it; None: the destination's configured target."""
+        if self.destination_name is not None:
+            return self.destination_name
+        return None if self.name == DEFAULT_STREAM else self.name.rpartition(".")[2]
 
 
 # A record's values are Python's: a source that knows their types keeps them (datetime,
@@ -124,6 +202,11 @@ class ConnectorType(ABC):
         """The type built from a raw config, validated within `scope`."""
         return cls(cls.Config.model_validate(config, context=scope), scope)
 
+    def with_config(self, **changes: Any) -> Any:
+        """The same type with some of its config's values changed: values that name nothing
+        outside what the scope checked (a table in the same database, a cursor field)."""
+        return type(self)(self.config.model_copy(update=changes), self.scope)
+
     def check_steps(self) -> list[CheckStep]:
         """The steps of a connection check after `resolve`, in order: connect, authenticate,
         then read or write, those that apply to the type. None by default."""
@@ -132,6 +215,8 @@ class ConnectorType(ABC):
 
 class Source(ConnectorType):
     kind = "source"
+    # A source that reads a window of its cursor field (`read_window`) can be backfilled.
+    reads_windows: ClassVar[bool] = False
 
     @property
     def cursor_field(self) -> str | None:
@@ -152,6 +237,27 @@ class Source(ConnectorType):
             shown += f" and {len(fields) - _MAX_FIELDS_SHOWN} more"
         return f"read a record with the fields {shown}"
 
+    def stream(self, selected: SelectedStream) -> "Source":
+        """This source reading one stream a connector selected, with its cursor field.
+
+        By default a source holds one stream, `default`, and reads after a cursor only if its
+        config has a `cursorField`. Raises InvalidInput for a stream it cannot read so.
+        """
+        if selected.name != DEFAULT_STREAM:
+            raise InvalidInput(
+                "streams",
+                f"a {self.name} source holds one stream, {DEFAULT_STREAM!r}, not {selected.name!r}",
+            )
+        if "cursor_field" not in type(self.config).model_fields:
+            if selected.cursor_field is not None:
+                raise InvalidInput(
+                    "streams",
+                    f"a {self.name} source reads in full: give stream {selected.name!r} syncMode "
+                    "full_refresh, or merge without cursorField",
+                )
+            return self
+        return self.with_config(cursor_field=selected.cursor_field)
+
     def discover(self) -> list[Stream]:
         """The streams the source holds, with their records' JSON schema. By default one,
         `default`, as its first `SAMPLE_SIZE` records show it."""
@@ -165,6 +271,12 @@ class Source(ConnectorType):
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
+
+    def read_window(self, *, start: Any, end: Any, batch_size: int) -> Iterator[Batch]:
+        """Yield the records whose cursor field lies between `start` and `end` (JSON values,
+        both included), in ascending order of it, in batches: a backfill's read. Only for types
+        that say `reads_windows`."""
+        raise NotImplementedError
 
     @abstractmethod
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
@@ -199,6 +311,14 @@ class Destination(ConnectorType):
         reads its whole source; False by default."""
         return False
 
+    def stream(self, selected: SelectedStream) -> "Destination":
+        """This destination writing one stream a connector selected, in its sync mode. By
+        default refused: the destination writes one stream, as configured."""
+        raise InvalidInput(
+            "streams",
+            f"a {self.name} destination writes one stream as configured: leave streams out",
+        )
+
     @abstractmethod
     def write(self, batches: Iterable[Batch], load: Load | None = None) -> int:
         """Write every batch, as one unit where the destination allows, and with `load`, record
@@ -209,6 +329,30 @@ class Destination(ConnectorType):
         """The last load the destination committed for `stream`; None when it has none, or keeps
         no load state (then a crash between its commit and the run's is at-least-once)."""
         return None
+
+
+@dataclass
+class Route:
+    """One stream's way from a connector's source to its destination."""
+
+    stream: str
+    source: Source
+    destination: Destination
+    columns: list[str] | None = None  # None: every field
+
+
+def routes(
+    source: Source, destination: Destination, streams: list[SelectedStream] | None
+) -> list[Route]:
+    """The streams a connector moves: those it selected, each read and written in its sync
+    mode; without a selection, the source's one stream as configured. Raises InvalidInput for
+    a stream that its source or destination cannot move so."""
+    if streams is None:
+        return [Route(DEFAULT_STREAM, source, destination)]
+    return [
+        Route(stream.name, source.stream(stream), destination.stream(stream), stream.columns)
+        for stream in streams
+    ]
 
 
 @lru_cache

@@ -23,13 +23,16 @@ from control_plane.connectors import (
     Destination,
     Load,
     Record,
+    SelectedStream,
     Source,
     SourcePath,
     TargetPath,
     TypeConfig,
     json_value,
+    validate_config,
 )
 from control_plane.connectors._batching import batched
+from control_plane.errors import InvalidInput
 from control_plane.policy import Scope, is_glob
 
 # A symlink as the last part of a path is never followed: the path was checked as it resolved.
@@ -184,6 +187,23 @@ class JsonlDestination(Destination):
 
     def check_steps(self) -> list[CheckStep]:
         return [("write", self._writable)]
+
+    def stream(self, selected: SelectedStream) -> Destination:
+        """Appended to a file of its own beside the configured one, `<destinationName>.jsonl`
+        (by default the stream's name); `default` to the configured file. A file is appended
+        to: incremental only."""
+        if selected.sync_mode != "incremental":
+            raise InvalidInput(
+                "streams",
+                f"a jsonl destination appends: give stream {selected.name!r} syncMode incremental",
+            )
+        if selected.target is None:
+            return self
+        path = str(Path(self.config.path).parent / f"{selected.target}.jsonl")
+        config = validate_config(
+            "destination", self.name, {"path": path}, field="streams", scope=self.scope
+        )
+        return type(self)(config, self.scope)
 
     def _writable(self) -> str:
         """Whether a run may append to the file, or create it (and the folders it lies in)."""

@@ -59,12 +59,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.types import NullType, TypeEngine
 
 from control_plane.connectors import (
+    DEFAULT_STREAM,
+    MAX_STREAMS,
     Batch,
     CheckStep,
     DatabaseUrl,
     Destination,
     Load,
     Record,
+    SelectedStream,
     Source,
     Stream,
     TypeConfig,
@@ -76,6 +79,7 @@ from control_plane.connectors.discovery import (
     property_schema,
     record_schema,
 )
+from control_plane.errors import InvalidInput
 from control_plane.policy import POSTGRES_PORT, Scope
 
 # The column type a value asks for. The first match wins: bool before int (a bool is an int),
@@ -106,6 +110,8 @@ _HOLDS: dict[type, tuple[type, ...]] = {
 }
 
 _UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+# How a destination writes a stream, by its sync mode.
+_MODES = {"full_refresh": "replace", "incremental": "append", "merge": "merge"}
 
 # A batch with the table it goes to and its fields, and the columns to add before it is written.
 _Checked = tuple[tuple[Table, list[str]], Batch, list[Column[Any]]]
@@ -123,8 +129,6 @@ _PRIVILEGES = {"append": ["INSERT"], "replace": ["INSERT", "DELETE"], "merge": [
 _CONNECT_SECONDS = 10
 # The schemas of PostgreSQL's own catalog, which no stream comes from.
 _SYSTEM_SCHEMAS = {"information_schema", "pg_catalog", "pg_toast"}
-# The most streams a discovery lists.
-MAX_STREAMS = 1000
 
 
 def _no_attach(action: int, *_: Any) -> int:
@@ -225,6 +229,7 @@ def _records(keys: list[str], rows: Iterable[Sequence[Any]]) -> Batch:
 
 class SqlSource(Source):
     name = "sql"
+    reads_windows = True
 
     class Config(TypeConfig):
         url: DatabaseUrl = url_field(
@@ -255,6 +260,19 @@ class SqlSource(Source):
         steps = _database_steps(self.scope, self.config.url, creates=False)
         return [*steps, *super().check_steps()]
 
+    def stream(self, selected: SelectedStream) -> Source:
+        """The table or view `selected` names in this database (`default`: the configured
+        table or query), read after its cursor field."""
+        if selected.name == DEFAULT_STREAM:
+            return self.with_config(cursor_field=selected.cursor_field)
+        if self.config.query is not None:
+            raise InvalidInput(
+                "streams",
+                f"a sql source of a query holds one stream, {DEFAULT_STREAM!r}: give it a table "
+                "instead of the query to select the database's tables",
+            )
+        return self.with_config(table=selected.name, cursor_field=selected.cursor_field)
+
     def discover(self) -> list[Stream]:
         """The database's tables and views, each a stream with its columns' types, primary key
         and cursor candidates, from its catalog; a source of a `query` is one stream, as a
@@ -279,8 +297,15 @@ class SqlSource(Source):
 
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
         """The rows, streamed from a server-side cursor, with the driver's Python values."""
+        return self._rows(self._select(after=cursor), batch_size)
+
+    def read_window(self, *, start: Any, end: Any, batch_size: int) -> Iterator[Batch]:
+        return self._rows(self._select(window=(start, end)), batch_size)
+
+    def _rows(self, statement: Executable, batch_size: int) -> Iterator[Batch]:
         with _engine(self.scope, self.config.url) as engine, engine.connect() as connection:
-            statement = self._select(cursor)
+            if self.config.table is not None:
+                _require_table(connection, self.config.table)
             if connection.dialect.name == "postgresql":
                 # Fetched straight from psycopg, a batch per FETCH: twice as fast as SQLAlchemy's
                 # streaming, which buffers the rows one by one and wraps each in a Row.
@@ -300,7 +325,10 @@ class SqlSource(Source):
             for rows in result.partitions(batch_size):
                 yield _records(keys, rows)
 
-    def _select(self, cursor: Any | None) -> Executable:
+    def _select(
+        self, *, after: Any | None = None, window: tuple[Any, Any] | None = None
+    ) -> Executable:
+        """The rows after the cursor `after`, or within the `window` of cursor values."""
         config = self.config
         if config.table is not None:
             schema, name = _schema_and_name(config.table)
@@ -314,11 +342,27 @@ class SqlSource(Source):
         if config.cursor_field is None:
             return statement
         field = column(config.cursor_field)
-        if cursor is not None:
-            # Untyped on purpose: SQLAlchemy would cast a str to VARCHAR, while psycopg sends it
-            # as "unknown" and PostgreSQL reads it as the column's type (an ISO timestamp, say).
-            statement = statement.where(field > bindparam("cursor", cursor, type_=NullType()))
+        # Untyped on purpose: SQLAlchemy would cast a str to VARCHAR, while psycopg sends it as
+        # "unknown" and PostgreSQL reads it as the column's type (an ISO timestamp, say).
+        if after is not None:
+            statement = statement.where(field > bindparam("cursor", after, type_=NullType()))
+        if window is not None:
+            start, end = window
+            statement = statement.where(
+                field >= bindparam("start", start, type_=NullType()),
+                field <= bindparam("end", end, type_=NullType()),
+            )
         return statement.order_by(field)
+
+
+def _require_table(connection: Connection, qualified: str) -> None:
+    """A table or view that is gone is named as such, rather than by the driver's error."""
+    schema, name = _schema_and_name(qualified)
+    if not inspect(connection).has_table(name, schema=schema):  # views count too
+        raise LookupError(
+            f"the source database has no table or view {qualified!r}: it was dropped or "
+            "renamed; see what it holds now with GET /defined-sources/{id}/streams"
+        )
 
 
 class SqlDestination(Destination):
@@ -358,6 +402,19 @@ class SqlDestination(Destination):
     def check_steps(self) -> list[CheckStep]:
         steps = _database_steps(self.scope, self.config.url, creates=True)
         return [*steps, ("write", self._writable)]
+
+    def stream(self, selected: SelectedStream) -> Destination:
+        """Into a table of its own, `destinationName` (by default the stream's name), in the
+        configured table's schema unless it names its own; `default` into the configured table.
+        Its sync mode decides how: replace, append or merge."""
+        table = self.config.table
+        if selected.target is not None:
+            schema, _ = _schema_and_name(table)
+            qualified = "." in selected.target or schema is None
+            table = selected.target if qualified else f"{schema}.{selected.target}"
+        return self.with_config(
+            table=table, mode=_MODES[selected.sync_mode], primary_key=selected.primary_key
+        )
 
     def _writable(self) -> str:
         """Whether a run may write: in a transaction rolled back, create a table where the

@@ -26,6 +26,7 @@ from control_plane.schedules import MAX_PREVIEW, PREVIEW_COUNT
 from flows.bulk import bulk_connector_action
 from flows.lifecycle import (
     LIFECYCLE_FLOWS,
+    backfill_connector,
     cancel_connector_run,
     create_connector,
     delete_connector,
@@ -36,6 +37,7 @@ from flows.lifecycle import (
     update_connector,
 )
 from models import (
+    BackfillRequest,
     ConnectorCreate,
     ConnectorPlan,
     ConnectorPublic,
@@ -235,6 +237,26 @@ async def trigger(
     return await idempotency.run(start, body=request.model_dump(), status_code=status.HTTP_200_OK)
 
 
+@router.post("/{connector_id}/backfill", response_model=TriggerResult, dependencies=[NoDryRun])
+async def backfill(
+    connector: ConnectorDep,
+    caller: CallerDep,
+    idempotency: IdempotencyDep,
+    request: BackfillRequest,
+):
+    """Read a window of an incremental stream again (a `backfill-connector` run, then a sync
+    run tagged `backfill`), leaving its cursor where it is."""
+
+    async def start() -> TriggerResult:
+        flow_run_id = await backfill_connector(
+            connector_id=connector.id, backfill=request, actor=caller.actor
+        )
+        return TriggerResult(result="Backfill started", flow_run_id=flow_run_id)
+
+    body = request.model_dump(mode="json", by_alias=True)
+    return await idempotency.run(start, body=body, status_code=status.HTTP_200_OK)
+
+
 @router.post("/{connector_id}/check", response_model=CheckPublic, dependencies=[NoDryRun])
 async def check(connector: ConnectorDep, caller: CallerDep):
     """Check the connector's source and destination as its runs see them (resolve, connect,
@@ -350,7 +372,8 @@ async def reset(connector: ConnectorDep, caller: CallerDep) -> None:
 @router.get("/{connector_id}/state", response_model=StatePublic)
 async def read_state(connector: ConnectorDep, session: SessionDep, response: Response):
     """Where each stream's next incremental read resumes; its ETag goes with a PUT's If-Match."""
-    state = state_public(await crud.get_state(session=session, connector_id=connector.id))
+    states = await crud.get_states(session=session, connector_id=connector.id)
+    state = state_public(connector, states)
     response.headers["ETag"] = state_etag(state)
     return state
 
