@@ -11,7 +11,7 @@ $(VENV)/.runtime: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime pyproject.toml
-	$(PYTHON) -m pip install --quiet -e '.[test]'
+	$(PYTHON) -m pip install --quiet -e '.[test,dlt]'
 	touch $@
 
 up: $(VENV)/.runtime

@@ -180,7 +180,7 @@ def _table_stream(inspector: Any, schema: str | None, name: str) -> Stream:
     )
 
 
-def _database_steps(scope: Scope, url: str, *, creates: bool) -> list[CheckStep]:
+def database_steps(scope: Scope, url: str, *, creates: bool) -> list[CheckStep]:
     """A check's connect and authenticate steps for the database `url` names; a SQLite file
     that a run `creates` need not exist yet, and has no login."""
     checked = scope.database(url)
@@ -257,7 +257,7 @@ class SqlSource(Source):
         return self.config.cursor_field
 
     def check_steps(self) -> list[CheckStep]:
-        steps = _database_steps(self.scope, self.config.url, creates=False)
+        steps = database_steps(self.scope, self.config.url, creates=False)
         return [*steps, *super().check_steps()]
 
     def stream(self, selected: SelectedStream) -> Source:
@@ -400,7 +400,7 @@ class SqlDestination(Destination):
         return self.config.mode == "replace"
 
     def check_steps(self) -> list[CheckStep]:
-        steps = _database_steps(self.scope, self.config.url, creates=True)
+        steps = database_steps(self.scope, self.config.url, creates=True)
         return [*steps, ("write", self._writable)]
 
     def stream(self, selected: SelectedStream) -> Destination:
