@@ -391,14 +391,19 @@ def _move_stream(
         read = route.source.read(cursor=after, batch_size=batch_size)
     columns = route.columns
 
+    largest = None
+
     def batches() -> Iterator[Batch]:
+        nonlocal largest
         for number, batch in enumerate(read):
             _in_time(deadline, plan.timeout_seconds)
             moved.records_read += len(batch)
             if cursor_field:
-                # Sources read in ascending cursor order: the last value is the largest.
+                # The largest value read: a database reads in its order, an API in its own.
                 values = [r[cursor_field] for r in batch if r.get(cursor_field) is not None]
-                load.cursor = json_value(values[-1]) if values else load.cursor
+                if values:
+                    largest = max(values) if largest is None else max(largest, *values)
+                    load.cursor = json_value(largest)
             if columns is not None:
                 batch = [{name: r[name] for name in columns if name in r} for r in batch]
             yield batch

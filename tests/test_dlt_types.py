@@ -1,10 +1,13 @@
 """The dlt destination type against real DuckDB files, Parquet files and PostgreSQL, and
 through a real sync run."""
 
+import json
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +17,18 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
 from control_plane.connectors import Load, SelectedStream
-from control_plane.connectors.dlt_types import DltDestination
+from control_plane.connectors.dlt_types import DltDestination, RestApiSource
+from control_plane.errors import InvalidInput
 from control_plane.policy import Allowed, Scope
-from tests.conftest import fresh_postgres
+from tests.conftest import PUBLIC_TEST_HOST, fresh_postgres
 from tests.helpers import POSTGRESQL_ONLY, created, execute, trigger_and_wait, unique
+from tests.stack import free_port
 
 
 @pytest.fixture
 def scope(tmp_path: Path) -> Scope:
-    return Scope(folders=(tmp_path,), allowed=(Allowed.parse("127.0.0.1:5432"),))
+    allowed = (Allowed.parse("127.0.0.1"), Allowed.parse(PUBLIC_TEST_HOST))
+    return Scope(folders=(tmp_path,), allowed=allowed)
 
 
 def _destination(scope: Scope, **config: Any) -> DltDestination:
@@ -112,6 +118,111 @@ class TestPostgres:
                 (2, Decimal("5.00")),
             ]
             assert destination.last_load("connector:1") == load
+
+
+class _Api(BaseHTTPRequestHandler):
+    """Pages of `/orders` (the first names its next page on the other address, 127.0.0.1)
+    and one page of `/customers`; records who sent which Authorization where."""
+
+    seen: list[tuple[str, str, str | None]] = []
+
+    def do_GET(self) -> None:
+        host = self.headers["Host"].split(":")[0]
+        self.seen.append((host, self.path, self.headers.get("Authorization")))
+        port = self.server.server_address[1]
+        if self.path.startswith("/orders") and "page=2" not in self.path:
+            body = {
+                "data": [{"id": 2, "at": "b"}, {"id": 1, "at": "a"}],
+                "next": f"http://127.0.0.1:{port}/orders?page=2",
+            }
+        elif self.path.startswith("/orders"):
+            body = {"data": [{"id": 3, "at": "c"}], "next": None}
+        else:
+            body = {"data": [{"name": "ann"}], "next": None}
+        content = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+
+@pytest.fixture(scope="module")
+def api_server() -> Iterator[str]:
+    """The API above on both 127.0.0.1 and the test's public host, one port."""
+    server = ThreadingHTTPServer(("0.0.0.0", free_port()), _Api)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://{PUBLIC_TEST_HOST}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def _rest_api(scope: Scope, base_url: str) -> RestApiSource:
+    resource = {"dataSelector": "data", "paginator": "json_link", "nextUrlPath": "next"}
+    config = {
+        "baseUrl": base_url,
+        "headers": {"Authorization": "Bearer secret-token"},
+        "resources": [
+            {
+                "name": "orders",
+                "path": "orders",
+                "cursorField": "id",
+                "cursorParam": "since",
+                **resource,
+            },
+            {"name": "customers", "path": "customers", **resource},
+        ],
+    }
+    return RestApiSource.configured(config, scope)  # type: ignore[return-value]
+
+
+class TestRestApi:
+    def test_pages_are_read_and_credentials_stay_with_their_origin(
+        self, api_server: str, scope: Scope
+    ) -> None:
+        _Api.seen.clear()
+        source = _rest_api(scope, api_server)
+
+        records = [r for batch in source.read(cursor=None, batch_size=2) for r in batch]
+        assert records == [{"id": 2, "at": "b"}, {"id": 1, "at": "a"}, {"id": 3, "at": "c"}]
+        assert _Api.seen == [
+            (PUBLIC_TEST_HOST, "/orders", "Bearer secret-token"),
+            ("127.0.0.1", "/orders?page=2", None),
+        ]
+
+        _Api.seen.clear()
+        after = [r for batch in source.read(cursor=1, batch_size=10) for r in batch]
+        assert after == [{"id": 2, "at": "b"}, {"id": 3, "at": "c"}]
+        assert _Api.seen[0][1] == "/orders?since=1"
+
+    def test_each_resource_is_a_stream(self, api_server: str, scope: Scope) -> None:
+        source = _rest_api(scope, api_server)
+        customers = source.stream(SelectedStream(name="customers"))
+        assert [r for batch in customers.read(cursor=None, batch_size=10) for r in batch] == [
+            {"name": "ann"}
+        ]
+        streams = source.discover()
+        assert [(s.name, s.cursor_candidates) for s in streams] == [
+            ("orders", ["id"]),
+            ("customers", []),
+        ]
+        with pytest.raises(InvalidInput, match="no resource 'nope'"):
+            source.stream(SelectedStream(name="nope"))
+
+    def test_a_page_on_a_host_outside_the_scope_is_refused(
+        self, api_server: str, tmp_path: Path
+    ) -> None:
+        only_public = Scope(folders=(tmp_path,), allowed=(Allowed.parse(PUBLIC_TEST_HOST),))
+        source = _rest_api(only_public, api_server)
+        with pytest.raises(ValueError, match="127.0.0.1 is a loopback address"):
+            list(source.read(cursor=None, batch_size=10))
 
 
 @POSTGRESQL_ONLY

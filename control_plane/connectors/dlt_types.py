@@ -1,5 +1,6 @@
 """dlt (dlthub.com) behind our interface: a destination that loads through a dlt pipeline into
-DuckDB, local files (Parquet, JSON Lines, CSV) or PostgreSQL.
+DuckDB, local files (Parquet, JSON Lines, CSV) or PostgreSQL, and dlt's `rest_api` verified
+source.
 
 dlt is an optional extra (`pip install '.[dlt]'`): it is imported when a run or a check needs
 it, so the type is listed, and its configs validated, without it.
@@ -8,6 +9,12 @@ Only destinations whose target the project's scope can check are offered: a Duck
 folder in the project's folder, a PostgreSQL database on an allowed host (reached at the address
 checked). dlt's other destinations (BigQuery, Snowflake, buckets) reach hosts and accounts the
 scope knows nothing of.
+
+The `rest_api` source sends every request through the project's scope: dlt's client gets a
+requests session whose adapter sends through the scope's transport (each host checked, each
+connection made to the address checked, redirects and next pages included), and the config's
+headers go only to the base URL's origin. Its config is ours, not dlt's dict: dlt's own auth
+types (OAuth2 fetches tokens with a session of its own) and custom sessions are left out.
 
 Loads are exactly-once: the run's load (its stream, id and cursor) is written into the dlt
 resource's state, which dlt commits with the data (its `_dlt_pipeline_state` table) and restores
@@ -19,22 +26,37 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, model_validator
+import httpx
+import requests
+from pydantic import AfterValidator, Field, model_validator
+from requests.structures import CaseInsensitiveDict
 
 from control_plane.connectors import (
+    DEFAULT_STREAM,
+    SAMPLE_SIZE,
     Batch,
     CheckStep,
     DatabaseUrl,
     Destination,
+    HttpUrl,
     Load,
+    Record,
     SelectedStream,
+    Source,
+    Stream,
     TargetPath,
     TypeConfig,
+    sampled,
+    secret_field,
     url_field,
 )
+from control_plane.connectors._batching import batched
+from control_plane.connectors.http import MAX_REDIRECTS, Headers, origin_of, reach
 from control_plane.connectors.sql import database_steps
+from control_plane.errors import InvalidInput
+from control_plane.policy import Scope
 
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 # Where a resource's state keeps our loads, by stream.
@@ -189,3 +211,179 @@ class DltDestination(Destination):
 
     def _file_format(self) -> str | None:
         return self.config.file_format if self.config.destination == "filesystem" else None
+
+
+class _ScopedAdapter(requests.adapters.BaseAdapter):
+    """Sends requests' requests through the scope's httpx transport; the configured headers
+    only to `home`, the base URL's origin."""
+
+    def __init__(self, scope: Scope, home: httpx.URL, secret_headers: list[str], timeout: float):
+        super().__init__()
+        self.client = httpx.Client(transport=scope.transport(), trust_env=False, timeout=timeout)
+        self.home = origin_of(home)
+        self.secret_headers = {name.lower() for name in secret_headers}
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> Any:
+        url = httpx.URL(str(request.url))
+        headers = dict(request.headers)
+        if origin_of(url) != self.home:
+            headers = {k: v for k, v in headers.items() if k.lower() not in self.secret_headers}
+        answer = self.client.request(
+            str(request.method), url, headers=headers, content=request.body
+        )
+        response = requests.Response()
+        response.status_code = answer.status_code
+        response.headers = CaseInsensitiveDict(answer.headers)
+        response._content = answer.content
+        response.url = str(answer.url)
+        response.reason = answer.reason_phrase
+        response.encoding = answer.encoding
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class _Session(requests.Session):
+    # dlt deep-copies its config, session included; a session's locks cannot be copied.
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        return self
+
+
+def _distinct_names(resources: list["RestApiResource"]) -> list["RestApiResource"]:
+    names = [resource.name for resource in resources]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise ValueError(f"each resource's name must differ: {', '.join(twice)} twice")
+    return resources
+
+
+class RestApiResource(TypeConfig):
+    """An endpoint of the API: a stream of the source."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$", description="The stream's name.")
+    path: str = Field(min_length=1, max_length=2000, description="Relative to baseUrl.")
+    params: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Query parameters of the first request."
+    )
+    data_selector: str | None = Field(
+        default=None, max_length=200, description="JSONPath to the records in each answer."
+    )
+    paginator: Literal["auto", "json_link", "header_link", "single_page"] = Field(
+        default="auto", description="How the next page is found; json_link with nextUrlPath."
+    )
+    next_url_path: str | None = Field(
+        default=None, max_length=200, description="json_link: JSONPath to the next page's URL."
+    )
+    cursor_field: str | None = Field(
+        default=None, max_length=200, description="A field that only grows; runs resume after it."
+    )
+    cursor_param: str | None = Field(
+        default=None,
+        max_length=200,
+        description="The query parameter the cursor is sent in (records after it are kept "
+        "either way).",
+    )
+
+    def dlt_paginator(self) -> Any:
+        if self.paginator == "json_link":
+            return {"type": "json_link", "next_url_path": self.next_url_path or "next"}
+        return self.paginator
+
+
+class RestApiSource(Source):
+    """dlt's `rest_api` verified source: a REST API's endpoints, page by page, one a stream."""
+
+    name = "rest_api"
+
+    class Config(TypeConfig):
+        base_url: HttpUrl = url_field(description="The API's base URL, on an allowed host.")
+        headers: Headers = secret_field(
+            default_factory=dict,
+            description="Headers of the requests to the base URL's origin, e.g. Authorization.",
+        )
+        resources: Annotated[
+            list[RestApiResource],
+            Field(min_length=1, max_length=100),
+            AfterValidator(_distinct_names),
+        ] = Field(description=f"Its endpoints; the first one is its `{DEFAULT_STREAM}` stream.")
+        timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds for each page.")
+
+    @property
+    def resource(self) -> RestApiResource:
+        """The endpoint this source reads: the first one, or the stream chosen (`stream`)."""
+        return self.config.resources[0]
+
+    @property
+    def cursor_field(self) -> str | None:
+        return self.resource.cursor_field
+
+    def stream(self, selected: SelectedStream) -> Source:
+        """The endpoint `selected` names (`default`: the first one), with its cursor field."""
+        name = self.resource.name if selected.name == DEFAULT_STREAM else selected.name
+        chosen = next((r for r in self.config.resources if r.name == name), None)
+        if chosen is None:
+            known = ", ".join(repr(r.name) for r in self.config.resources)
+            raise InvalidInput("streams", f"the rest_api source has no resource {name!r}: {known}")
+        resource = chosen.model_copy(update={"cursor_field": selected.cursor_field})
+        return self.with_config(resources=[resource])
+
+    def check_steps(self) -> list[CheckStep]:
+        connect = ("connect", lambda: reach(self.scope, self.config.base_url, self.config.timeout))
+        return [connect, *super().check_steps()]
+
+    def discover(self) -> list[Stream]:
+        """Each endpoint, as its first records show it."""
+        return [
+            sampled(
+                resource.name,
+                self.stream(SelectedStream(name=resource.name))._first_batch(SAMPLE_SIZE),
+            )
+            for resource in self.config.resources
+        ]
+
+    def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
+        """The endpoint's records, page by page; with a cursor, those after it."""
+        return batched(self._records(cursor), batch_size)
+
+    def _records(self, cursor: Any | None) -> Iterator[Record]:
+        _dlt()
+        from dlt.sources.rest_api import rest_api_source
+
+        resource = self.resource
+        params = dict(resource.params)
+        if cursor is not None and resource.cursor_param is not None:
+            params[resource.cursor_param] = cursor
+        home = httpx.URL(self.config.base_url)
+        session = _Session()
+        session.trust_env = False  # a proxy from the environment would hide the real host
+        session.max_redirects = MAX_REDIRECTS
+        adapter = _ScopedAdapter(self.scope, home, list(self.config.headers), self.config.timeout)
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
+        endpoint = {"path": resource.path, "params": params, "paginator": resource.dlt_paginator()}
+        if resource.data_selector is not None:
+            endpoint["data_selector"] = resource.data_selector
+        source = rest_api_source(
+            {
+                "client": {
+                    "base_url": str(home),
+                    "headers": dict(self.config.headers),
+                    "session": session,
+                },
+                "resources": [{"name": resource.name, "endpoint": endpoint}],
+            }
+        )
+        field = resource.cursor_field
+        with session:
+            try:
+                for record in source.resources[resource.name]:
+                    if cursor is None or field is None or _after(record.get(field), cursor):
+                        yield record
+            except Exception as error:
+                raise _cause(error) from None
+
+
+def _after(value: Any, cursor: Any) -> bool:
+    """Whether a record's cursor value comes after the cursor; one without a value counts."""
+    return value is None or value > cursor

@@ -5,10 +5,10 @@ a rule) go only to the origin of the configured URL, never to a page or redirect
 
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from control_plane.connectors import (
     Batch,
@@ -22,7 +22,7 @@ from control_plane.connectors import (
     url_field,
 )
 from control_plane.connectors._batching import batched
-from control_plane.policy import port_of
+from control_plane.policy import Scope, port_of
 
 
 def _dig(answer: Any, path: str | None) -> Any:
@@ -37,8 +37,33 @@ def _dig(answer: Any, path: str | None) -> Any:
 MAX_REDIRECTS = 5
 
 
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+def _no_host(headers: dict[str, str]) -> dict[str, str]:
+    # The request goes to the address checked; a Host header would let a proxy or an ingress
+    # there route it to a service the check never saw.
+    if any(name.strip().lower() == "host" for name in headers):
+        raise ValueError("Host is set from the URL; leave it out of headers")
+    return headers
+
+
+# Request headers of a config: credentials, as a rule, sent only to the configured origin.
+Headers = Annotated[dict[str, str], AfterValidator(_no_host)]
+
+
+def origin_of(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port
+
+
+def reach(scope: Scope, value: str, timeout: float) -> str:
+    """A check's connect step: a TCP connection to the address the scope checked."""
+    url, address = scope.http_url(value)
+    try:
+        with socket.create_connection((str(address), port_of(url)), timeout):
+            return f"{url.host}:{port_of(url)} accepts connections"
+    except OSError as error:
+        raise ConnectionError(
+            f"{url.host}:{port_of(url)} cannot be reached ({error.strerror or error}): is "
+            "the server up, and does it listen there?"
+        ) from None
 
 
 class HttpSource(Source):
@@ -46,7 +71,7 @@ class HttpSource(Source):
 
     class Config(TypeConfig):
         url: HttpUrl = url_field(description="URL of the first page (GET, JSON).")
-        headers: dict[str, str] = secret_field(
+        headers: Headers = secret_field(
             default_factory=dict,
             description=(
                 "Headers of the requests to the URL's origin (scheme, host, port), e.g. "
@@ -62,15 +87,6 @@ class HttpSource(Source):
         )
         timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for each page.")
 
-        @field_validator("headers")
-        @classmethod
-        def _no_host(cls, headers: dict[str, str]) -> dict[str, str]:
-            # The request goes to the address checked; a Host header would let a proxy or an
-            # ingress there route it to a service the check never saw.
-            if any(name.strip().lower() == "host" for name in headers):
-                raise ValueError("Host is set from the URL; leave it out of headers")
-            return headers
-
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
         """The records of every page, following the pagination until there is no next page."""
         return batched(self._records(), batch_size)
@@ -79,15 +95,7 @@ class HttpSource(Source):
         return [("connect", self._reach), ("authenticate", self._let_in), *super().check_steps()]
 
     def _reach(self) -> str:
-        url, address = self.scope.http_url(self.config.url)
-        try:
-            with socket.create_connection((str(address), port_of(url)), self.config.timeout):
-                return f"{url.host}:{port_of(url)} accepts connections"
-        except OSError as error:
-            raise ConnectionError(
-                f"{url.host}:{port_of(url)} cannot be reached ({error.strerror or error}): is "
-                "the server up, and does it listen there?"
-            ) from None
+        return reach(self.scope, self.config.url, self.config.timeout)
 
     def _let_in(self) -> str:
         """The first page's status: 401 or 403 means the credentials are wrong or lacking."""
@@ -135,10 +143,10 @@ class HttpSource(Source):
 
     def _get(self, client: httpx.Client, url: str) -> httpx.Response:
         """GET `url`, following redirects; the headers only where the configured URL points."""
-        home = _origin(httpx.URL(self.config.url))
+        home = origin_of(httpx.URL(self.config.url))
         for _ in range(MAX_REDIRECTS + 1):
             target = httpx.URL(url)
-            headers = self.config.headers if _origin(target) == home else {}
+            headers = self.config.headers if origin_of(target) == home else {}
             response = client.get(target, headers=headers)
             if not response.is_redirect:
                 return response
