@@ -164,6 +164,21 @@ class Settings(BaseSettings):
             "Default: `[<data_dir>/files]`."
         ),
     )
+    airbyte_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Where Airbyte connectors are installed, a virtualenv each. "
+            "Default: `<data_dir>/airbyte`."
+        ),
+    )
+    airbyte_connectors: list[str] = Field(
+        default=["source-faker"],
+        description=(
+            "The Airbyte sources (`source-<name>`, installed from PyPI as "
+            "`airbyte-source-<name>`) the airbyte type may run: code from PyPI, run on the "
+            "worker with its own network access. JSON list."
+        ),
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description=(
@@ -214,6 +229,11 @@ class Settings(BaseSettings):
     @property
     def resolved_api_url(self) -> str:
         return self.api_url or f"http://{self.api_host}:{self.api_port}"
+
+    @property
+    def airbyte_path(self) -> Path:
+        """Where Airbyte connectors are installed, absolute."""
+        return (self.airbyte_dir or self.data_dir / "airbyte").resolve()
 
     @property
     def resolved_file_roots(self) -> list[Path]:

@@ -398,7 +398,9 @@ def _move_stream(
         for number, batch in enumerate(read):
             _in_time(deadline, plan.timeout_seconds)
             moved.records_read += len(batch)
-            if cursor_field:
+            if cursor_field and route.source.reports_position:
+                load.cursor = route.source.position
+            elif cursor_field:
                 # The largest value read: a database reads in its order, an API in its own.
                 values = [r[cursor_field] for r in batch if r.get(cursor_field) is not None]
                 if values:
@@ -409,6 +411,8 @@ def _move_stream(
             yield batch
             if number == 0:
                 blocking_pause_point("sync-connector:during-write")
+        if cursor_field and route.source.reports_position:
+            load.cursor = route.source.position  # a state after the last record
         _in_time(deadline, plan.timeout_seconds)
         blocking_pause_point("sync-connector:before-destination-commit")
 

@@ -126,6 +126,11 @@ PUBLIC_TEST_HOST = "127.0.0.2"
 ALLOWED_TEST_HOSTS = ["127.0.0.1:5432", PUBLIC_TEST_HOST]
 
 
+# Where the stacks install Airbyte connectors: beside the test environment, so a connector is
+# installed once (about a minute) and not again by each session.
+AIRBYTE_DIR = Path(__file__).resolve().parents[1] / ".venv" / "airbyte"
+
+
 @dataclass
 class Stack:
     """The control plane's processes for one database."""
@@ -155,6 +160,7 @@ def stack_env(prefect_api_url: str, database_url: str, work_pool: str, home: Pat
         "CONTROL_PLANE_DATA_DIR": str(home),
         "CONTROL_PLANE_SECRET_KEY_FILE": str(key_file),
         "CONTROL_PLANE_ALLOWED_HOSTS": json.dumps(ALLOWED_TEST_HOSTS),
+        "CONTROL_PLANE_AIRBYTE_DIR": str(AIRBYTE_DIR),
     }
 
 

@@ -217,6 +217,11 @@ class Source(ConnectorType):
     kind = "source"
     # A source that reads a window of its cursor field (`read_window`) can be backfilled.
     reads_windows: ClassVar[bool] = False
+    # A source that tells where its next read resumes itself (an Airbyte connector's state):
+    # `position`, as of the batches it has yielded, is then the cursor, not the largest value
+    # of its cursor field.
+    reports_position: ClassVar[bool] = False
+    position: Any = None
 
     @property
     def cursor_field(self) -> str | None:
