@@ -9,7 +9,10 @@ PostgreSQL database on 127.0.0.1:5432 (dropped at the end, also on failure). The
   STDOUT piped into COPY FROM STDIN), plus INSERT ... SELECT, which never leaves the server;
 - csv -> sql and sql -> sql through `control_plane.sync.move`, with the source and destination
   built as a sync run builds them (in a project's scope: the temp dir as its folder, the CSV
-  named relative to it, and 127.0.0.1:5432 allowed), at `batch-size` and at ten times it.
+  named relative to it, and 127.0.0.1:5432 allowed), at `batch-size` and at ten times it;
+- dlt side by side: csv -> the `dlt` destination (postgres) through `move`, records as dicts,
+  and dlt on its own at its fastest here, the CSV read by pyarrow into one Arrow table and
+  loaded with dlt's csv loader file format (the whole file in memory).
 
 Each path runs in a fresh process, so its peak RSS (ru_maxrss) is its own; growth is that peak
 less the RSS after the imports. Growth that follows the batch size and not the rows is memory
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from sqlalchemy.engine import make_url
 
 from control_plane.connectors import DEFAULT_STREAM, Route, get_type
 from control_plane.policy import Allowed, Scope
@@ -102,7 +106,33 @@ def _insert_select(dsn: str, source: str, target: str) -> int:
         return cursor.rowcount
 
 
-def _sync(folder: str, source_type: str, source: dict, destination: dict, batch_size: int) -> int:
+def _dlt_arrow(dsn: str, csv_path: str, table: str) -> int:
+    import dlt
+    import pyarrow.csv
+
+    os.environ["RUNTIME__DLTHUB_TELEMETRY"] = "false"
+    rows = pyarrow.csv.read_csv(csv_path)
+    # dlt asks for a password; the machine's PostgreSQL trusts local connections.
+    credentials = make_url(dsn).set(password="").render_as_string(hide_password=False)
+    with tempfile.TemporaryDirectory() as working:
+        pipeline = dlt.pipeline(
+            pipeline_name="bench",
+            destination=dlt.destinations.postgres(credentials),
+            dataset_name="bench_arrow",
+            pipelines_dir=working,
+        )
+        pipeline.run(rows, table_name=table, loader_file_format="csv")
+    return rows.num_rows
+
+
+def _sync(
+    folder: str,
+    source_type: str,
+    source: dict,
+    destination_type: str,
+    destination: dict,
+    batch_size: int,
+) -> int:
     """`move` as a sync run calls it, with a plan built by hand instead of from the database,
     its types in the scope of a project whose folder is `folder`."""
     # The target is a fresh database of the bench's own on the machine's PostgreSQL.
@@ -111,12 +141,12 @@ def _sync(folder: str, source_type: str, source: dict, destination: dict, batch_
         connector_id=0,
         connector_name="bench",
         source_label=f"bench ({source_type})",
-        destination_label="bench (sql)",
+        destination_label=f"bench ({destination_type})",
         routes=[
             Route(
                 DEFAULT_STREAM,
                 get_type("source", source_type).configured(source, scope),  # type: ignore[arg-type]
-                get_type("destination", "sql").configured(destination, scope),  # type: ignore[arg-type]
+                get_type("destination", destination_type).configured(destination, scope),  # type: ignore[arg-type]
             )
         ],
         cursors={},
@@ -158,7 +188,9 @@ def _in_own_process(path: Callable[..., int], *args: Any) -> dict[str, Any]:
 def _measure(dsn: str, url: str, csv_path: Path, rows: int, batch: int) -> dict[str, dict]:
     def sync(source_type: str, source: dict, table: str, batch_size: int) -> tuple:
         destination = {"url": url, "table": table, "mode": "append"}
-        return _sync, str(csv_path.parent), source_type, source, destination, batch_size
+        return _sync, str(csv_path.parent), source_type, source, "sql", destination, batch_size
+
+    dlt_destination = {"destination": "postgres", "url": url, "dataset": "bench_dlt", "table": "t"}
 
     csv_file = {"path": csv_path.name}
     sql_table = {"url": url, "table": "sync_csv"}
@@ -173,6 +205,12 @@ def _measure(dsn: str, url: str, csv_path: Path, rows: int, batch: int) -> dict[
         ("INSERT ... SELECT", table_copy, (_insert_select, dsn, "sync_csv", "insert_select")),
         (f"sql -> sql, batch {batch:,}", table_copy, sync("sql", sql_table, "sync_sql", batch)),
         (f"sql -> sql, batch {large:,}", table_copy, sync("sql", sql_table, "sync_sql_l", large)),
+        (
+            f"csv -> dlt, batch {batch:,}",
+            file_copy,
+            (_sync, str(csv_path.parent), "csv", csv_file, "dlt", dlt_destination, batch),
+        ),
+        ("dlt, Arrow + csv loader", file_copy, (_dlt_arrow, dsn, str(csv_path), "dlt_arrow")),
     ]
     results = {}
     for name, baseline, (path, *arguments) in paths:
