@@ -40,7 +40,7 @@ class TestEndpoints:
         body = {"name": unique("s"), "type": "ftp", "config": {}, "projectId": catalog.project_id}
         response = api.post("/defined-sources", json=body)
         assert response.status_code == 422
-        assert "known: csv, http, jsonl, sql" in response.text
+        assert "known: airbyte, csv, http, jsonl, rest_api, sql" in response.text
 
     @pytest.mark.parametrize(
         ("config", "problem"),

@@ -159,10 +159,10 @@ class TestJsonlToSql:
 
 
 def _incremental(
-    api: httpx.Client, project: Project, warehouse: Warehouse
+    api: httpx.Client, project: Project, warehouse: Warehouse, **fields
 ) -> tuple[dict, str, str]:
-    """A connector that reads a new table of three rows after its `id` cursor into another
-    table; with the two tables' names."""
+    """A connector (with `fields`) that reads a new table of three rows after its `id` cursor
+    into another table; with the two tables' names."""
     source_table = unique("events").replace("-", "_")
     target_table = unique("copies").replace("-", "_")
     _query(warehouse, f"CREATE TABLE {source_table} (id INTEGER PRIMARY KEY, v TEXT)")
@@ -175,6 +175,7 @@ def _incremental(
             "config": {"url": warehouse.url, "table": source_table, "cursorField": "id"},
         },
         {"type": "sql", "config": {"url": warehouse.url, "table": target_table}},
+        **fields,
     )
     return connector, source_table, target_table
 
@@ -343,26 +344,9 @@ class TestStreams:
 
 class TestBackfill:
     def test_a_window_is_read_again_and_the_cursor_stays(self, api, prefect, project, warehouse):
-        source_table = unique("late").replace("-", "_")
-        target_table = unique("late_copy").replace("-", "_")
-        _query(warehouse, f"CREATE TABLE {source_table} (id INTEGER PRIMARY KEY, v TEXT)")
-        _query(warehouse, f"INSERT INTO {source_table} VALUES (1, 'a'), (2, 'b'), (3, 'c')")
-        connector = _connector(
-            api,
-            project,
-            {
-                "type": "sql",
-                "config": {"url": warehouse.url, "table": source_table, "cursorField": "id"},
-            },
-            {
-                "type": "sql",
-                "config": {
-                    "url": warehouse.url,
-                    "table": target_table,
-                    "mode": "merge",
-                    "primaryKey": ["id"],
-                },
-            },
+        merge = {"mode": "merge", "primaryKey": ["id"]}
+        connector, source_table, target_table = _incremental(
+            api, project, warehouse, destinationConfigOverride=merge
         )
         path = f"/connectors/{connector['id']}"
         assert trigger_and_wait(api, prefect, connector["id"]).state.is_completed()

@@ -147,6 +147,32 @@ class SelectedStream(TypeConfig):
         return None if self.name == DEFAULT_STREAM else self.name.rpartition(".")[2]
 
 
+# How a destination of tables writes a stream, by the stream's sync mode.
+WRITE_MODES: dict[str, Literal["append", "replace", "merge"]] = {
+    "full_refresh": "replace",
+    "incremental": "append",
+    "merge": "merge",
+}
+
+
+class TableConfig(TypeConfig):
+    """The config of a destination of tables: how it writes them."""
+
+    mode: Literal["append", "replace", "merge"] = Field(
+        default="append",
+        description="append; replace (a full refresh: the run reads its whole source); merge.",
+    )
+    primary_key: list[str] = Field(
+        default_factory=list, description="Columns to merge on (mode merge)."
+    )
+
+    @model_validator(mode="after")
+    def _merge_needs_key(self) -> Self:
+        if self.mode == "merge" and not self.primary_key:
+            raise ValueError("mode merge needs primaryKey")
+        return self
+
+
 # A record's values are Python's: a source that knows their types keeps them (datetime,
 # Decimal, UUID, ...), so that a destination can too; `json_value` for where JSON holds them.
 Record = dict[str, Any]

@@ -173,7 +173,7 @@ class AirbyteSource(Source):
                 if len(pending) >= batch_size:
                     yield pending
                     pending = []
-            elif kind == "STATE" and (found := _stream_state(message["state"], stream["name"])):
+            elif kind == "STATE" and (found := stream_state(message["state"], stream["name"])):
                 # The state covers every record before it: those of the batch yielded next.
                 self.position = found
                 if pending:
@@ -240,7 +240,7 @@ def _files(**contents: Any) -> Iterator[tuple[Path, list[str]]]:
         yield Path(folder), args
 
 
-def _stream_state(state: dict[str, Any], name: str) -> Any:
+def stream_state(state: dict[str, Any], name: str) -> Any:
     """The state of stream `name` in a STATE message; None when it is another stream's."""
     if state.get("type") == "STREAM":
         stream = state["stream"]

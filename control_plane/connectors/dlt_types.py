@@ -36,6 +36,7 @@ from requests.structures import CaseInsensitiveDict
 from control_plane.connectors import (
     DEFAULT_STREAM,
     SAMPLE_SIZE,
+    WRITE_MODES,
     Batch,
     CheckStep,
     DatabaseUrl,
@@ -46,6 +47,7 @@ from control_plane.connectors import (
     SelectedStream,
     Source,
     Stream,
+    TableConfig,
     TargetPath,
     TypeConfig,
     sampled,
@@ -61,7 +63,6 @@ from control_plane.policy import Scope
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 # Where a resource's state keeps our loads, by stream.
 _LOADS = "control_plane_loads"
-_MODES = {"full_refresh": "replace", "incremental": "append", "merge": "merge"}
 
 
 def _dlt() -> Any:
@@ -88,7 +89,7 @@ class DltDestination(Destination):
     name = "dlt"
     keeps_loads = True
 
-    class Config(TypeConfig):
+    class Config(TableConfig):
         destination: Literal["duckdb", "filesystem", "postgres"] = Field(
             description=(
                 "dlt's destination: duckdb (a file), filesystem (files in a folder) or postgres."
@@ -105,10 +106,6 @@ class DltDestination(Destination):
             pattern=_IDENTIFIER, description="The dataset: a schema, or a folder under `path`."
         )
         table: str = Field(pattern=_IDENTIFIER, description="The table the records load into.")
-        mode: Literal["append", "replace", "merge"] = "append"
-        primary_key: list[str] = Field(
-            default_factory=list, description="Columns to merge on (mode merge)."
-        )
         file_format: Literal["parquet", "jsonl", "csv"] = Field(
             default="parquet", description="filesystem: the files' format."
         )
@@ -118,8 +115,6 @@ class DltDestination(Destination):
             wanted = "url" if self.destination == "postgres" else "path"
             if getattr(self, wanted) is None:
                 raise ValueError(f"destination {self.destination} needs {wanted}")
-            if self.mode == "merge" and not self.primary_key:
-                raise ValueError("mode merge needs primaryKey")
             return self
 
     @property
@@ -131,7 +126,7 @@ class DltDestination(Destination):
         name); `default` into the configured table. Its sync mode decides how."""
         return self.with_config(
             table=selected.target or self.config.table,
-            mode=_MODES[selected.sync_mode],
+            mode=WRITE_MODES[selected.sync_mode],
             primary_key=selected.primary_key,
         )
 

@@ -61,6 +61,7 @@ from sqlalchemy.types import NullType, TypeEngine
 from control_plane.connectors import (
     DEFAULT_STREAM,
     MAX_STREAMS,
+    WRITE_MODES,
     Batch,
     CheckStep,
     DatabaseUrl,
@@ -70,6 +71,7 @@ from control_plane.connectors import (
     SelectedStream,
     Source,
     Stream,
+    TableConfig,
     TypeConfig,
     url_field,
 )
@@ -110,8 +112,6 @@ _HOLDS: dict[type, tuple[type, ...]] = {
 }
 
 _UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-# How a destination writes a stream, by its sync mode.
-_MODES = {"full_refresh": "replace", "incremental": "append", "merge": "merge"}
 
 # A batch with the table it goes to and its fields, and the columns to add before it is written.
 _Checked = tuple[tuple[Table, list[str]], Batch, list[Column[Any]]]
@@ -369,7 +369,7 @@ class SqlDestination(Destination):
     name = "sql"
     keeps_loads = True
 
-    class Config(TypeConfig):
+    class Config(TableConfig):
         url: DatabaseUrl = url_field(
             description=(
                 "SQLAlchemy URL of the database to write: postgresql on an allowed host, or "
@@ -377,10 +377,6 @@ class SqlDestination(Destination):
             )
         )
         table: str = Field(description="Table (or `schema.table`) to write; created when missing.")
-        mode: Literal["append", "replace", "merge"] = "append"
-        primary_key: list[str] = Field(
-            default_factory=list, description="Columns to merge on (mode merge)."
-        )
         schema_change_policy: Literal["evolve", "freeze", "discard"] = Field(
             default="evolve",
             description=(
@@ -388,12 +384,6 @@ class SqlDestination(Destination):
                 "fails the run naming it, discard leaves it out."
             ),
         )
-
-        @model_validator(mode="after")
-        def _merge_needs_key(self) -> Self:
-            if self.mode == "merge" and not self.primary_key:
-                raise ValueError("mode merge needs primaryKey")
-            return self
 
     @property
     def replaces(self) -> bool:
@@ -413,7 +403,7 @@ class SqlDestination(Destination):
             qualified = "." in selected.target or schema is None
             table = selected.target if qualified else f"{schema}.{selected.target}"
         return self.with_config(
-            table=table, mode=_MODES[selected.sync_mode], primary_key=selected.primary_key
+            table=table, mode=WRITE_MODES[selected.sync_mode], primary_key=selected.primary_key
         )
 
     def _writable(self) -> str:

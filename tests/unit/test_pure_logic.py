@@ -5,13 +5,25 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
-from control_plane.connectors import MASK, deep_merge, keep_secrets, mask_secrets
+from control_plane.connectors import (
+    DEFAULT_STREAM,
+    MASK,
+    SelectedStream,
+    deep_merge,
+    keep_secrets,
+    mask_secrets,
+)
+from control_plane.connectors.airbyte import stream_state
 from control_plane.deployments import DeploymentSpec
 from control_plane.durations import check_staleness, minutes_if_number
 from control_plane.errors import InvalidInput
 from control_plane.notify import DeliveryFailed, SignedWebhook, failure, signature
+from control_plane.sync import Moved, StreamMoved
+from models import BackfillRequest
 from models.base import check_cron, check_timezone
+from models.connector import Streams
 from models.notifications import NotificationRoute, effective, hears
 
 URL = "postgresql://bob:s3cret@db.example.com:5432/app"
@@ -139,3 +151,81 @@ class TestNotifications:
     def test_a_signed_webhook_needs_an_http_url_and_a_long_secret(self, fields, says):
         with pytest.raises(ValueError, match=says):
             SignedWebhook(**fields)
+
+
+class TestSelectedStreams:
+    @pytest.mark.parametrize(
+        ("stream", "message"),
+        [
+            ({"syncMode": "incremental"}, "syncMode incremental needs cursorField"),
+            ({"syncMode": "merge"}, "syncMode merge needs primaryKey"),
+            ({"cursorField": "id"}, "syncMode full_refresh reads everything"),
+            (
+                {"syncMode": "incremental", "cursorField": "at", "columns": ["id"]},
+                "columns must include at",
+            ),
+        ],
+    )
+    def test_a_mode_without_what_it_needs_is_refused(self, stream, message):
+        with pytest.raises(ValidationError, match=message):
+            SelectedStream.model_validate({"name": "public.orders", **stream})
+
+    def test_the_target_is_the_name_without_its_namespace(self):
+        assert SelectedStream(name="public.orders").target == "orders"
+        assert SelectedStream(name="public.orders", destination_name="raw.o").target == "raw.o"
+        assert SelectedStream(name=DEFAULT_STREAM).target is None
+
+    def test_two_streams_with_one_name_or_one_target_are_refused(self):
+        streams = TypeAdapter(Streams)
+        with pytest.raises(ValidationError, match="each stream's name must differ: a twice"):
+            streams.validate_python([{"name": "a"}, {"name": "a"}])
+        with pytest.raises(ValidationError, match="destinationName must differ: orders twice"):
+            streams.validate_python([{"name": "public.orders"}, {"name": "sales.orders"}])
+
+
+class TestBackfillWindow:
+    @pytest.mark.parametrize(
+        ("window", "message"),
+        [
+            ({"from": 5, "to": 1}, r"from \(5\) comes after to \(1\)"),
+            ({"from": "2026-02", "to": "2026-01"}, "comes after"),
+            ({"from": None, "to": 1}, "give both ends of the window"),
+        ],
+    )
+    def test_a_window_that_is_none_is_refused(self, window, message):
+        with pytest.raises(ValidationError, match=message):
+            BackfillRequest.model_validate(window)
+
+    def test_ends_of_other_types_are_left_to_the_database(self):
+        request = BackfillRequest.model_validate({"stream": "s", "from": 1, "to": "2026"})
+        assert (request.stream, request.start, request.end) == ("s", 1, "2026")
+
+
+class TestMoved:
+    def test_a_failed_stream_is_named_and_only_loaded_ones_keep_cursors(self):
+        moved = Moved(
+            [StreamMoved("a", 3, 3, cursor=7), StreamMoved("b", error="LookupError: gone")], 1.0
+        )
+        assert (
+            moved.failure
+            == "1 of 2 streams failed, the others were loaded: stream 'b': LookupError: gone"
+        )
+        assert moved.cursors == {"a": 7}
+        assert (moved.records_read, moved.records_written) == (3, 3)
+
+    def test_one_stream_fails_with_its_own_error_and_a_backfill_saves_no_cursor(self):
+        assert (
+            Moved([StreamMoved("default", error="ValueError: x")], 1.0).failure == "ValueError: x"
+        )
+        assert Moved([StreamMoved("default", cursor=1)], 1.0, backfill=True).cursors == {}
+
+
+class TestAirbyteState:
+    def test_a_stream_state_is_its_own_and_the_legacy_form_is_the_whole(self):
+        state = {
+            "type": "STREAM",
+            "stream": {"stream_descriptor": {"name": "users"}, "stream_state": {"at": 1}},
+        }
+        assert stream_state(state, "users") == {"at": 1}
+        assert stream_state(state, "products") is None
+        assert stream_state({"data": {"users": 2}}, "users") == {"users": 2}
