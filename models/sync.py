@@ -4,7 +4,7 @@ from datetime import datetime
 from typing import Any, Self
 from uuid import UUID, uuid4
 
-from pydantic import model_validator
+from pydantic import StrictFloat, StrictInt, StrictStr, model_validator
 from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer
 from sqlmodel import Field, SQLModel
 
@@ -62,6 +62,10 @@ class Backfill(SQLModel, table=True):
     created_at: datetime = timestamp_field()
 
 
+# A window's end: a cursor value, as JSON has it (a timestamp as ISO 8601 text).
+WindowEnd = StrictStr | StrictInt | StrictFloat
+
+
 class BackfillRequest(InputModel):
     stream: str = Field(
         default=DEFAULT_STREAM,
@@ -69,12 +73,12 @@ class BackfillRequest(InputModel):
         max_length=255,
         description="The incremental stream to read again; `default` without selected streams.",
     )
-    start: Any = Field(
+    start: WindowEnd = Field(
         alias="from",
         description="The first cursor value of the window, as the state shows cursors.",
         schema_extra={"examples": ["2026-01-01T00:00:00+00:00"]},
     )
-    end: Any = Field(
+    end: WindowEnd = Field(
         alias="to",
         description="The last cursor value of the window, included.",
         schema_extra={"examples": ["2026-02-01T00:00:00+00:00"]},
@@ -82,12 +86,8 @@ class BackfillRequest(InputModel):
 
     @model_validator(mode="after")
     def _a_window(self) -> Self:
-        if self.start is None or self.end is None:
-            raise ValueError("give both ends of the window, from and to: cursor values")
-        ends = self.start, self.end
-        numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in ends)
-        texts = all(isinstance(v, str) for v in ends)
-        if (numbers or texts) and self.start > self.end:
+        texts = isinstance(self.start, str), isinstance(self.end, str)
+        if texts[0] == texts[1] and self.start > self.end:  # type: ignore[operator]
             raise ValueError(f"from ({self.start!r}) comes after to ({self.end!r}): swap them")
         return self
 

@@ -189,14 +189,16 @@ class TestBackfillWindow:
         [
             ({"from": 5, "to": 1}, r"from \(5\) comes after to \(1\)"),
             ({"from": "2026-02", "to": "2026-01"}, "comes after"),
-            ({"from": None, "to": 1}, "give both ends of the window"),
+            ({"from": None, "to": 1}, "from.constrained-str\n  Input should be a valid string"),
+            ({"from": {"a": 1}, "to": 1}, "from.int\n  Input should be a valid integer"),
+            ({"from": True, "to": 2}, "from.float\n  Input should be a valid number"),
         ],
     )
-    def test_a_window_that_is_none_is_refused(self, window, message):
+    def test_a_window_of_no_cursor_values_is_refused(self, window, message):
         with pytest.raises(ValidationError, match=message):
             BackfillRequest.model_validate(window)
 
-    def test_ends_of_other_types_are_left_to_the_database(self):
+    def test_ends_of_mixed_types_are_left_to_the_database(self):
         request = BackfillRequest.model_validate({"stream": "s", "from": 1, "to": "2026"})
         assert (request.stream, request.start, request.end) == ("s", 1, "2026")
 
