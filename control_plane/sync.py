@@ -16,6 +16,7 @@ from control_plane import crud, events
 from control_plane.connectors import (
     DEFAULT_STREAM,
     Batch,
+    ColumnsUnreadable,
     Load,
     Route,
     get_type,
@@ -372,6 +373,33 @@ def move(plan: SyncPlan, *, load_id: UUID, batch_size: int) -> Moved:
     return Moved(streams, time.perf_counter() - started, backfill=plan.backfill is not None)
 
 
+def _move_columns(
+    plan: SyncPlan,
+    route: Route,
+    moved: StreamMoved,
+    load: Load,
+    *,
+    batch_size: int,
+    deadline: float | None,
+) -> None:
+    """Move a stream read in full as Arrow record batches: no Python object per record."""
+
+    def batches() -> Iterator[Any]:
+        for number, batch in enumerate(route.source.read_columns(batch_size=batch_size)):
+            _in_time(deadline, plan.timeout_seconds)
+            moved.records_read += batch.num_rows
+            yield batch
+            if number == 0:
+                blocking_pause_point("sync-connector:during-write")
+        _in_time(deadline, plan.timeout_seconds)
+        blocking_pause_point("sync-connector:before-destination-commit")
+
+    if route.destination.keeps_loads:
+        moved.records_written = route.destination.write_columns(batches(), load)
+    else:
+        moved.records_written = route.destination.write_columns(batches())
+
+
 def _move_stream(
     plan: SyncPlan,
     route: Route,
@@ -383,6 +411,13 @@ def _move_stream(
 ) -> None:
     cursor_field = route.source.cursor_field
     load = Load(stream=plan.load_stream(route), load_id=str(load_id), cursor=moved.cursor)
+    whole = plan.backfill is None and cursor_field is None and route.columns is None
+    if whole and route.source.reads_columns and route.destination.takes_columns:
+        try:
+            _move_columns(plan, route, moved, load, batch_size=batch_size, deadline=deadline)
+            return
+        except ColumnsUnreadable:
+            moved.records_read = 0  # nothing was committed: read it again as records
     if plan.backfill is not None:
         window = plan.backfill.start, plan.backfill.end
         read = route.source.read_window(start=window[0], end=window[1], batch_size=batch_size)

@@ -259,7 +259,8 @@ BAD_FILES = [
     ),
     (
         "projects:\n  - name: p\n    destinations:\n      - {name: d, type: ftp, config: {}}\n",
-        ":4: projects[0].destinations[0].type: unknown destination type 'ftp'; known: dlt, jsonl, sql",
+        ":4: projects[0].destinations[0].type: unknown destination type 'ftp'; "
+        "known: dlt, jsonl, sql",
     ),
     (
         "projects:\n  - name: p\n    destinations:\n      - {name: d, type: jsonl, config: {}}\n"

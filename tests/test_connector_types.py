@@ -34,9 +34,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 
 from control_plane.connectors import (
+    DEFAULT_STREAM,
     Batch,
+    ColumnsUnreadable,
     Kind,
     Load,
+    Route,
     Source,
     checks,
     json_value,
@@ -53,6 +56,7 @@ from control_plane.connectors.builtin import (
 )
 from control_plane.connectors.checks import Step
 from control_plane.policy import Allowed, Scope
+from control_plane.sync import Moved, SyncPlan, move
 from tests.conftest import PUBLIC_TEST_HOST, fresh_postgres
 from tests.stack import free_port
 
@@ -598,6 +602,95 @@ class TestSqlDestinationCopy:
             destination.write(batches)
 
         assert _rows(postgres_url, name, "id") == [{"id": 1, "count": 1}]
+
+
+def _csv_to_sql(scope: Scope, source: dict[str, Any], destination: dict[str, Any]) -> Moved:
+    """Move the CSV file(s) into the sql destination as a sync run moves them."""
+    plan = SyncPlan(
+        connector_id=1,
+        connector_name="csv",
+        source_label="csv",
+        destination_label="sql",
+        routes=[
+            Route(
+                DEFAULT_STREAM,
+                CsvSource.configured(source, scope),  # type: ignore[arg-type]
+                SqlDestination.configured(destination, scope),  # type: ignore[arg-type]
+            )
+        ],
+        cursors={},
+        resets=0,
+        retries=0,
+        retry_delay_seconds=0,
+        timeout_seconds=0,
+    )
+    moved = move(plan, load_id=uuid.uuid4(), batch_size=2)
+    assert moved.failure is None, moved.failure
+    return moved
+
+
+class TestCsvColumns:
+    """csv -> PostgreSQL goes as Arrow batches, COPYed without a record per row: the same
+    rows, columns and policies as the records' path (which SQLite takes)."""
+
+    def test_columns_keep_what_records_keep(
+        self, tmp_path: Path, scope: Scope, database_url: str
+    ) -> None:
+        (tmp_path / "a.csv").write_bytes(
+            '\ufeffid;name;note\n1;"x;y";\n\n2;a"b;""\n3;;z\n'.encode()
+        )
+        (tmp_path / "b.csv").write_text("id;name;note;extra\n4;d;e;new\n")
+        destination = {"url": database_url, "table": "people"}
+        source = {"path": "*.csv", "delimiter": ";"}
+        assert CsvSource.configured(source, scope).reads_columns
+        assert SqlDestination.configured(destination, scope).takes_columns == (
+            database_url.startswith("postgresql")
+        )
+
+        moved = _csv_to_sql(scope, source, destination)
+
+        assert (moved.records_read, moved.records_written) == (4, 4)
+        assert _rows(database_url, "people", "id") == [
+            {"id": "1", "name": "x;y", "note": "", "extra": None},
+            {"id": "2", "name": 'a"b', "note": "", "extra": None},
+            {"id": "3", "name": "", "note": "z", "extra": None},
+            {"id": "4", "name": "d", "note": "e", "extra": "new"},
+        ]
+        with _database(database_url) as engine, engine.connect() as connection:
+            types = {c["name"]: str(c["type"]) for c in inspect(connection).get_columns("people")}
+        assert set(types.values()) == {"TEXT"}
+
+    def test_a_frozen_table_refuses_a_new_column_and_discard_leaves_it_out(
+        self, tmp_path: Path, scope: Scope, postgres_url: str
+    ) -> None:
+        table = f"frozen_{_suffix()}"
+        (tmp_path / "old.csv").write_text("id,name\n1,a\n")
+        _csv_to_sql(scope, {"path": "old.csv"}, {"url": postgres_url, "table": table})
+        (tmp_path / "new.csv").write_text("id,name,extra\n2,b,x\n")
+        frozen = {"url": postgres_url, "table": table, "schemaChangePolicy": "freeze"}
+        with pytest.raises(AssertionError, match="has no column extra, and schemaChangePolicy"):
+            _csv_to_sql(scope, {"path": "new.csv"}, frozen)
+        _csv_to_sql(scope, {"path": "new.csv"}, {**frozen, "schemaChangePolicy": "discard"})
+        assert _rows(postgres_url, table, "id") == [
+            {"id": "1", "name": "a"},
+            {"id": "2", "name": "b"},
+        ]
+
+    def test_rows_shorter_than_the_header_are_read_as_records(
+        self, tmp_path: Path, scope: Scope, postgres_url: str
+    ) -> None:
+        table = f"short_{_suffix()}"
+        (tmp_path / "short.csv").write_text("id,name\n1,a\n2\n")
+        with pytest.raises(ColumnsUnreadable, match="Expected 2 columns, got 1"):
+            list(CsvSource.configured({"path": "short.csv"}, scope).read_columns(batch_size=10))
+
+        moved = _csv_to_sql(scope, {"path": "short.csv"}, {"url": postgres_url, "table": table})
+
+        assert (moved.records_read, moved.records_written) == (2, 2)
+        assert _rows(postgres_url, table, "id") == [
+            {"id": "1", "name": "a"},
+            {"id": "2", "name": None},
+        ]
 
 
 class _Pages(BaseHTTPRequestHandler):

@@ -239,8 +239,16 @@ class ConnectorType(ABC):
         return []
 
 
+class ColumnsUnreadable(Exception):
+    """A source's records cannot be read as columns (a CSV row shorter than its header): the run
+    reads them as records instead, before its destination committed anything."""
+
+
 class Source(ConnectorType):
     kind = "source"
+    # A source that reads its records as Arrow record batches too (`read_columns`), which a
+    # destination that takes columns writes without a Python object per record.
+    reads_columns: ClassVar[bool] = False
     # A source that reads a window of its cursor field (`read_window`) can be backfilled.
     reads_windows: ClassVar[bool] = False
     # A source that tells where its next read resumes itself (an Airbyte connector's state):
@@ -303,6 +311,12 @@ class Source(ConnectorType):
             if close is not None:
                 close()
 
+    def read_columns(self, *, batch_size: int) -> Iterator[Any]:
+        """Yield every record, in Arrow record batches of about `batch_size` rows, for a read in
+        full. Only for types that say `reads_columns`; raises ColumnsUnreadable for data that
+        only records can hold."""
+        raise NotImplementedError
+
     def read_window(self, *, start: Any, end: Any, batch_size: int) -> Iterator[Batch]:
         """Yield the records whose cursor field lies between `start` and `end` (JSON values,
         both included), in ascending order of it, in batches: a backfill's read. Only for types
@@ -349,6 +363,16 @@ class Destination(ConnectorType):
             "streams",
             f"a {self.name} destination writes one stream as configured: leave streams out",
         )
+
+    @property
+    def takes_columns(self) -> bool:
+        """True when `write_columns` takes the Arrow record batches of a source that
+        `reads_columns`; False by default."""
+        return False
+
+    def write_columns(self, batches: Iterable[Any], load: Load | None = None) -> int:
+        """As `write`, for Arrow record batches; only where `takes_columns`."""
+        raise NotImplementedError
 
     @abstractmethod
     def write(self, batches: Iterable[Batch], load: Load | None = None) -> int:
