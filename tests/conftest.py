@@ -27,6 +27,7 @@ from control_plane.encryption import ensure_key_file
 from control_plane.settings import Settings
 from tests.helpers import Catalog, make_catalog
 from tests.stack import (
+    PUBLIC_TEST_HOST,
     PostgresMissing,
     api_server,
     free_port,
@@ -120,9 +121,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[s
 
 
 # What the test stacks' connectors may reach besides public hosts: the machine's PostgreSQL, and
-# 127.0.0.2, where tests serve the HTTP APIs their sources read. The rest of loopback (the
-# Prefect server and the API among them) stays out of reach.
-PUBLIC_TEST_HOST = "127.0.0.2"
+# PUBLIC_TEST_HOST, where tests serve the HTTP APIs their sources read. The rest of loopback
+# (the Prefect server and the API among them) stays out of reach.
 ALLOWED_TEST_HOSTS = ["127.0.0.1:5432", PUBLIC_TEST_HOST]
 
 

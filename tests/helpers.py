@@ -3,9 +3,13 @@
 import os
 import subprocess
 import sys
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -28,7 +32,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from sqlalchemy import create_engine, text
 
-from tests.stack import wait_for
+from tests.stack import PUBLIC_TEST_HOST, free_port, wait_for
 
 # On a test of Prefect's own machinery (its automations, work queues, events, a deployment's
 # runs), whose database-dependent parts other tests cover on both databases: PostgreSQL only,
@@ -202,3 +206,19 @@ def trigger_and_wait(api: httpx.Client, prefect: SyncPrefectClient, connector_id
     response = api.post(f"/connectors/{connector_id}/trigger")
     assert response.status_code == 200, response.text
     return wait_final(prefect, response.json()["flowRunId"])
+
+
+@contextmanager
+def serving(handler: type[BaseHTTPRequestHandler], host: str = PUBLIC_TEST_HOST) -> Iterator[str]:
+    """A real HTTP server of `handler` on a free port of `host` (by default the tests' public
+    host: the rest of loopback, the API and Prefect among it, is out of the connectors' reach),
+    in a thread until the block ends; its base URL on the public host."""
+    server = ThreadingHTTPServer((host, free_port()), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://{PUBLIC_TEST_HOST}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -20,6 +20,9 @@ from control_plane.supervisor import as_user
 T = TypeVar("T")
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+# Where tests serve the HTTP APIs that connectors read: a loopback address of its own, so the
+# rest of loopback can stay out of the connectors' reach.
+PUBLIC_TEST_HOST = "127.0.0.2"
 START_POSTGRES = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 
 

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -10,7 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
@@ -58,6 +57,7 @@ from control_plane.connectors.checks import Step
 from control_plane.policy import Allowed, Scope
 from control_plane.sync import Moved, SyncPlan, move
 from tests.conftest import PUBLIC_TEST_HOST, fresh_postgres
+from tests.helpers import serving
 from tests.stack import free_port
 
 Mode = Literal["append", "replace", "merge"]
@@ -717,15 +717,8 @@ class _Pages(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def http_server() -> Iterator[str]:
     """A real HTTP server on a free local port, serving `_Pages.routes`; its base URL."""
-    server = ThreadingHTTPServer((PUBLIC_TEST_HOST, free_port()), _Pages)
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://{PUBLIC_TEST_HOST}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(_Pages) as url:
+        yield url
 
 
 class TestHttpSource:

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from uuid import UUID
 
@@ -22,9 +22,17 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
-from tests.conftest import PUBLIC_TEST_HOST, Stack, fresh_postgres
-from tests.helpers import POSTGRESQL_ONLY, created, execute, trigger_and_wait, unique, wait_final
-from tests.stack import free_port, wait_for
+from tests.conftest import Stack, fresh_postgres
+from tests.helpers import (
+    POSTGRESQL_ONLY,
+    created,
+    execute,
+    serving,
+    trigger_and_wait,
+    unique,
+    wait_final,
+)
+from tests.stack import wait_for
 
 
 def _write_csv(path: Path, rows: range) -> None:
@@ -471,13 +479,9 @@ class _Api(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def http_source() -> Iterator[str]:
-    # Not 127.0.0.1: the rest of loopback (the API, Prefect) is out of the connectors' reach.
-    server = ThreadingHTTPServer((PUBLIC_TEST_HOST, free_port()), _Api)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://{PUBLIC_TEST_HOST}:{server.server_port}"
-    _Api.release.set()
-    server.shutdown()
-    server.server_close()
+    with serving(_Api) as url:
+        yield url
+        _Api.release.set()
 
 
 class TestHttpPagination:

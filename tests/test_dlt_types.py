@@ -2,12 +2,11 @@
 through a real sync run."""
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,7 @@ from control_plane.connectors.dlt_types import DltDestination, RestApiSource
 from control_plane.errors import InvalidInput
 from control_plane.policy import Allowed, Scope
 from tests.conftest import PUBLIC_TEST_HOST, fresh_postgres
-from tests.helpers import POSTGRESQL_ONLY, created, execute, trigger_and_wait, unique
-from tests.stack import free_port
+from tests.helpers import POSTGRESQL_ONLY, created, execute, serving, trigger_and_wait, unique
 
 
 @pytest.fixture
@@ -153,15 +151,8 @@ class _Api(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def api_server() -> Iterator[str]:
     """The API above on both 127.0.0.1 and the test's public host, one port."""
-    server = ThreadingHTTPServer(("0.0.0.0", free_port()), _Api)
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    try:
-        yield f"http://{PUBLIC_TEST_HOST}:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(_Api, "0.0.0.0") as url:
+        yield url
 
 
 def _rest_api(scope: Scope, base_url: str) -> RestApiSource:

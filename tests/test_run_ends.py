@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from uuid import UUID
 
@@ -26,8 +26,8 @@ from prefect.client.schemas.filters import (
 from sqlalchemy import create_engine, insert, select
 
 from models import SyncRun
-from tests.conftest import PUBLIC_TEST_HOST, Stack
-from tests.helpers import created, reconcile_cli, trigger_and_wait, unique
+from tests.conftest import Stack
+from tests.helpers import created, reconcile_cli, serving, trigger_and_wait, unique
 from tests.stack import api_server, free_port, running, wait_for
 
 
@@ -192,11 +192,8 @@ class _FlakyOrSlow(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def http_api() -> Iterator[str]:
-    server = ThreadingHTTPServer((PUBLIC_TEST_HOST, free_port()), _FlakyOrSlow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://{PUBLIC_TEST_HOST}:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    with serving(_FlakyOrSlow) as url:
+        yield url
 
 
 class TestRunPolicies:
