@@ -11,7 +11,7 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
 from control_plane.connectors import SelectedStream, checks
-from control_plane.connectors.airbyte import AirbyteSource
+from control_plane.connectors.airbyte import AirbyteSource, installed
 from control_plane.policy import Scope
 from control_plane.settings import get_settings
 from tests.conftest import AIRBYTE_DIR
@@ -22,11 +22,15 @@ from tests.helpers import POSTGRESQL_ONLY, created, trigger_and_wait, unique
 FAKER = {"count": 5, "seed": 1, "parallelism": 1, "always_updated": False}
 
 
-@pytest.fixture(autouse=True)
-def airbyte_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("CONTROL_PLANE_AIRBYTE_DIR", str(AIRBYTE_DIR))
-    get_settings.cache_clear()
-    yield
+@pytest.fixture(scope="module", autouse=True)
+def faker_installed() -> Iterator[None]:
+    """source-faker installed where the stacks' workers look (once: about a minute), before
+    any test waits on a run that would otherwise install it."""
+    with pytest.MonkeyPatch.context() as environment:
+        environment.setenv("CONTROL_PLANE_AIRBYTE_DIR", str(AIRBYTE_DIR))
+        get_settings.cache_clear()
+        installed("source-faker", None)
+        yield
     get_settings.cache_clear()
 
 

@@ -46,7 +46,7 @@ from control_plane.settings import get_settings
 _INSTALLED = ".installed"
 
 
-def _installed(connector: str, version: str | None) -> Path:
+def installed(connector: str, version: str | None) -> Path:
     """The connector's executable, installed into its virtualenv first if it is not yet; one
     installer at a time per connector and version (a file lock), and a half-made virtualenv
     is made again."""
@@ -121,7 +121,7 @@ class AirbyteSource(Source):
         return [("connect", self._install), ("authenticate", self._check), *super().check_steps()]
 
     def _install(self) -> str:
-        _installed(self.config.connector, self.config.version)
+        installed(self.config.connector, self.config.version)
         return f"airbyte-{self.config.connector} is installed"
 
     def _check(self) -> str:
@@ -187,7 +187,7 @@ class AirbyteSource(Source):
     ) -> Iterator[Record]:
         """The connector's protocol messages for `command`; a failure raises with the error it
         traced, or the end of what it wrote on stderr."""
-        executable = _installed(self.config.connector, self.config.version)
+        executable = installed(self.config.connector, self.config.version)
         with _files(config=self.config.config, catalog=catalog, state=state) as (folder, args):
             errors = folder / "stderr"
             traced = None
