@@ -149,11 +149,16 @@ class TestNotifications:
         [(_, text)] = [d for d in receiver.deliveries if SIGNATURE_HEADER not in d[0]]
         assert json.loads(text)["text"] == f"{said['subject']}: {said['text']}"
 
-        [failed] = [
-            e
-            for e in prefect_events(prefect_api_url, f"connector.{quiet['id']}", since)
-            if e["event"] == "connector.run-failed"
-        ]
+        # Prefect's event persister writes in batches: the quiet run's event may come later.
+        [failed] = wait_for(
+            lambda: [
+                e
+                for e in prefect_events(prefect_api_url, f"connector.{quiet['id']}", since)
+                if e["event"] == "connector.run-failed"
+            ],
+            timeout=30,
+            what="the quiet connector's connector.run-failed event",
+        )
         assert "notify" not in failed["resource"]
         assert not [r for r in control_runs(prefect, quiet["id"]) if r.name.startswith("notify")]
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from itertools import chain, groupby, tee
+from itertools import chain, groupby, repeat, tee
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -223,8 +223,9 @@ def _schema_and_name(qualified: str) -> tuple[str | None, str]:
 
 def _records(keys: list[str], rows: Iterable[Sequence[Any]]) -> Batch:
     """The rows as records, their values as the driver gives them: datetimes, decimals, UUIDs
-    stay Python's, so a destination can keep their types."""
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+    stay Python's, so a destination can keep their types. A row has a value per key (both come
+    from one result); zip's strict check cost a third of the time."""
+    return list(map(dict, map(zip, repeat(keys), rows)))
 
 
 class SqlSource(Source):
