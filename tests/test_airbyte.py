@@ -3,6 +3,7 @@ into a virtualenv of its own, and through a real sync run."""
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,13 @@ class TestFaker:
         source = _faker(scope, config={**FAKER, "count": -1})
         with pytest.raises(RuntimeError, match="source-faker"):
             _records(source)
+
+    def test_its_error_never_quotes_its_config(self, scope: Scope) -> None:
+        secret = f"token-{uuid.uuid4().hex}"
+        source = _faker(scope, config={**FAKER, "count": secret})
+        with pytest.raises(RuntimeError, match=r"'\*{8}' is not of type 'integer'") as failed:
+            _records(source)
+        assert secret not in str(failed.value)
 
     def test_a_connector_the_operator_did_not_list_is_refused(self, scope: Scope) -> None:
         with pytest.raises(ValueError, match="source-postgres is not among the connectors"):

@@ -87,6 +87,10 @@ class TestDuckdb:
             rows = db.execute("SELECT id, name FROM raw.customers ORDER BY id").fetchall()
         assert rows == [(1, "ann"), (2, "bobby")]
 
+        escaping = SelectedStream(name="customers", destination_name="../elsewhere")
+        with pytest.raises(InvalidInput, match=r"streams\.table: String should match pattern"):
+            configured.stream(escaping)
+
 
 class TestFiles:
     def test_parquet_files_hold_the_records(self, tmp_path: Path, scope: Scope) -> None:

@@ -32,6 +32,7 @@ from pydantic import Field, field_validator
 
 from control_plane.connectors import (
     DEFAULT_STREAM,
+    MASK,
     Batch,
     CheckStep,
     Record,
@@ -221,6 +222,7 @@ class AirbyteSource(Source):
             code = process.returncode
             if code != 0 or traced is not None:
                 said = traced or errors.read_text(errors="replace")[-500:].strip()
+                said = _without_values(said, self.config.config)
                 raise RuntimeError(f"{self.config.connector} {command} failed ({code}): {said}")
 
 
@@ -238,6 +240,19 @@ def _files(**contents: Any) -> Iterator[tuple[Path, list[str]]]:
             path.write_text(json.dumps(content))
             args += [f"--{name}", str(path)]
         yield Path(folder), args
+
+
+def _without_values(text: str, config: Any) -> str:
+    """`text` with every string of the connector's config masked: its error may quote its
+    config, whose secrets only the connector's own spec knows."""
+    if isinstance(config, dict):
+        config = list(config.values())
+    if isinstance(config, list):
+        for value in config:
+            text = _without_values(text, value)
+    elif isinstance(config, str) and len(config) >= 4:
+        text = text.replace(config, MASK)
+    return text
 
 
 def stream_state(state: dict[str, Any], name: str) -> Any:

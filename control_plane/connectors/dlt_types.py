@@ -53,6 +53,7 @@ from control_plane.connectors import (
     sampled,
     secret_field,
     url_field,
+    validate_config,
 )
 from control_plane.connectors._batching import batched
 from control_plane.connectors.http import MAX_REDIRECTS, Headers, origin_of, reach
@@ -123,12 +124,18 @@ class DltDestination(Destination):
 
     def stream(self, selected: SelectedStream) -> Destination:
         """Into a table of its own in the dataset, `destinationName` (by default the stream's
-        name); `default` into the configured table. Its sync mode decides how."""
-        return self.with_config(
-            table=selected.target or self.config.table,
-            mode=WRITE_MODES[selected.sync_mode],
-            primary_key=selected.primary_key,
+        name); `default` into the configured table. Its sync mode decides how. Validated as
+        the config is: a table's name is an identifier (dlt's filesystem makes it a folder)."""
+        changes = {
+            "table": selected.target or self.config.table,
+            "mode": WRITE_MODES[selected.sync_mode],
+            "primaryKey": selected.primary_key,
+        }
+        config = self.config.model_dump(by_alias=True) | changes
+        validated = validate_config(
+            "destination", self.name, config, field="streams", scope=self.scope
         )
+        return type(self)(validated, self.scope)
 
     def check_steps(self) -> list[CheckStep]:
         steps: list[CheckStep] = [("connect", self._installed)]
