@@ -18,8 +18,10 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane.connectors import (
+    DEFAULT_STREAM,
     MASK,
     Kind,
+    Route,
     SelectedStream,
     TypeConfig,
     deep_merge,
@@ -386,8 +388,7 @@ async def _check_connector(session: AsyncSession, connector: Connector) -> None:
 
 async def _check_connector_references(session: AsyncSession, connector: Connector) -> None:
     await referenced_project(session, connector.project_id)
-    scope = await project_scope(connector.project_id)
-    types = {}
+    endpoints = {}
     for kind, field in (("source", "definedSourceId"), ("destination", "definedDestinationId")):
         endpoint_id = getattr(connector, _endpoint_column(kind).key)
         endpoint = await session.get(ENDPOINT_TABLES[kind], endpoint_id)
@@ -399,11 +400,14 @@ async def _check_connector_references(session: AsyncSession, connector: Connecto
                 f"defined {kind} {endpoint_id} belongs to project {endpoint.project_id}, "
                 f"not to project {connector.project_id}",
             )
-        config = await resolve_config(
-            connector=connector, kind=kind, endpoint=endpoint, scope=scope
-        )
-        types[kind] = get_type(kind, endpoint.type)(config, scope)
-    routes(types["source"], types["destination"], selected_streams(connector))  # type: ignore[arg-type]
+        endpoints[kind] = endpoint
+    scope = await project_scope(connector.project_id)
+    await connector_routes(
+        connector=connector,
+        source=endpoints["source"],
+        destination=endpoints["destination"],
+        scope=scope,
+    )
     query = select(Connector.id).where(
         Connector.project_id == connector.project_id,
         Connector.name == connector.name,
@@ -420,6 +424,31 @@ def selected_streams(connector: Connector) -> list[SelectedStream] | None:
     if connector.streams is None:
         return None
     return _STREAMS.validate_python(connector.streams)
+
+
+def stream_names(connector: Connector) -> list[str]:
+    """The streams the connector moves: those it selected, or its source's one."""
+    selected = selected_streams(connector)
+    return [DEFAULT_STREAM] if selected is None else [stream.name for stream in selected]
+
+
+async def connector_routes(
+    *, connector: Connector, source: Endpoint, destination: Endpoint, scope: Scope
+) -> list[Route]:
+    """The connector's streams, each with its source and destination typed from their merged
+    configs within the project's `scope` (`resolve_config`).
+
+    Raises:
+        InvalidInput: a config does not fit its type or the scope, or a stream cannot be moved.
+    """
+    typed: dict[Kind, Any] = {}
+    pairs: tuple[tuple[Kind, Endpoint], ...] = (("source", source), ("destination", destination))
+    for kind, endpoint in pairs:
+        config = await resolve_config(
+            connector=connector, kind=kind, endpoint=endpoint, scope=scope
+        )
+        typed[kind] = get_type(kind, endpoint.type)(config, scope)
+    return routes(typed["source"], typed["destination"], selected_streams(connector))
 
 
 async def new_connector(*, session: AsyncSession, spec: ConnectorCreate) -> Connector:
@@ -542,6 +571,10 @@ async def remove_connector(*, session: AsyncSession, connector: Connector) -> No
 # CRASHED count one, CANCELLED and AWAITING_RETRY (a retry follows) leave the count.
 RunEnd = Literal["COMPLETED", "FAILED", "CRASHED", "CANCELLED", "AWAITING_RETRY"]
 _COUNTED: set[str] = {"FAILED", "CRASHED"}
+
+
+async def get_state(*, session: AsyncSession, connector_id: int, stream: str) -> SyncState | None:
+    return await session.get(SyncState, (connector_id, stream))
 
 
 async def get_states(*, session: AsyncSession, connector_id: int) -> dict[str, SyncState]:

@@ -6,8 +6,8 @@ Connectors need no such step: their overrides mask themselves in JSON (models/co
 
 import hashlib
 
-from control_plane.connectors import DEFAULT_STREAM, Kind, mask_secrets
-from control_plane.crud import Endpoint, selected_streams
+from control_plane.connectors import Kind, mask_secrets
+from control_plane.crud import Endpoint, stream_names
 from models import Connector, EndpointPublic, StatePublic, SyncState
 from models.sync import StreamState
 
@@ -20,8 +20,7 @@ def endpoint_public(kind: Kind, endpoint: Endpoint) -> EndpointPublic:
 
 def state_public(connector: Connector, states: dict[str, SyncState]) -> StatePublic:
     """A connector's state: each stream it moves with its cursor, null before one was saved."""
-    selected = selected_streams(connector)
-    names = [DEFAULT_STREAM] if selected is None else [stream.name for stream in selected]
+    names = stream_names(connector)
     return StatePublic(
         streams=[
             StreamState(stream=name)

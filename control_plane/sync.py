@@ -4,9 +4,10 @@ really is, then move the records with the load's state."""
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -19,9 +20,7 @@ from control_plane.connectors import (
     ColumnsUnreadable,
     Load,
     Route,
-    get_type,
     json_value,
-    routes,
 )
 from control_plane.errors import Conflict, InvalidInput
 from control_plane.faults import blocking_pause_point
@@ -31,6 +30,7 @@ from models import Backfill, Connector
 from models.base import utcnow
 
 T = TypeVar("T")
+B = TypeVar("B")  # a batch: records, or an Arrow record batch
 
 
 @dataclass
@@ -227,18 +227,10 @@ async def plan(
     # Checked again here, on the worker, under its settings: a row stored before a setting
     # changed, or written straight into the database, is refused before anything is opened.
     scope = await crud.project_scope(connector.project_id)
-    source_config = await crud.resolve_config(
-        connector=connector, kind="source", endpoint=source, scope=scope
-    )
-    destination_config = await crud.resolve_config(
-        connector=connector, kind="destination", endpoint=destination, scope=scope
+    chosen = await crud.connector_routes(
+        connector=connector, source=source, destination=destination, scope=scope
     )
     settings = get_settings()
-    chosen = routes(
-        get_type("source", source.type)(source_config, scope),  # type: ignore[arg-type]
-        get_type("destination", destination.type)(destination_config, scope),  # type: ignore[arg-type]
-        crud.selected_streams(connector),
-    )
     if backfill is not None:
         chosen = [backfilled(chosen, backfill.stream)]
     return SyncPlan(
@@ -290,8 +282,8 @@ async def resume(*, session: AsyncSession, plan: SyncPlan) -> list[str]:
 async def _adopt(session: AsyncSession, plan: SyncPlan, stream: str, committed: Load) -> bool:
     load_id = UUID(committed.load_id)
     locked = await crud.lock_connector(session=session, connector_id=plan.connector_id)
-    states = await crud.get_states(session=session, connector_id=plan.connector_id)
-    if locked is None or (stream in states and states[stream].load_id == load_id):
+    state = await crud.get_state(session=session, connector_id=plan.connector_id, stream=stream)
+    if locked is None or (state is not None and state.load_id == load_id):
         return False
     run = await crud.get_sync_run(session=session, flow_run_id=load_id)
     recorded = run is not None and run.ended_at is not None and run.error is None
@@ -373,31 +365,48 @@ def move(plan: SyncPlan, *, load_id: UUID, batch_size: int) -> Moved:
     return Moved(streams, time.perf_counter() - started, backfill=plan.backfill is not None)
 
 
-def _move_columns(
+def _paced(
     plan: SyncPlan,
-    route: Route,
+    batches: Iterable[B],
+    size: Callable[[B], int],
     moved: StreamMoved,
-    load: Load,
-    *,
-    batch_size: int,
     deadline: float | None,
-) -> None:
-    """Move a stream read in full as Arrow record batches: no Python object per record."""
-
-    def batches() -> Iterator[Any]:
-        for number, batch in enumerate(route.source.read_columns(batch_size=batch_size)):
-            _in_time(deadline, plan.timeout_seconds)
-            moved.records_read += batch.num_rows
-            yield batch
-            if number == 0:
-                blocking_pause_point("sync-connector:during-write")
+) -> Iterator[B]:
+    """The batches as a run hands them to its destination: counted, the timeout checked
+    between them, and the points where tests stop a run (`faults`)."""
+    for number, batch in enumerate(batches):
         _in_time(deadline, plan.timeout_seconds)
-        blocking_pause_point("sync-connector:before-destination-commit")
+        moved.records_read += size(batch)
+        yield batch
+        if number == 0:
+            blocking_pause_point("sync-connector:during-write")
+    _in_time(deadline, plan.timeout_seconds)
+    blocking_pause_point("sync-connector:before-destination-commit")
 
-    if route.destination.keeps_loads:
-        moved.records_written = route.destination.write_columns(batches(), load)
-    else:
-        moved.records_written = route.destination.write_columns(batches())
+
+def _tracked(batches: Iterable[Batch], route: Route, load: Load) -> Iterator[Batch]:
+    """The records with the load's cursor following them (the source's own position, or the
+    largest value of its cursor field read), each cut to the route's columns."""
+    cursor_field = route.source.cursor_field
+    largest = None
+    for batch in batches:
+        if cursor_field and route.source.reports_position:
+            load.cursor = route.source.position
+        elif cursor_field:
+            # The largest value read: a database reads in its order, an API in its own.
+            values = [r[cursor_field] for r in batch if r.get(cursor_field) is not None]
+            if values:
+                largest = max(values) if largest is None else max(largest, *values)
+                load.cursor = json_value(largest)
+        if route.columns is not None:
+            batch = [{name: r[name] for name in route.columns if name in r} for r in batch]
+        yield batch
+    if cursor_field and route.source.reports_position:
+        load.cursor = route.source.position  # a state after the last record
+
+
+def _write(write: Callable[..., int], batches: Iterator[Any], load: Load | None) -> int:
+    return write(batches) if load is None else write(batches, load)
 
 
 def _move_stream(
@@ -409,12 +418,18 @@ def _move_stream(
     batch_size: int,
     deadline: float | None,
 ) -> None:
+    """Move one stream; a stream read in full whose source and destination both can goes as
+    Arrow record batches, with no Python object per record."""
     cursor_field = route.source.cursor_field
     load = Load(stream=plan.load_stream(route), load_id=str(load_id), cursor=moved.cursor)
+    # A backfill's load is not the stream's: its cursor is not where the next run resumes.
+    recorded = load if route.destination.keeps_loads and plan.backfill is None else None
     whole = plan.backfill is None and cursor_field is None and route.columns is None
     if whole and route.source.reads_columns and route.destination.takes_columns:
+        columns = route.source.read_columns(batch_size=batch_size)
+        paced = _paced(plan, columns, attrgetter("num_rows"), moved, deadline)
         try:
-            _move_columns(plan, route, moved, load, batch_size=batch_size, deadline=deadline)
+            moved.records_written = _write(route.destination.write_columns, paced, recorded)
             return
         except ColumnsUnreadable:
             moved.records_read = 0  # nothing was committed: read it again as records
@@ -424,38 +439,8 @@ def _move_stream(
     else:
         after = None if route.destination.replaces else moved.cursor
         read = route.source.read(cursor=after, batch_size=batch_size)
-    columns = route.columns
-
-    largest = None
-
-    def batches() -> Iterator[Batch]:
-        nonlocal largest
-        for number, batch in enumerate(read):
-            _in_time(deadline, plan.timeout_seconds)
-            moved.records_read += len(batch)
-            if cursor_field and route.source.reports_position:
-                load.cursor = route.source.position
-            elif cursor_field:
-                # The largest value read: a database reads in its order, an API in its own.
-                values = [r[cursor_field] for r in batch if r.get(cursor_field) is not None]
-                if values:
-                    largest = max(values) if largest is None else max(largest, *values)
-                    load.cursor = json_value(largest)
-            if columns is not None:
-                batch = [{name: r[name] for name in columns if name in r} for r in batch]
-            yield batch
-            if number == 0:
-                blocking_pause_point("sync-connector:during-write")
-        if cursor_field and route.source.reports_position:
-            load.cursor = route.source.position  # a state after the last record
-        _in_time(deadline, plan.timeout_seconds)
-        blocking_pause_point("sync-connector:before-destination-commit")
-
-    # A backfill's load is not the stream's: its cursor is not where the next run resumes.
-    if route.destination.keeps_loads and plan.backfill is None:
-        moved.records_written = route.destination.write(batches(), load)
-    else:
-        moved.records_written = route.destination.write(batches())
+    paced = _paced(plan, _tracked(read, route, load), len, moved, deadline)
+    moved.records_written = _write(route.destination.write, paced, recorded)
     moved.cursor = load.cursor if cursor_field else None
 
 

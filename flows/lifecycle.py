@@ -558,8 +558,7 @@ async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
         )
         forgotten = await crud.reset_state(session=session, connector=connector)
         await session.commit()
-    streams = state_public(connector, {}).streams
-    changes = _cursor_changes(forgotten, dict.fromkeys(stream.stream for stream in streams))
+    changes = _cursor_changes(forgotten, dict.fromkeys(crud.stream_names(connector)))
     events.emit(events.RESET, connector, actor=actor, changes=await publish_changes(changes))
 
 
