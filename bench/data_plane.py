@@ -6,7 +6,8 @@ Writes a CSV of `rows` rows (id, name, amount, created_at) to a temp dir and cre
 PostgreSQL database on 127.0.0.1:5432 (dropped at the end, also on failure). Then times:
 
 - COPY of the CSV into a table, and of that table into another through the client (COPY TO
-  STDOUT piped into COPY FROM STDIN), plus INSERT ... SELECT, which never leaves the server;
+  STDOUT piped into COPY FROM STDIN in chunks of 1 MiB), plus INSERT ... SELECT, which never
+  leaves the server;
 - csv -> sql and sql -> sql through `control_plane.sync.move`, with the source and destination
   built as a sync run builds them (in a project's scope: the temp dir as its folder, the CSV
   named relative to it, and 127.0.0.1:5432 allowed), at `batch-size` and at ten times it;
@@ -94,8 +95,15 @@ def _copy_table(dsn: str, source: str, target: str) -> int:
             reader.cursor().copy(f"COPY {source} TO STDOUT") as out,
             cursor.copy(f"COPY {target} FROM STDIN") as into,
         ):
-            for data in out:
-                into.write(data)
+            # The rows come a line each; written in chunks of CHUNK bytes, they go through the
+            # client at about twice the speed of a write per line.
+            chunk = bytearray()
+            for line in out:
+                chunk += line
+                if len(chunk) >= CHUNK:
+                    into.write(chunk)
+                    chunk = bytearray()
+            into.write(chunk)
         return cursor.rowcount
 
 
@@ -255,7 +263,7 @@ def main() -> None:
             "postgresql": server_version,
         },
         "parameters": {"rows": args.rows, "batch_size": args.batch_size, "csv_bytes": csv_bytes},
-        "target": "control plane >= 30% of COPY, memory bounded by the batch size",
+        "target": "csv -> sql >= 60%, sql -> sql >= 75% of COPY; memory bounded by the batch",
         "paths": results,
     }
     (RESULTS / "data_plane.json").write_text(json.dumps(result, indent=2))

@@ -604,21 +604,28 @@ class TestSqlDestinationCopy:
         assert _rows(postgres_url, name, "id") == [{"id": 1, "count": 1}]
 
 
-def _csv_to_sql(scope: Scope, source: dict[str, Any], destination: dict[str, Any]) -> Moved:
-    """Move the CSV file(s) into the sql destination as a sync run moves them."""
+def _csv_to_sql(
+    scope: Scope,
+    source: dict[str, Any],
+    destination: dict[str, Any],
+    source_type: type[Source] = CsvSource,
+    cursor: Any = None,
+) -> Moved:
+    """Move the source's records (by default CSV files') into the sql destination as a sync
+    run moves them, after `cursor`."""
     plan = SyncPlan(
         connector_id=1,
-        connector_name="csv",
-        source_label="csv",
+        connector_name=source_type.name,
+        source_label=source_type.name,
         destination_label="sql",
         routes=[
             Route(
                 DEFAULT_STREAM,
-                CsvSource.configured(source, scope),  # type: ignore[arg-type]
+                source_type.configured(source, scope),  # type: ignore[arg-type]
                 SqlDestination.configured(destination, scope),  # type: ignore[arg-type]
             )
         ],
-        cursors={},
+        cursors={DEFAULT_STREAM: cursor},
         resets=0,
         retries=0,
         retry_delay_seconds=0,
@@ -691,6 +698,47 @@ class TestCsvColumns:
             {"id": "1", "name": "a"},
             {"id": "2", "name": None},
         ]
+
+
+class TestSqlToSqlCopy:
+    """A PostgreSQL table into PostgreSQL goes as COPY text, no value parsed on the way: the
+    source's own column types, its cursor, and the destination's policies as for records."""
+
+    def test_rows_types_cursor_and_policy(self, scope: Scope, postgres_url: str) -> None:
+        source_table, target = f"src_{_suffix()}", f"dst_{_suffix()}"
+        mood = f"mood_{_suffix()}"
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(f"CREATE TYPE {mood} AS ENUM ('ok', 'meh')")
+            db.execute(f"CREATE TABLE {source_table} (id integer, note varchar(20), feel {mood})")
+            db.execute(
+                f"INSERT INTO {source_table} VALUES (1, e'tab\\there\\nline \\\\', 'ok'),"
+                " (2, NULL, 'meh')"
+            )
+        source = {"url": postgres_url, "table": source_table, "cursorField": "id"}
+        destination = {"url": postgres_url, "table": target, "schemaChangePolicy": "discard"}
+        assert SqlSource.configured(source, scope).copies_out
+        assert SqlDestination.configured(destination, scope).takes_copy
+
+        first = _csv_to_sql(scope, source, destination, SqlSource)
+
+        assert (first.records_read, first.records_written, first.cursors) == (2, 2, {"default": 2})
+        assert _rows(postgres_url, target, "id") == [
+            {"id": 1, "note": "tab\there\nline \\", "feel": "ok"},
+            {"id": 2, "note": None, "feel": "meh"},
+        ]
+        with _database(postgres_url) as engine, engine.connect() as connection:
+            types = {c["name"]: str(c["type"]) for c in inspect(connection).get_columns(target)}
+        assert types == {"id": "INTEGER", "note": "VARCHAR(20)", "feel": "TEXT"}
+
+        with psycopg.connect(postgres_url, autocommit=True) as db:
+            db.execute(f"ALTER TABLE {source_table} ADD COLUMN extra text")
+            db.execute(f"INSERT INTO {source_table} VALUES (3, 'c', 'ok', 'left out')")
+        second = _csv_to_sql(scope, source, destination, SqlSource, cursor=first.cursors["default"])
+
+        assert (second.records_read, second.cursors) == (1, {"default": 3})
+        assert [row["id"] for row in _rows(postgres_url, target, "id")] == [1, 2, 3]
+        with _database(postgres_url) as engine, engine.connect() as connection:
+            assert "extra" not in {c["name"] for c in inspect(connection).get_columns(target)}
 
 
 class _Pages(BaseHTTPRequestHandler):

@@ -420,11 +420,11 @@ class TestTypedSync:
             "SELECT column_name, data_type FROM information_schema.columns"
             f" WHERE table_name = '{target_table}' ORDER BY ordinal_position",
         ) == [
-            ("id", "bigint"),
+            ("id", "integer"),
             ("at", "timestamp with time zone"),
             ("amount", "numeric"),
             ("ref", "uuid"),
-            ("doc", "json"),
+            ("doc", "jsonb"),
         ]
         assert _query(warehouse, f"SELECT at, amount::text, ref::text FROM {target_table}") == [
             (

@@ -28,14 +28,16 @@ when the config is saved and when a run plans, and the type opens them through t
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
+from sqlalchemy.types import TypeEngine
 
 from control_plane.connectors._urls import MASK, mask_url, origin, secrets_of, with_secrets
 from control_plane.connectors.discovery import Stream, sampled
@@ -244,6 +246,24 @@ class ColumnsUnreadable(Exception):
     reads them as records instead, before its destination committed anything."""
 
 
+class CopyRows(NamedTuple):
+    """Rows in PostgreSQL's COPY text format, a line each."""
+
+    count: int
+    data: bytes | bytearray
+
+
+@dataclass
+class CopyOut:
+    """A source's rows as PostgreSQL COPY text, read in one snapshot: first its columns with
+    their types and the largest value of its cursor field among the rows (None: no rows, or no
+    cursor field), then `rows(names, batch_size)`, the rows of the columns named."""
+
+    types: dict[str, TypeEngine[Any]]
+    cursor: Any
+    rows: Callable[[list[str], int], Iterator[CopyRows]]
+
+
 class Source(ConnectorType):
     kind = "source"
     # A source that reads its records as Arrow record batches too (`read_columns`), which a
@@ -261,6 +281,19 @@ class Source(ConnectorType):
     def cursor_field(self) -> str | None:
         """The field whose largest value read is where the next run resumes; None: full reads."""
         return None
+
+    @property
+    def copies_out(self) -> bool:
+        """True when `copy_out` hands the rows over as PostgreSQL COPY text, which a
+        destination that `takes_copy` writes as it comes, at about COPY's own speed."""
+        return False
+
+    def copy_out(
+        self, *, cursor: Any | None, window: tuple[Any, Any] | None, columns: list[str] | None
+    ) -> AbstractContextManager[CopyOut]:
+        """The rows `read` (after `cursor`) or `read_window` (within `window`) would yield, of
+        `columns` (None: all), as COPY text; only where `copies_out`."""
+        raise NotImplementedError
 
     def check_steps(self) -> list[CheckStep]:
         return [("read", self.sample)]
@@ -372,6 +405,21 @@ class Destination(ConnectorType):
 
     def write_columns(self, batches: Iterable[Any], load: Load | None = None) -> int:
         """As `write`, for Arrow record batches; only where `takes_columns`."""
+        raise NotImplementedError
+
+    @property
+    def takes_copy(self) -> bool:
+        """True when `write_copy` takes the COPY text of a source that `copies_out`."""
+        return False
+
+    def write_copy(
+        self,
+        types: dict[str, TypeEngine[Any]],
+        rows: Callable[[list[str]], Iterable[CopyRows]],
+        load: Load | None = None,
+    ) -> int:
+        """As `write`, for columns of these `types`: the destination picks the columns it
+        takes and calls `rows` with their names once; only where `takes_copy`."""
         raise NotImplementedError
 
     @abstractmethod
@@ -579,6 +627,8 @@ __all__ = [
     "Batch",
     "CheckStep",
     "ConnectorType",
+    "CopyOut",
+    "CopyRows",
     "DEFAULT_STREAM",
     "DatabaseUrl",
     "Destination",

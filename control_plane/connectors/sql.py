@@ -12,14 +12,14 @@ import json
 import os
 import socket
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from itertools import chain, groupby, repeat, tee
+from itertools import chain, groupby, repeat
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Self, TypeVar
 from uuid import UUID
 
 from psycopg import Cursor, sql
@@ -34,6 +34,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Engine,
+    Enum,
     Executable,
     Float,
     Integer,
@@ -56,6 +57,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.expression import TableClause
 from sqlalchemy.types import NullType, TypeEngine
 
 from control_plane.connectors import (
@@ -64,6 +66,8 @@ from control_plane.connectors import (
     WRITE_MODES,
     Batch,
     CheckStep,
+    CopyOut,
+    CopyRows,
     DatabaseUrl,
     Destination,
     Load,
@@ -113,8 +117,11 @@ _HOLDS: dict[type, tuple[type, ...]] = {
 
 _UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
+# The fields of a batch with the column type each asks for.
+_Types = dict[str, TypeEngine[Any]]
 # A batch with the table it goes to and its fields, and the columns to add before it is written.
 _Checked = tuple[tuple[Table, list[str]], Batch, list[Column[Any]]]
+B = TypeVar("B")  # a batch: records, an Arrow record batch, or none for COPY text
 
 # What a merge on PostgreSQL COPYs into first, dropped once merged.
 _STAGING = sql.Identifier("_control_plane_staging")
@@ -331,29 +338,109 @@ class SqlSource(Source):
     ) -> Executable:
         """The rows after the cursor `after`, or within the `window` of cursor values."""
         config = self.config
-        if config.table is not None:
-            schema, name = _schema_and_name(config.table)
-            rows = table(name, schema=schema)  # rendered quoted wherever the name needs it
-        elif config.cursor_field is None:
+        if config.query is not None and config.cursor_field is None:
             return text(config.query)
-        else:
-            # A trailing semicolon is fine alone but not inside the subquery.
-            rows = text(config.query.strip().rstrip(";")).columns().subquery("query")
-        statement = select(literal_column("*")).select_from(rows)
+        statement = select(literal_column("*")).select_from(self._rows_read())
         if config.cursor_field is None:
             return statement
-        field = column(config.cursor_field)
-        # Untyped on purpose: SQLAlchemy would cast a str to VARCHAR, while psycopg sends it as
-        # "unknown" and PostgreSQL reads it as the column's type (an ISO timestamp, say).
-        if after is not None:
-            statement = statement.where(field > bindparam("cursor", after, type_=NullType()))
-        if window is not None:
-            start, end = window
-            statement = statement.where(
-                field >= bindparam("start", start, type_=NullType()),
-                field <= bindparam("end", end, type_=NullType()),
-            )
-        return statement.order_by(field)
+        return _bounded(statement, column(config.cursor_field), after, window).order_by(
+            column(config.cursor_field)
+        )
+
+    def _rows_read(self) -> Any:
+        """What the source reads from: its table, or its query as a subquery."""
+        if self.config.table is not None:
+            schema, name = _schema_and_name(self.config.table)
+            return table(name, schema=schema)  # rendered quoted wherever the name needs it
+        # A trailing semicolon is fine alone but not inside the subquery.
+        return text(self.config.query.strip().rstrip(";")).columns().subquery("query")
+
+    @property
+    def copies_out(self) -> bool:
+        """A table in PostgreSQL: COPY hands its rows over as text."""
+        url = self.scope.database(self.config.url)
+        return self.config.table is not None and url.get_backend_name() == "postgresql"
+
+    @contextmanager
+    def copy_out(
+        self, *, cursor: Any | None, window: tuple[Any, Any] | None, columns: list[str] | None
+    ) -> Iterator[CopyOut]:
+        """The table's columns with their own types (`_portable`), the largest cursor value
+        and the rows, in one REPEATABLE READ snapshot: the rows are exactly those up to it."""
+        with (
+            _engine(self.scope, self.config.url) as engine,
+            engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection,
+            connection.begin(),
+        ):
+            _require_table(connection, self.config.table)
+            schema, name = _schema_and_name(self.config.table)
+            types = {
+                described["name"]: _portable(described["type"])
+                for described in inspect(connection).get_columns(name, schema=schema)
+                if columns is None or described["name"] in columns
+            }
+            driver_connection = connection.connection.driver_connection
+            source = _identifier(table(name, schema=schema))
+            bounds = _bounds(self.config.cursor_field, cursor, window)
+            largest = None
+            if self.config.cursor_field is not None:
+                highest = sql.SQL("SELECT max({}) FROM {}{}").format(
+                    sql.Identifier(self.config.cursor_field), source, bounds
+                )
+                largest = driver_connection.execute(highest).fetchone()[0]
+
+            def rows(names: list[str], batch_size: int) -> Iterator[CopyRows]:
+                copy_to = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT")
+                lines, count = bytearray(), 0
+                with driver_connection.cursor() as copy_cursor:
+                    with copy_cursor.copy(copy_to.format(_names(names), source, bounds)) as copy:
+                        for line in copy:  # a row each
+                            lines += line
+                            count += 1
+                            if count == batch_size:
+                                yield CopyRows(count, lines)
+                                lines, count = bytearray(), 0
+                if count:
+                    yield CopyRows(count, lines)
+
+            yield CopyOut(types=types, cursor=largest, rows=rows)
+
+
+def _bounded(statement: Any, field: Any, after: Any | None, window: tuple[Any, Any] | None) -> Any:
+    """`statement` limited to the cursor values after `after`, or within `window` (both ends
+    included). Untyped on purpose: SQLAlchemy would cast a str to VARCHAR, while psycopg sends
+    it as "unknown" and PostgreSQL reads it as the column's type (an ISO timestamp, say)."""
+    if after is not None:
+        statement = statement.where(field > bindparam("cursor", after, type_=NullType()))
+    if window is not None:
+        start, end = window
+        statement = statement.where(
+            field >= bindparam("start", start, type_=NullType()),
+            field <= bindparam("end", end, type_=NullType()),
+        )
+    return statement
+
+
+def _bounds(field: str | None, after: Any | None, window: tuple[Any, Any] | None) -> sql.Composable:
+    """`_bounded` for a statement psycopg composes: the values as literals, since COPY takes no
+    parameters."""
+    if field is None or (after is None and window is None):
+        return sql.SQL("")
+    name = sql.Identifier(field)
+    if window is None:
+        return sql.SQL(" WHERE {} > {}").format(name, sql.Literal(after))
+    start, end = map(sql.Literal, window)
+    return sql.SQL(" WHERE {0} >= {1} AND {0} <= {2}").format(name, start, end)
+
+
+def _portable(reflected: TypeEngine[Any]) -> TypeEngine[Any]:
+    """A source column's type for a table in another database: its own, but TEXT for a type
+    only the source's database may have (an enum, a domain, an extension's), which takes its
+    values' text."""
+    item = reflected.item_type if isinstance(reflected, postgresql.ARRAY) else reflected
+    if isinstance(item, NullType | Enum | postgresql.DOMAIN):
+        return Text()
+    return reflected
 
 
 def _require_table(connection: Connection, qualified: str) -> None:
@@ -449,8 +536,11 @@ class SqlDestination(Destination):
         all, so `last_load` tells exactly what committed.
         """
         with _engine(self.scope, self.config.url) as engine, engine.begin() as connection:
-            checked = self._checked(connection, batches)
-            if connection.dialect.name == "postgresql":
+            dialect = connection.dialect.name
+            checked = self._checked(
+                connection, ((_field_types(batch, dialect), batch) for batch in batches if batch)
+            )
+            if dialect == "postgresql":
                 written = self._copy(connection, checked)
             else:
                 written = 0
@@ -462,16 +552,21 @@ class SqlDestination(Destination):
                     ]
                     connection.execute(self._insert(connection, target, columns), rows)
                     written += len(batch)
-            if load is not None:
-                loads, table_name = self._loads()
-                _record_load(connection, loads, table_name, load)
+            self._record(connection, load)
             return written
 
     @property
     def takes_columns(self) -> bool:
         """PostgreSQL takes Arrow batches by COPY, but for a merge (records only)."""
-        url = self.scope.database(self.config.url)
-        return url.get_backend_name() == "postgresql" and self.config.mode != "merge"
+        return self._on_postgresql and self.config.mode != "merge"
+
+    @property
+    def takes_copy(self) -> bool:
+        return self._on_postgresql
+
+    @property
+    def _on_postgresql(self) -> bool:
+        return self.scope.database(self.config.url).get_backend_name() == "postgresql"
 
     def write_columns(self, batches: Iterable[Any], load: Load | None = None) -> int:
         """Write Arrow record batches of strings (a CSV's) as `write` writes records: into the
@@ -479,25 +574,55 @@ class SqlDestination(Destination):
         with the load. Arrow writes each batch as CSV for COPY, so no record is made in Python:
         at about COPY's own speed."""
         with _engine(self.scope, self.config.url) as engine, engine.begin() as connection:
-            for_check, for_copy = tee(batch for batch in batches if batch.num_rows)
-            # The table and its columns follow the fields as for records of strings.
-            samples = ([dict.fromkeys(batch.schema.names, "")] for batch in for_check)
-            checked = zip(self._checked(connection, samples), for_copy, strict=True)
+            checked = self._checked(
+                connection,
+                (
+                    (dict.fromkeys(batch.schema.names, Text()), batch)
+                    for batch in batches
+                    if batch.num_rows
+                ),
+            )
             written = 0
             with connection.connection.driver_connection.cursor() as cursor:
                 # Batches in a row with the same fields go in one COPY, as in `_copy`.
-                for (target, columns), run in groupby(checked, key=lambda pair: pair[0][0]):
+                for (target, columns), run in groupby(checked, key=itemgetter(0)):
                     first = next(run)
-                    _add_columns(connection, target, first[0][2])
+                    _add_columns(connection, target, first[2])
                     copy_in = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)")
                     with cursor.copy(copy_in.format(_identifier(target), _names(columns))) as copy:
-                        for _, batch in chain([first], run):
+                        for _, batch, _ in chain([first], run):
                             copy.write(_csv_of(batch.select(columns)))
                             written += batch.num_rows
-            if load is not None:
-                loads, table_name = self._loads()
-                _record_load(connection, loads, table_name, load)
+            self._record(connection, load)
             return written
+
+    def write_copy(
+        self,
+        types: dict[str, TypeEngine[Any]],
+        rows: Callable[[list[str]], Iterable[CopyRows]],
+        load: Load | None = None,
+    ) -> int:
+        """Write a PostgreSQL source's COPY text as `write` writes records, into a table with
+        the source's column types, the lines passed on as they come: no value is parsed here."""
+        with _engine(self.scope, self.config.url) as engine, engine.begin() as connection:
+            [((target, columns), _, added)] = self._checked(connection, [(types, None)])
+            _add_columns(connection, target, added)
+            with connection.connection.driver_connection.cursor() as cursor:
+
+                def copy_into(into: sql.Identifier) -> int:
+                    return _copy_text(cursor, into, columns, rows(columns))
+
+                if self.config.mode == "merge":
+                    written = _merge(cursor, target, columns, self.config.primary_key, copy_into)
+                else:
+                    written = copy_into(_identifier(target))
+            self._record(connection, load)
+            return written
+
+    def _record(self, connection: Connection, load: Load | None) -> None:
+        if load is not None:
+            loads, table_name = self._loads()
+            _record_load(connection, loads, table_name, load)
 
     def last_load(self, stream: str) -> Load | None:
         """The load last committed for `stream` into the configured table."""
@@ -521,9 +646,11 @@ class SqlDestination(Destination):
         schema, name = _schema_and_name(self.config.table)
         return _loads_table(schema), name
 
-    def _checked(self, connection: Connection, batches: Iterable[Batch]) -> Iterator[_Checked]:
-        """The batches with records, each with the table and its fields, checked against it,
-        and the columns to add to it first.
+    def _checked(
+        self, connection: Connection, batches: Iterable[tuple[_Types, B]]
+    ) -> Iterator[tuple[tuple[Table, list[str]], B, list[Column[Any]]]]:
+        """The batches, each given with its fields' types, with the table and the fields that
+        go into it, checked against it, and the columns to add to it first.
 
         Replace deletes the old rows first; a missing table is created from the first batch.
         The columns a batch brings are added to the table's object here, and to the database
@@ -532,12 +659,10 @@ class SqlDestination(Destination):
         target = self._existing_table(connection)
         if target is not None and self.config.mode == "replace":
             connection.execute(target.delete())
-        for batch in batches:
-            if not batch:
-                continue
+        for types, batch in batches:
             if target is None:
-                target = self._create_table(connection, batch)
-            columns, added = self._columns(target, batch, connection.dialect.name)
+                target = self._create_table(connection, types)
+            columns, added = self._columns(target, types)
             yield (target, columns), batch, added
 
     def _copy(self, connection: Connection, checked: Iterator[_Checked]) -> int:
@@ -558,13 +683,15 @@ class SqlDestination(Destination):
                 first, added = next(group)
                 _add_columns(connection, target, added)
                 same_fields = chain([first], (batch for batch, _ in group))
+
+                def copy_into(into: sql.Identifier) -> int:
+                    return _copy_batches(cursor, into, target, columns, same_fields)  # noqa: B023
+
                 if self.config.mode == "merge":
                     key = self.config.primary_key
-                    written += _merge(cursor, target, columns, key, same_fields)
+                    written += _merge(cursor, target, columns, key, copy_into)
                 else:
-                    written += _copy_batches(
-                        cursor, _identifier(target), target, columns, same_fields
-                    )
+                    written += copy_into(_identifier(target))
         return written
 
     def _existing_table(self, connection: Connection) -> Table | None:
@@ -573,10 +700,9 @@ class SqlDestination(Destination):
             return None
         return Table(name, MetaData(), schema=schema, autoload_with=connection)
 
-    def _create_table(self, connection: Connection, batch: Batch) -> Table:
-        names = _fields(batch)
+    def _create_table(self, connection: Connection, types: _Types) -> Table:
         key = self.config.primary_key if self.config.mode == "merge" else []
-        if missing := [name for name in key if name not in names]:
+        if missing := [name for name in key if name not in types]:
             raise ValueError(f"primaryKey {', '.join(missing)} is not a field of the records")
         schema, name = _schema_and_name(self.config.table)
         created = Table(
@@ -585,24 +711,21 @@ class SqlDestination(Destination):
             *(
                 Column(
                     column_name,
-                    _column_type(_first_value(batch, column_name), connection.dialect.name),
+                    column_type,
                     primary_key=column_name in key,
                     autoincrement=False,
                 )
-                for column_name in names
+                for column_name, column_type in types.items()
             ),
             schema=schema,
         )
         created.create(connection)
         return created
 
-    def _columns(
-        self, target: Table, batch: Batch, dialect: str
-    ) -> tuple[list[str], list[Column[Any]]]:
-        """The fields of the batch that go into the table, and the columns to add for them;
-        a field without a column follows `schemaChangePolicy`."""
-        names = _fields(batch)
-        unknown = [name for name in names if name not in target.c]
+    def _columns(self, target: Table, types: _Types) -> tuple[list[str], list[Column[Any]]]:
+        """The fields that go into the table, and the columns to add for them; a field without
+        a column follows `schemaChangePolicy`."""
+        unknown = [name for name in types if name not in target.c]
         policy = self.config.schema_change_policy
         if unknown and policy == "freeze":
             raise ValueError(
@@ -613,26 +736,23 @@ class SqlDestination(Destination):
         added: list[Column[Any]] = []
         if policy == "evolve":
             for name in unknown:
-                added.append(Column(name, _column_type(_first_value(batch, name), dialect)))
+                added.append(Column(name, types[name]))
                 target.append_column(added[-1])
-        known = [name for name in names if name in target.c]
-        self._check_narrowing(target, batch, [name for name in known if name not in unknown])
+        known = [name for name in types if name in target.c]
+        self._check_narrowing(target, {name: types[name] for name in known if name not in unknown})
         return known, added
 
-    def _check_narrowing(self, target: Table, batch: Batch, names: list[str]) -> None:
+    def _check_narrowing(self, target: Table, types: _Types) -> None:
         """Fail when a column cannot hold what the source now sends: a narrowing change."""
-        for name in names:
-            value = _first_value(batch, name)
-            if value is None or isinstance(value, str):
-                continue
+        for name, sent_type in types.items():
             try:
-                held = target.c[name].type.python_type
+                held, sent = target.c[name].type.python_type, sent_type.python_type
             except NotImplementedError:
                 continue
-            if type(value) not in _HOLDS.get(held, (type(value),)):
+            if sent is not str and sent not in _HOLDS.get(held, (sent,)):
                 raise ValueError(
                     f"column {name!r} of table {self.config.table!r} is "
-                    f"{target.c[name].type} and cannot hold the {type(value).__name__} values the "
+                    f"{target.c[name].type} and cannot hold the {sent.__name__} values the "
                     "source now sends (a narrowing change): widen the column, or write to "
                     "another table"
                 )
@@ -717,7 +837,7 @@ def _create_loads_table(connection: Connection, loads: Table) -> None:
             raise
 
 
-def _identifier(target: Table) -> sql.Identifier:
+def _identifier(target: TableClause) -> sql.Identifier:
     """The table's name for psycopg, quoted, with its schema when it has one."""
     if target.schema is None:
         return sql.Identifier(target.name)
@@ -768,9 +888,10 @@ def _merge(
     target: Table,
     columns: list[str],
     key: list[str],
-    batches: Iterable[Batch],
+    copy_into: Callable[[sql.Identifier], int],
 ) -> int:
-    """COPY the batches into a temp table, then insert them into the target with ON CONFLICT.
+    """COPY the rows into a temp table (`copy_into` it), then insert them into the target with
+    ON CONFLICT.
 
     Of records with the same key the last one wins, as if they were inserted one by one (and
     ON CONFLICT cannot update a row twice in one statement).
@@ -783,7 +904,7 @@ def _merge(
         )
     )
     cursor.execute(sql.SQL("ALTER TABLE {} ADD COLUMN {} bigserial").format(_STAGING, _ORDINAL))
-    written = _copy_batches(cursor, _STAGING, target, columns, batches)
+    written = copy_into(_STAGING)
     updates = [name for name in columns if name not in key]
     if updates:
         action = sql.SQL("DO UPDATE SET {}").format(
@@ -810,6 +931,18 @@ def _merge(
     return written
 
 
+def _copy_text(
+    cursor: Cursor[Any], into: sql.Identifier, columns: list[str], rows: Iterable[CopyRows]
+) -> int:
+    """COPY lines of COPY text into `into`."""
+    written = 0
+    with cursor.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(into, _names(columns))) as copy:
+        for count, data in rows:
+            copy.write(data)
+            written += count
+    return written
+
+
 def _csv_of(batch: Any) -> memoryview:
     """An Arrow record batch as CSV without a header: strings quoted, nulls empty, which COPY
     reads as NULL."""
@@ -819,6 +952,11 @@ def _csv_of(batch: Any) -> memoryview:
     out = pyarrow.BufferOutputStream()
     pyarrow.csv.write_csv(batch, out, pyarrow.csv.WriteOptions(include_header=False))
     return memoryview(out.getvalue())
+
+
+def _field_types(batch: Batch, dialect: str) -> _Types:
+    """The batch's fields, each with the column type its first non-null value asks for."""
+    return {name: _column_type(_first_value(batch, name), dialect) for name in _fields(batch)}
 
 
 def _fields(batch: Batch) -> list[str]:
