@@ -14,6 +14,13 @@ $(VENV)/.test: $(VENV)/.runtime pyproject.toml
 	$(PYTHON) -m pip install --quiet -e '.[test,dlt]'
 	touch $@
 
+# The generator of the SDK test's client (tests/test_sdk.py), in a virtualenv of its own: it
+# pins httpx and typer below the versions Prefect runs with.
+$(VENV)/tools/.sdk:
+	python3 -m venv $(VENV)/tools
+	$(VENV)/tools/bin/pip install --quiet 'openapi-python-client>=0.29.1'
+	touch $@
+
 up: $(VENV)/.runtime
 	$(VENV)/bin/control-plane up
 
@@ -27,7 +34,7 @@ java:
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-test: $(VENV)/.test java chromium
+test: $(VENV)/.test $(VENV)/tools/.sdk java chromium
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PYTHON) -m pytest -p no:xdist tests/unit

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -167,6 +168,17 @@ class TestOpenApi:
         assert "securitySchemes" not in spec.get("components", {})
         assert "security" not in spec
         assert [name for name, op in _operations(spec).items() if "security" in op] == []
+        assert [name for name, op in _operations(spec).items() if "401" in op["responses"]] == []
+
+    def test_operations_have_stable_camel_case_ids(self, stack):
+        ids = [
+            op["operationId"]
+            for op in _operations(httpx.get(f"{stack.api_url}/openapi.json").json()).values()
+        ]
+        assert len(ids) == len(set(ids))
+        assert [i for i in ids if not re.fullmatch(r"[a-z][a-zA-Z]*", i)] == []
+        seed = {"createConnector", "updateConnector", "triggerConnector", "deleteConnector"}
+        assert seed <= set(ids)
 
     def test_with_auth_every_api_route_declares_bearer(self, auth_api: AuthApi):
         spec = httpx.get(f"{auth_api.url}/openapi.json").json()
@@ -176,6 +188,10 @@ class TestOpenApi:
         guarded = {key for key, op in operations.items() if op.get("security") == [{name: []}]}
         assert guarded == {key for key in operations if " /api/v1/" in key}
         assert "GET /health" not in guarded
+        documented = {
+            key for key, op in operations.items() if {"401", "403"} <= set(op["responses"])
+        }
+        assert documented == guarded
 
 
 class TestTokenCommand:

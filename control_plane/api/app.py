@@ -2,6 +2,7 @@
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
+from importlib.metadata import version
 
 from fastapi import APIRouter, Depends, FastAPI, Security
 from prefect import flow_engine
@@ -9,7 +10,7 @@ from prefect.settings import PREFECT_API_URL
 
 from control_plane.api.auth import bearer
 from control_plane.api.deps import current_caller
-from control_plane.api.errors import AnswerCutRequests, add_error_handlers
+from control_plane.api.errors import AnswerCutRequests, add_error_handlers, error_responses
 from control_plane.api.flow_context import FlowContext, SharedFlowContext, flow_context
 from control_plane.api.limits import BodyLimit
 from control_plane.api.routes import connectors, endpoints, health, projects, schedules
@@ -55,14 +56,17 @@ def create_app() -> FastAPI:
     app = FastAPI(
         title="Connector control plane",
         description="Connectors on Prefect: every change is an audited Prefect flow run.",
-        version="0.1.0",
+        version=version("connector-control-plane"),
         lifespan=_lifespan,
     )
     guards = [Depends(current_caller)]
+    # What any route may answer: its 422 FastAPI documents, 412 the routes that take If-Match.
+    errors = [404, 409, 413, 502, 503]
     if get_settings().auth_enabled:
         # Only declares the scheme in the OpenAPI document: `current_caller` reads the token.
         guards.append(Security(bearer))
-    api = APIRouter(prefix="/api/v1", dependencies=guards)
+        errors += [401, 403]
+    api = APIRouter(prefix="/api/v1", dependencies=guards, responses=error_responses(*errors))
     api.include_router(projects.router)
     api.include_router(endpoints.endpoint_router("source"))
     api.include_router(endpoints.endpoint_router("destination"))

@@ -52,12 +52,10 @@ DryRun = Annotated[
 
 
 def no_dry_run(
-    dry_run: Annotated[
-        bool | None, Query(alias="dryRun", description="Not offered here: 422 when given.")
-    ] = None,
+    dry_run: Annotated[bool | None, Query(alias="dryRun", include_in_schema=False)] = None,
 ) -> None:
     """For the actions that have no plan (trigger, reset, cancel): a client asking for a dry
-    run gets a 422, not the real action."""
+    run gets a 422, not the real action. Not in the OpenAPI document: nothing to offer there."""
     if dry_run is not None:
         message = "this action has no dry run; leave dryRun out to do it"
         raise RequestValidationError(

@@ -8,17 +8,47 @@ from typing import Any
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from control_plane.errors import ControlPlaneError, InvalidInput, Unauthorized
 from control_plane.orchestrator import translate_error
 
 logger = logging.getLogger(__name__)
+
+
+class ErrorPublic(BaseModel):
+    """Every error's answer but a 422's (which is FastAPI's list of the fields to fix)."""
+
+    detail: str = Field(description="What went wrong, and what to do about it.")
+
+
+_MEANINGS = {
+    401: "No valid bearer token (auth is on).",
+    403: "The token's scopes do not allow this.",
+    404: "What the path names does not exist, or not for this token: the detail says which.",
+    409: (
+        "The request conflicts with the stored state: an inactive or paused connector, a run "
+        "in progress, a name taken, an Idempotency-Key used for another request."
+    ),
+    412: "If-Match names a version other than the stored one: read it again and retry.",
+    413: "The body is over the limit (CONTROL_PLANE_MAX_BODY_BYTES).",
+    502: "Prefect refused the change; nothing of it was kept.",
+    503: "Prefect or the database cannot be reached, or the API is shutting down: retry later.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of these error statuses, each with its schema and meaning."""
+    return {status: {"model": ErrorPublic, "description": _MEANINGS[status]} for status in statuses}
 
 
 def _answer(error: ControlPlaneError) -> JSONResponse:
@@ -72,6 +102,22 @@ async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
         {"detail": f"internal error ({type(error).__name__}); the API's log has the details"},
         status_code=500,
     )
+
+
+async def _http_error(request: Request, error: Exception) -> JSONResponse:
+    """Starlette's own errors as FastAPI answers them, but a 405's `Allow` lists the methods of
+    every route of the path: Starlette names those of the first route it tried."""
+    assert isinstance(error, HTTPException)
+    if error.status_code == 405:
+        path = request.url.path
+        methods = {
+            method
+            for route in request.app.routes
+            if isinstance(route, APIRoute) and route.path_regex.match(path)
+            for method in route.methods
+        }
+        error.headers = {**(error.headers or {}), "Allow": ", ".join(sorted(methods))}
+    return await http_exception_handler(request, error)
 
 
 class _AsciiJSONResponse(JSONResponse):
@@ -134,6 +180,7 @@ class AnswerCutRequests:
 
 def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _request_validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(ControlPlaneError, _control_plane_error)
     for prefect_error in (PrefectHTTPStatusError, ObjectNotFound, httpx.HTTPError):
         app.add_exception_handler(prefect_error, _prefect_error)

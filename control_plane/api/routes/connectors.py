@@ -3,7 +3,7 @@
 from typing import Annotated
 from uuid import UUID
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Body, Header, Path, Query, Response, status
 from prefect.client.schemas.objects import FlowRun, StateType
 
 from control_plane import audit, checks, crud, deployments, reconcile, runs
@@ -16,6 +16,7 @@ from control_plane.api.deps import (
     SessionDep,
     check_project_reference,
 )
+from control_plane.api.errors import error_responses
 from control_plane.api.idempotency import IdempotencyDep
 from control_plane.api.plans import planned
 from control_plane.api.routes.schedules import add_warnings, schedule_preview
@@ -93,11 +94,16 @@ def _expected_version(if_match: str | None) -> int | None:
     return int(tag)
 
 
+STALE = error_responses(412)
+# A trigger without a body: a body a client may leave out, rather than one it may send as null,
+# which clients generated from the OpenAPI document cannot leave out.
+_TRIGGER_DEFAULTS = TriggerRequest()
 _PLANNED = {200: {"model": ConnectorPlan, "description": "With dryRun=true: the plan."}}
 
 
 @router.post(
     "",
+    operation_id="createConnector",
     status_code=status.HTTP_201_CREATED,
     response_model=ConnectorPublic,
     responses=_PLANNED,
@@ -124,7 +130,7 @@ async def create(
     return connector
 
 
-@router.get("", response_model=ConnectorsPublic)
+@router.get("", operation_id="listConnectors", response_model=ConnectorsPublic)
 async def list_all(
     session: SessionDep,
     page: PageDep,
@@ -148,7 +154,7 @@ async def list_all(
     return ConnectorsPublic(data=connectors, count=count)
 
 
-@router.post("/bulk", response_model=BulkResult)
+@router.post("/bulk", operation_id="bulkConnectors", response_model=BulkResult)
 async def bulk(request: BulkRequest, caller: CallerDep, dry_run: DryRun = False):
     """One action on every connector the selector names, within the caller's projects: a
     control run for the request and one for each connector it changes (none for a connector
@@ -161,7 +167,12 @@ async def bulk(request: BulkRequest, caller: CallerDep, dry_run: DryRun = False)
     )
 
 
-@router.post("/check", response_model=CheckPublic, dependencies=[NoDryRun])
+@router.post(
+    "/check",
+    operation_id="checkConnectorConfig",
+    response_model=CheckPublic,
+    dependencies=[NoDryRun],
+)
 async def check_unsaved(request: ConnectorCheckRequest, caller: CallerDep):
     """Check a connector before saving it: its defined source and destination, with the
     overrides it would lay over their configs, step by step on a worker of the connectors'
@@ -180,14 +191,19 @@ async def check_unsaved(request: ConnectorCheckRequest, caller: CallerDep):
     return CheckPublic.model_validate(checked)
 
 
-@router.get("/{connector_id}", response_model=ConnectorPublic)
+@router.get("/{connector_id}", operation_id="readConnector", response_model=ConnectorPublic)
 async def read(connector: ConnectorDep, response: Response):
     response.headers["ETag"] = _etag(connector.version)
     return connector
 
 
 # One status for both answers: the schema says either.
-@router.patch("/{connector_id}", response_model=ConnectorPublic | ConnectorPlan)
+@router.patch(
+    "/{connector_id}",
+    operation_id="updateConnector",
+    response_model=ConnectorPublic | ConnectorPlan,
+    responses=STALE,
+)
 async def update(
     connector: ConnectorDep,
     changes: ConnectorUpdate,
@@ -218,15 +234,19 @@ async def update(
     return updated
 
 
-@router.post("/{connector_id}/trigger", response_model=TriggerResult, dependencies=[NoDryRun])
+@router.post(
+    "/{connector_id}/trigger",
+    operation_id="triggerConnector",
+    response_model=TriggerResult,
+    dependencies=[NoDryRun],
+)
 async def trigger(
     connector: ConnectorDep,
     caller: CallerDep,
     idempotency: IdempotencyDep,
-    request: TriggerRequest | None = None,
+    request: Annotated[TriggerRequest, Body()] = _TRIGGER_DEFAULTS,
 ):
     """Run the connector now, bypassing its schedule; the body is optional."""
-    request = request or TriggerRequest()
 
     async def start() -> TriggerResult:
         flow_run_id = await trigger_connector(
@@ -237,7 +257,12 @@ async def trigger(
     return await idempotency.run(start, body=request.model_dump(), status_code=status.HTTP_200_OK)
 
 
-@router.post("/{connector_id}/backfill", response_model=TriggerResult, dependencies=[NoDryRun])
+@router.post(
+    "/{connector_id}/backfill",
+    operation_id="backfillConnector",
+    response_model=TriggerResult,
+    dependencies=[NoDryRun],
+)
 async def backfill(
     connector: ConnectorDep,
     caller: CallerDep,
@@ -257,7 +282,12 @@ async def backfill(
     return await idempotency.run(start, body=body, status_code=status.HTTP_200_OK)
 
 
-@router.post("/{connector_id}/check", response_model=CheckPublic, dependencies=[NoDryRun])
+@router.post(
+    "/{connector_id}/check",
+    operation_id="checkConnector",
+    response_model=CheckPublic,
+    dependencies=[NoDryRun],
+)
 async def check(connector: ConnectorDep, caller: CallerDep):
     """Check the connector's source and destination as its runs see them (resolve, connect,
     authenticate, read a sample, write permission), on a worker of the connectors' work pool,
@@ -275,7 +305,9 @@ async def check(connector: ConnectorDep, caller: CallerDep):
     return CheckPublic.model_validate(checked)
 
 
-@router.get("/{connector_id}/schedule", response_model=SchedulePreview)
+@router.get(
+    "/{connector_id}/schedule", operation_id="readConnectorSchedule", response_model=SchedulePreview
+)
 def schedule(
     connector: ConnectorDep,
     count: Annotated[int, Query(ge=1, le=MAX_PREVIEW, description="Runs to show.")] = PREVIEW_COUNT,
@@ -288,7 +320,7 @@ def schedule(
     )
 
 
-@router.get("/{connector_id}/runs", response_model=RunsPublic)
+@router.get("/{connector_id}/runs", operation_id="listConnectorRuns", response_model=RunsPublic)
 async def list_runs(
     connector: ConnectorDep,
     session: SessionDep,
@@ -323,7 +355,11 @@ def _run_public(run: FlowRun, figures: SyncRun | None) -> RunPublic:
     )
 
 
-@router.post("/{connector_id}/runs/{flow_run_id}/cancel", dependencies=[NoDryRun])
+@router.post(
+    "/{connector_id}/runs/{flow_run_id}/cancel",
+    operation_id="cancelConnectorRun",
+    dependencies=[NoDryRun],
+)
 async def cancel_run(
     connector: ConnectorDep,
     flow_run_id: Annotated[UUID, Path(title="Flow run ID")],
@@ -336,7 +372,9 @@ async def cancel_run(
     return {"flowRunId": flow_run_id, "state": state}
 
 
-@router.get("/{connector_id}/history", response_model=HistoryPublic)
+@router.get(
+    "/{connector_id}/history", operation_id="listConnectorHistory", response_model=HistoryPublic
+)
 async def history(connector: ConnectorDep, page: PageDep):
     """The connector's audit trail from Prefect, newest first: each control run with who asked,
     what it changed (before and after, secrets masked), or what it was asked and why it was
@@ -347,7 +385,7 @@ async def history(connector: ConnectorDep, page: PageDep):
     return HistoryPublic(data=entries, count=count)
 
 
-@router.get("/{connector_id}/drift", response_model=DriftPublic)
+@router.get("/{connector_id}/drift", operation_id="readConnectorDrift", response_model=DriftPublic)
 async def drift(connector: ConnectorDep, session: SessionDep):
     """How the connector's deployment in Prefect differs from the row; nothing is repaired."""
     deployment = await deployments.read_by_name(deployments.deployment_name(connector.id))
@@ -362,14 +400,17 @@ async def drift(connector: ConnectorDep, session: SessionDep):
 
 
 @router.post(
-    "/{connector_id}/reset", status_code=status.HTTP_204_NO_CONTENT, dependencies=[NoDryRun]
+    "/{connector_id}/reset",
+    operation_id="resetConnector",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=[NoDryRun],
 )
 async def reset(connector: ConnectorDep, caller: CallerDep) -> None:
     """Forget the incremental state: the next run is a full sync."""
     await reset_connector(connector_id=connector.id, actor=caller.actor)
 
 
-@router.get("/{connector_id}/state", response_model=StatePublic)
+@router.get("/{connector_id}/state", operation_id="readConnectorState", response_model=StatePublic)
 async def read_state(connector: ConnectorDep, session: SessionDep, response: Response):
     """Where each stream's next incremental read resumes; its ETag goes with a PUT's If-Match."""
     states = await crud.get_states(session=session, connector_id=connector.id)
@@ -378,7 +419,13 @@ async def read_state(connector: ConnectorDep, session: SessionDep, response: Res
     return state
 
 
-@router.put("/{connector_id}/state", response_model=StatePublic, dependencies=[NoDryRun])
+@router.put(
+    "/{connector_id}/state",
+    operation_id="setConnectorState",
+    response_model=StatePublic,
+    responses=STALE,
+    dependencies=[NoDryRun],
+)
 async def set_state(
     connector: ConnectorDep,
     state: StateUpdate,
@@ -395,7 +442,12 @@ async def set_state(
     return public
 
 
-@router.delete("/{connector_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_PLANNED)
+@router.delete(
+    "/{connector_id}",
+    operation_id="deleteConnector",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_PLANNED,
+)
 async def delete(
     connector: ConnectorDep, caller: CallerDep, if_match: IfMatch = None, dry_run: DryRun = False
 ):

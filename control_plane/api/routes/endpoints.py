@@ -39,6 +39,7 @@ ProjectFilter = Annotated[Id | None, Query(alias="projectId", description="Only 
 def endpoint_router(kind: Kind) -> APIRouter:
     """CRUD routes of the defined sources or the defined destinations."""
     router = APIRouter(prefix=f"/defined-{kind}s", tags=[f"defined {kind}s"])
+    noun = f"Defined{kind.title()}"  # in the operations' ids: createDefinedSource, ...
 
     async def visible_endpoint(
         endpoint_id: Annotated[Id, Path(title=f"Defined {kind} ID")], caller: CallerDep
@@ -54,7 +55,11 @@ def endpoint_router(kind: Kind) -> APIRouter:
     EndpointDep = Annotated[Endpoint, Depends(visible_endpoint)]
 
     @router.post(
-        "", status_code=status.HTTP_201_CREATED, response_model=EndpointPublic, responses=PLANNED
+        "",
+        operation_id=f"create{noun}",
+        status_code=status.HTTP_201_CREATED,
+        response_model=EndpointPublic,
+        responses=PLANNED,
     )
     async def create(
         spec: EndpointCreate, session: SessionDep, caller: CallerDep, dry_run: DryRun = False
@@ -64,7 +69,12 @@ def endpoint_router(kind: Kind) -> APIRouter:
             return plan_create(await crud.new_endpoint(session=session, kind=kind, spec=spec))
         return await create_catalog_entry(kind=kind, spec=spec, actor=caller.actor)
 
-    @router.post("/check", response_model=CheckPublic, dependencies=[NoDryRun])
+    @router.post(
+        "/check",
+        operation_id=f"check{noun}Config",
+        response_model=CheckPublic,
+        dependencies=[NoDryRun],
+    )
     async def check_unsaved(request: EndpointCheckRequest, caller: CallerDep):
         """Check a config before saving it, step by step on a worker of the connectors' work
         pool, as a `check-connector` run. 200 with the result, passed or failed."""
@@ -80,7 +90,12 @@ def endpoint_router(kind: Kind) -> APIRouter:
         )
         return CheckPublic.model_validate(checked)
 
-    @router.post("/{endpoint_id}/check", response_model=CheckPublic, dependencies=[NoDryRun])
+    @router.post(
+        "/{endpoint_id}/check",
+        operation_id=f"check{noun}",
+        response_model=CheckPublic,
+        dependencies=[NoDryRun],
+    )
     async def check(endpoint: EndpointDep, caller: CallerDep):
         """Check the saved config (resolve, connect, authenticate, then read a sample or try
         the write permissions), on a worker of the connectors' work pool, as a
@@ -95,7 +110,11 @@ def endpoint_router(kind: Kind) -> APIRouter:
 
     if kind == "source":
 
-        @router.get("/{endpoint_id}/streams", response_model=StreamsPublic)
+        @router.get(
+            "/{endpoint_id}/streams",
+            operation_id=f"list{noun}Streams",
+            response_model=StreamsPublic,
+        )
         async def streams(endpoint: EndpointDep, caller: CallerDep):
             """What the source holds, each stream with the JSON schema of its records, its key
             and cursor candidates: a database's tables and views from its catalog, a file's or
@@ -112,7 +131,7 @@ def endpoint_router(kind: Kind) -> APIRouter:
                 streams=checked.streams or [], check=CheckPublic.model_validate(checked)
             )
 
-    @router.get("", response_model=EndpointsPublic)
+    @router.get("", operation_id=f"list{noun}s", response_model=EndpointsPublic)
     async def list_all(
         session: SessionDep, page: PageDep, caller: CallerDep, project_id: ProjectFilter = None
     ):
@@ -126,12 +145,14 @@ def endpoint_router(kind: Kind) -> APIRouter:
         )
         return EndpointsPublic(data=[endpoint_public(kind, e) for e in endpoints], count=count)
 
-    @router.get("/{endpoint_id}", response_model=EndpointPublic)
+    @router.get("/{endpoint_id}", operation_id=f"read{noun}", response_model=EndpointPublic)
     async def read(endpoint: EndpointDep):
         return endpoint_public(kind, endpoint)
 
     # One status for both answers: the schema says either.
-    @router.patch("/{endpoint_id}", response_model=EndpointPublic | CatalogPlan)
+    @router.patch(
+        "/{endpoint_id}", operation_id=f"update{noun}", response_model=EndpointPublic | CatalogPlan
+    )
     async def update(
         endpoint: EndpointDep,
         changes: EndpointUpdate,
@@ -152,7 +173,12 @@ def endpoint_router(kind: Kind) -> APIRouter:
             kind=kind, entry_id=endpoint.id, changes=changes, actor=caller.actor
         )
 
-    @router.delete("/{endpoint_id}", status_code=status.HTTP_204_NO_CONTENT, responses=PLANNED)
+    @router.delete(
+        "/{endpoint_id}",
+        operation_id=f"delete{noun}",
+        status_code=status.HTTP_204_NO_CONTENT,
+        responses=PLANNED,
+    )
     async def delete(
         endpoint: EndpointDep, session: SessionDep, caller: CallerDep, dry_run: DryRun = False
     ):
@@ -171,7 +197,7 @@ def endpoint_router(kind: Kind) -> APIRouter:
 types_router = APIRouter(prefix="/types", tags=["types"])
 
 
-@types_router.get("", response_model=TypesPublic)
+@types_router.get("", operation_id="listTypes", response_model=TypesPublic)
 async def list_types():
     """Every registered source and destination type with the JSON schema of its config."""
     return TypesPublic(

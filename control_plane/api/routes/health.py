@@ -7,6 +7,7 @@ back and the processes answer again on their own once Prefect does.
 """
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
@@ -18,18 +19,21 @@ from control_plane.api.deps import SessionDep
 from control_plane.errors import Unavailable
 
 router = APIRouter(tags=["health"])
+NOT_READY: dict[int | str, dict[str, Any]] = {
+    503: {"description": "Not ready: `detail` maps each dependency to `ok` or what is wrong."}
+}
 
 # A probe waits for an answer; a dependency slower than this counts as down.
 _CHECK_SECONDS = 5
 
 
-@router.get("/livez")
+@router.get("/livez", operation_id="livez")
 async def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
-@router.get("/health")
+@router.get("/readyz", operation_id="readyz", responses=NOT_READY)
+@router.get("/health", operation_id="health", responses=NOT_READY)
 async def readyz(session: SessionDep) -> JSONResponse:
     checks: dict[str, str] = {}
     try:

@@ -23,7 +23,11 @@ router = APIRouter(prefix="/projects", tags=["projects"])
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, response_model=ProjectPublic, responses=PLANNED
+    "",
+    operation_id="createProject",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ProjectPublic,
+    responses=PLANNED,
 )
 async def create_project(
     spec: ProjectCreate, session: SessionDep, caller: CallerDep, dry_run: DryRun = False
@@ -35,7 +39,7 @@ async def create_project(
     return await create_catalog_entry(kind="project", spec=spec, actor=caller.actor)
 
 
-@router.get("", response_model=ProjectsPublic)
+@router.get("", operation_id="listProjects", response_model=ProjectsPublic)
 async def list_projects(session: SessionDep, page: PageDep, caller: CallerDep):
     projects, count = await crud.list_projects(
         session=session, project_ids=caller.projects, limit=page.limit, offset=page.offset
@@ -43,13 +47,15 @@ async def list_projects(session: SessionDep, page: PageDep, caller: CallerDep):
     return ProjectsPublic(data=projects, count=count)
 
 
-@router.get("/{project_id}", response_model=ProjectPublic)
+@router.get("/{project_id}", operation_id="readProject", response_model=ProjectPublic)
 async def read_project(project: ProjectDep):
     return project
 
 
 # One status for both answers: the schema says either.
-@router.patch("/{project_id}", response_model=ProjectPublic | CatalogPlan)
+@router.patch(
+    "/{project_id}", operation_id="updateProject", response_model=ProjectPublic | CatalogPlan
+)
 async def update_project(
     project: ProjectDep,
     changes: ProjectUpdate,
@@ -70,7 +76,12 @@ async def update_project(
     )
 
 
-@router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT, responses=PLANNED)
+@router.delete(
+    "/{project_id}",
+    operation_id="deleteProject",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=PLANNED,
+)
 async def delete_project(
     project: ProjectDep, session: SessionDep, caller: CallerDep, dry_run: DryRun = False
 ):
@@ -84,7 +95,12 @@ async def delete_project(
     await delete_catalog_entry(kind="project", entry_id=project.id, actor=caller.actor)
 
 
-@router.post("/{project_id}/freeze", response_model=ProjectPublic, dependencies=[NoDryRun])
+@router.post(
+    "/{project_id}/freeze",
+    operation_id="freezeProject",
+    response_model=ProjectPublic,
+    dependencies=[NoDryRun],
+)
 async def freeze(project: ProjectDep, request: FreezeRequest, caller: CallerDep):
     """Freeze the project with a reason and an optional end: its connectors' scheduled runs
     stop (their deployments are paused) and their triggers answer 409 with the reason, until
@@ -94,7 +110,12 @@ async def freeze(project: ProjectDep, request: FreezeRequest, caller: CallerDep)
     )
 
 
-@router.post("/{project_id}/unfreeze", response_model=ProjectPublic, dependencies=[NoDryRun])
+@router.post(
+    "/{project_id}/unfreeze",
+    operation_id="unfreezeProject",
+    response_model=ProjectPublic,
+    dependencies=[NoDryRun],
+)
 async def unfreeze(project: ProjectDep, caller: CallerDep):
     """End the project's freeze now; its connectors run on their schedules again."""
     return await unfreeze_project(project_id=project.id, actor=caller.actor)

@@ -33,7 +33,7 @@ def add_warnings(response: Response, warnings: list[str]) -> None:
         response.headers.append("Warning", f'299 control-plane "{warning}"')
 
 
-@router.post("/preview", response_model=SchedulePreview)
+@router.post("/preview", operation_id="previewSchedule", response_model=SchedulePreview)
 def preview(request: SchedulePreviewRequest) -> SchedulePreview:
     """The next runs of a schedule in a time zone, before any connector has it: in UTC and in
     the zone, each with what daylight saving time does to it. (Plain `def`: a century of a
