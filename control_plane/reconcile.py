@@ -22,6 +22,10 @@ Action = Literal["create", "update", "delete", "relink"]
 # server (about 50 ms of CPU per create) is the limit. Each holds a database connection (the
 # engine's pool has 5 + 10).
 REPAIR_CONCURRENCY = 8
+# The table artifact of each pass's drift, and how a pass that repaired it (not a dry run)
+# describes it.
+REPAIRS_ARTIFACT = "reconcile-connectors"
+REPAIRED = "Drift repaired"
 
 
 @dataclass
@@ -163,4 +167,13 @@ async def repair_all(drift: Sequence[Drift], *, concurrency: int = REPAIR_CONCUR
         raise failures[0]
 
 
-__all__ = ["REPAIR_CONCURRENCY", "Drift", "compare", "find_drift", "repair", "repair_all"]
+__all__ = [
+    "REPAIRED",
+    "REPAIRS_ARTIFACT",
+    "REPAIR_CONCURRENCY",
+    "Drift",
+    "compare",
+    "find_drift",
+    "repair",
+    "repair_all",
+]

@@ -4,7 +4,7 @@ import os
 from datetime import timedelta
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +26,13 @@ class Settings(BaseSettings):
         description=(
             "SQLAlchemy URL of the control plane's database, e.g. "
             "`postgresql+psycopg://user@host/db`. Default: SQLite at `<data_dir>/control-plane.db`."
+        ),
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description=(
+            "The API's log lines on stderr: text, or JSON objects (time, level, logger, "
+            "message, flowRunId of the control flow run the line belongs to)."
         ),
     )
     work_pool: str = Field(

@@ -62,9 +62,9 @@ async def reconcile_connectors(
             )
     rows = [item.as_row() for item in drift]
     await create_table_artifact(
-        key="reconcile-connectors",
+        key=reconcile.REPAIRS_ARTIFACT,
         table=rows or [{"action": "none", "deployment": "", "connector": "", "differences": ""}],
-        description=("Drift found" if dry_run else "Drift repaired") + f": {len(rows)}",
+        description=("Drift found" if dry_run else reconcile.REPAIRED) + f": {len(rows)}",
     )
     try:
         await _publish_overview()

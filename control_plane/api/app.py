@@ -8,11 +8,13 @@ from fastapi import APIRouter, Depends, FastAPI, Security
 from prefect import flow_engine
 from prefect.settings import PREFECT_API_URL
 
+from control_plane import logs, metrics
 from control_plane.api.auth import bearer
 from control_plane.api.deps import current_caller
 from control_plane.api.errors import AnswerCutRequests, add_error_handlers, error_responses
 from control_plane.api.flow_context import FlowContext, SharedFlowContext, flow_context
 from control_plane.api.limits import BodyLimit
+from control_plane.api.observed import Observed
 from control_plane.api.routes import connectors, endpoints, health, projects, schedules
 from control_plane.db import get_engine
 from control_plane.encryption import check_key_file
@@ -76,9 +78,12 @@ def create_app() -> FastAPI:
     app.include_router(api)
     app.include_router(health.router)
     add_error_handlers(app)
+    metrics.instrument("flows")
+    logs.configure(get_settings().log_format)
     app.add_middleware(SharedFlowContext)
     # Outside the routes, so an oversized or undecodable body is refused before it is parsed.
     app.add_middleware(BodyLimit)
+    app.add_middleware(Observed)
     # Outermost, so every request a shutdown cuts short answers JSON, whatever it was doing.
     app.add_middleware(AnswerCutRequests)
     return app

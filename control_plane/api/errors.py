@@ -11,7 +11,6 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
@@ -19,6 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from control_plane.api.templates import methods_of
 from control_plane.errors import ControlPlaneError, InvalidInput, Unauthorized
 from control_plane.orchestrator import translate_error
 
@@ -105,18 +105,12 @@ async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
 
 
 async def _http_error(request: Request, error: Exception) -> JSONResponse:
-    """Starlette's own errors as FastAPI answers them, but a 405's `Allow` lists the methods of
-    every route of the path: Starlette names those of the first route it tried."""
+    """Starlette's own errors as FastAPI answers them, but a 405's `Allow` lists every method
+    documented for the path: Starlette names those of the one route it tried."""
     assert isinstance(error, HTTPException)
     if error.status_code == 405:
-        path = request.url.path
-        methods = {
-            method
-            for route in request.app.routes
-            if isinstance(route, APIRoute) and route.path_regex.match(path)
-            for method in route.methods
-        }
-        error.headers = {**(error.headers or {}), "Allow": ", ".join(sorted(methods))}
+        allowed = ", ".join(methods_of(request.app, request.url.path))
+        error.headers = {**(error.headers or {}), "Allow": allowed}
     return await http_exception_handler(request, error)
 
 

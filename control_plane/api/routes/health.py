@@ -10,12 +10,14 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from control_plane import deployments
+from control_plane import deployments, metrics
 from control_plane.api.deps import SessionDep
+from control_plane.api.errors import error_responses
 from control_plane.errors import Unavailable
 
 router = APIRouter(tags=["health"])
@@ -55,3 +57,15 @@ async def readyz(session: SessionDep) -> JSONResponse:
     if all(value == "ok" for value in checks.values()):
         return JSONResponse(checks)
     return JSONResponse({"detail": checks}, status_code=503)
+
+
+@router.get(
+    "/metrics",
+    operation_id="metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}, **error_responses(503)},
+)
+async def prometheus_metrics(session: SessionDep) -> Response:
+    """Prometheus' text format: this process's requests and control flow runs, and what the
+    database and Prefect's latest reconcile pass hold (`control_plane.metrics`)."""
+    return Response(await metrics.render(session), media_type=CONTENT_TYPE_LATEST)
