@@ -32,8 +32,8 @@ from prefect.context import FlowRunContext
 from control_plane.connectors import MASK, Kind, mask_secrets
 from control_plane.deployments import MANAGED_TAG
 from control_plane.errors import Unavailable
-from control_plane.orchestrator import prefect_client
-from control_plane.runs import PREFECT_PAGE
+from control_plane.orchestrator import PREFECT_PAGE, prefect_client
+from control_plane.runs import connector_tag
 from models import HistoryEntry
 from models.history import AskedField
 from models.plan import FieldChange
@@ -51,7 +51,7 @@ async def _label(run: FlowRun, *, actor: str, name: str, connector_id: int | Non
     # Prefect replaces a run's tags on update: keep the deployment's (and any earlier label's).
     tags = {*run.tags, MANAGED_TAG, actor_tag(actor)}
     if connector_id is not None:
-        tags.add(f"connector:{connector_id}")
+        tags.add(connector_tag(connector_id))
     async with prefect_client() as client:
         await client.update_flow_run(run.id, name=name, tags=sorted(tags))
     run.name, run.tags = name, sorted(tags)
@@ -187,7 +187,7 @@ async def history(
     filters = {
         "flow_filter": FlowFilter(name=FlowFilterName(any_=list(flows))),
         "flow_run_filter": FlowRunFilter(
-            tags=FlowRunFilterTags(all_=[f"connector:{connector_id}"])
+            tags=FlowRunFilterTags(all_=[connector_tag(connector_id)])
         ),
     }
     async with prefect_client() as client:

@@ -45,14 +45,14 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from control_plane import freshness, notify, schedules
 from control_plane.errors import DeploymentMissing
-from control_plane.orchestrator import prefect_client
+from control_plane.orchestrator import PREFECT_PAGE, prefect_client
+from control_plane.runs import connector_tag
 from control_plane.settings import Settings, get_settings
 from control_plane.titles import field_title
 from flows.sync import sync_connector
 from models import Connector, ConnectorContext
 
 MANAGED_TAG = "control-plane"
-_PAGE = 200  # the most Prefect's read_deployments answers at once
 SCHEDULE_SLUG = "primary"
 SYNC_ENTRYPOINT = "flows.sync:sync_connector"
 # Starts a run's process as Prefect's engine in this interpreter. Without a command, Prefect's
@@ -107,7 +107,7 @@ def desired(connector: Connector, context: ConnectorContext) -> DeploymentSpec:
         timezone=connector.timezone if connector.schedule else None,
         parameters={"connector_id": connector.id},
         tags=tuple(
-            sorted([MANAGED_TAG, f"connector:{connector.id}", f"project:{connector.project_id}"])
+            sorted([MANAGED_TAG, connector_tag(connector.id), f"project:{connector.project_id}"])
         ),
         work_pool=get_settings().work_pool,
         work_queue=destination_queue(connector.defined_destination_id),
@@ -154,11 +154,11 @@ async def list_managed() -> list[DeploymentResponse]:
                 flow_filter=FlowFilter(name=FlowFilterName(any_=[sync_connector.name])),
                 deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=[MANAGED_TAG])),
                 sort=DeploymentSort.NAME_ASC,
-                limit=_PAGE,
+                limit=PREFECT_PAGE,
                 offset=len(found),
             )
             found.extend(page)
-            if len(page) < _PAGE:
+            if len(page) < PREFECT_PAGE:
                 return found
 
 

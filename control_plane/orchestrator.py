@@ -18,6 +18,8 @@ from control_plane.errors import (
 )
 
 # Collections in the paths of Prefect's API, by the object the segment after them names.
+# The most objects Prefect's API answers a read or filter request with.
+PREFECT_PAGE = 200
 _OBJECTS = {
     "deployments": "deployment",
     "schedules": "deployment schedule",

@@ -14,6 +14,7 @@ from control_plane import crud, deployments
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import NotFound
+from control_plane.runs import connector_tag
 from models import Connector, ConnectorContext
 
 Action = Literal["create", "update", "delete", "relink"]
@@ -112,7 +113,7 @@ async def find_drift(*, session: AsyncSession) -> list[Drift]:
 
 async def repair(item: Drift) -> None:
     """Repair one drift under the connector's row lock, from what the row says now."""
-    key = f"connector:{item.connector_id}" if item.connector_id else f"deployment:{item.deployment}"
+    key = connector_tag(item.connector_id) if item.connector_id else f"deployment:{item.deployment}"
     # The control flows' lock too: on SQLite, with its one writer, repairs take turns.
     async with write_lock(key), session_scope() as session:
         try:

@@ -25,7 +25,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 
 from control_plane.errors import Conflict, NotFound
-from control_plane.orchestrator import prefect_client
+from control_plane.orchestrator import PREFECT_PAGE, prefect_client
 from control_plane.schedules import upcoming
 from models.base import utcnow
 
@@ -56,9 +56,6 @@ def _filters(connector_id: int, states: Sequence[StateType] | None) -> dict:
         "flow_filter": FlowFilter(name=FlowFilterName(any_=[SYNC_FLOW])),
         "flow_run_filter": run_filter,
     }
-
-
-PREFECT_PAGE = 200
 
 
 async def list_runs(

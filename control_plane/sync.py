@@ -27,7 +27,7 @@ from control_plane.connectors import (
 )
 from control_plane.errors import Conflict, InvalidInput
 from control_plane.faults import blocking_pause_point
-from control_plane.runs import connector_tag
+from control_plane.runs import SYNC_FLOW, connector_tag
 from control_plane.settings import get_settings
 from models import Backfill, Connector
 from models.base import utcnow
@@ -112,7 +112,7 @@ class RunTimedOut(TimeoutError):
 
 
 # The actor of the events a sync run causes: the sync flow's own name.
-SYNC_ACTOR = "sync-connector"
+SYNC_ACTOR = SYNC_FLOW
 
 
 def failure_threshold(connector: Connector) -> int:

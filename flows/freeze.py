@@ -17,6 +17,7 @@ from control_plane import catalog, crud, deployments, events
 from control_plane.audit import label_refused, label_run, publish_changes
 from control_plane.db import session_scope, write_lock
 from control_plane.errors import DeploymentMissing, NotFound, Unavailable
+from control_plane.runs import connector_tag
 from flows.lifecycle import SCHEDULE_ACTOR, UI_ACTOR
 from models import ProjectPublic
 from models.base import as_utc, utcnow
@@ -32,7 +33,7 @@ async def _follow(project_id: int) -> list[int]:
         )
     changed = []
     for connector_id in [c.id for c in connectors if c.is_active]:
-        async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+        async with write_lock(connector_tag(connector_id)), session_scope() as session:
             try:
                 connector = await crud.get_connector(
                     session=session, connector_id=connector_id, for_update=True

@@ -7,6 +7,7 @@ from control_plane import crud, events, freshness
 from control_plane.audit import label_refused, label_run
 from control_plane.db import session_scope, write_lock
 from control_plane.errors import NotFound
+from control_plane.runs import connector_tag
 from control_plane.sync import refusal
 from models.base import as_utc, utcnow
 
@@ -27,7 +28,7 @@ async def mark_connector_stale(connector_id: int, actor: str = "automation") -> 
         connector_id=connector_id,
     )
     logger = get_run_logger()
-    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+    async with write_lock(connector_tag(connector_id)), session_scope() as session:
         try:
             connector = await crud.get_connector(
                 session=session, connector_id=connector_id, for_update=True

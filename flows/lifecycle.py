@@ -331,7 +331,7 @@ async def _update(
     """The body of `update-connector`; with `only_if`, nothing changes unless the locked row
     passes it."""
     await notify.check_channels(changes.notifications, field="notifications")
-    async with write_lock(f"connector:{connector_id}"):
+    async with write_lock(runs.connector_tag(connector_id)):
         await _stop_runs_first(
             connector_id,
             lambda c: (
@@ -420,7 +420,7 @@ async def deactivate_connector(
         name=f"deactivate connector {connector_id}: {reason}",
         connector_id=connector_id,
     )
-    async with write_lock(f"connector:{connector_id}"):
+    async with write_lock(runs.connector_tag(connector_id)):
         await _stop_runs_first(connector_id, lambda c: _deactivates(c, only_if_failing))
         async with session_scope() as session:
             connector = await crud.get_connector(
@@ -465,7 +465,7 @@ async def trigger_connector(
     # Under the connector's lock, taken by a write (on SQLite, where FOR UPDATE locks nothing,
     # that takes the database's one write lock): a delete or deactivate writes the row before
     # it cancels the runs, so it either sees the new run or leaves nothing to trigger.
-    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+    async with write_lock(runs.connector_tag(connector_id)), session_scope() as session:
         await crud.lock_connector(session=session, connector_id=connector_id)
         connector = await crud.get_connector(session=session, connector_id=connector_id)
         if refused := await refusal(session=session, connector=connector):
@@ -498,7 +498,7 @@ async def backfill_connector(
     await label_run(
         actor=actor, name=f"backfill connector {connector_id}", connector_id=connector_id
     )
-    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+    async with write_lock(runs.connector_tag(connector_id)), session_scope() as session:
         await crud.lock_connector(session=session, connector_id=connector_id)
         plan = await sync.plan(session=session, connector_id=connector_id)
         sync.backfilled(plan.routes, backfill.stream)
@@ -539,7 +539,7 @@ async def cancel_connector_run(connector_id: int, flow_run_id: UUID, actor: str 
         connector_id=connector_id,
     )
     # Under the connector's lock, as trigger is: a cancel and a trigger never cross.
-    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+    async with write_lock(runs.connector_tag(connector_id)), session_scope() as session:
         await crud.get_connector(session=session, connector_id=connector_id, for_update=True)
         run = await runs.cancel(connector_id, flow_run_id)
     return run.state.name if run.state else "unknown"
@@ -552,7 +552,7 @@ async def reset_connector(connector_id: int, actor: str = UI_ACTOR) -> None:
     A run in progress finishes, but does not save its cursor: it started before the reset.
     """
     await label_run(actor=actor, name=f"reset connector {connector_id}", connector_id=connector_id)
-    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+    async with write_lock(runs.connector_tag(connector_id)), session_scope() as session:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
         )
@@ -611,7 +611,7 @@ async def set_connector_state(
         actor=actor, name=f"set the state of connector {connector_id}", connector_id=connector_id
     )
     cursors = {stream.stream: stream.cursor for stream in state.streams}
-    async with write_lock(f"connector:{connector_id}"), session_scope() as session:
+    async with write_lock(runs.connector_tag(connector_id)), session_scope() as session:
         connector = await crud.get_connector(
             session=session, connector_id=connector_id, for_update=True
         )
@@ -649,7 +649,7 @@ async def delete_connector(
     """Remove the connector with its deployment; its runs that have not ended are cancelled
     first (a running one is stopped, its load rolled back)."""
     await label_run(actor=actor, name=f"delete connector {connector_id}", connector_id=connector_id)
-    async with write_lock(f"connector:{connector_id}"):
+    async with write_lock(runs.connector_tag(connector_id)):
         await _stop_runs_first(connector_id, lambda c: expected_version in (None, c.version))
         async with session_scope() as session:
             connector = await crud.get_connector(
@@ -711,7 +711,7 @@ async def plan_connector_change(
     routes = spec.notifications if spec else changes.notifications if changes else None
     await notify.check_channels(routes, field="notifications")
     # The real change's lock: on SQLite an update's flush takes the one writer's place.
-    key = f"create:{spec.project_id}:{spec.name}" if spec else f"connector:{connector_id}"
+    key = f"create:{spec.project_id}:{spec.name}" if spec else runs.connector_tag(connector_id)
     async with write_lock(key), session_scope() as session:
         if spec is not None:
             # Not inserted: PostgreSQL would spend an id on it. 0 stands in for the id.

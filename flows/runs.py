@@ -13,8 +13,8 @@ from control_plane.audit import label_refused, label_run
 from control_plane.db import session_scope
 from control_plane.deployments import HEARTBEAT_SECONDS
 from control_plane.errors import PrefectRejected
-from control_plane.orchestrator import prefect_client
-from control_plane.runs import PREFECT_PAGE, connector_id_of
+from control_plane.orchestrator import PREFECT_PAGE, prefect_client
+from control_plane.runs import connector_id_of
 from control_plane.sync import tell_failed
 from models import Connector
 from models.base import as_utc, utcnow
