@@ -158,7 +158,11 @@ def _start_stack(
         engine = deployments.LOCAL_ENGINE if own_server else None
         try:
             for pool in pools:
-                asyncio.run(deployments.ensure_work_pool(pool, command=engine))
+                asyncio.run(
+                    deployments.ensure_work_pool(
+                        pool, command=engine, worker_type=_worker_type(pool, settings)
+                    )
+                )
             for name in asyncio.run(deployments.deploy_control_flows()):
                 print(f"deployed {name}")
         except ControlPlaneError as error:
@@ -168,6 +172,12 @@ def _start_stack(
         "PREFECT_WORKER_QUERY_SECONDS": str(settings.worker_poll_seconds),
     }
     for pool in pools:
+        if _worker_type(pool, settings) != "process":
+            print(
+                f"work pool {pool} is of type {settings.work_pool_type}: start its workers where "
+                f"they run (prefect worker start --type {settings.work_pool_type} --pool {pool})"
+            )
+            continue
         command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
         supervisor.start(f"worker {pool}", [*command, "--pool", pool], worker_env, tier=2)
     api = f"http://{settings.api_host}:{settings.api_port}"
@@ -205,6 +215,12 @@ def _start_postgres(supervisor: Supervisor, settings: Settings) -> str:
     )
     supervisor.wait_ready(process, timeout=60)
     return cluster.url
+
+
+def _worker_type(pool: str, settings: Settings) -> str:
+    """The connectors' pool is of the type the settings say; the control flows' is a process
+    pool, run here."""
+    return settings.work_pool_type if pool == settings.work_pool else "process"
 
 
 def _after_prefect_restart(supervisor: Supervisor, env: dict[str, str]) -> None:

@@ -41,10 +41,11 @@ from prefect.states import Scheduled
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.processutils import command_to_string
 from prefect.workers.process import ProcessWorker
+from prefect.workers.utilities import get_default_base_job_template_for_infrastructure_type
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from control_plane import freshness, notify, schedules
-from control_plane.errors import DeploymentMissing
+from control_plane.errors import DeploymentMissing, WorkPoolMissing
 from control_plane.orchestrator import PREFECT_PAGE, prefect_client
 from control_plane.runs import connector_tag
 from control_plane.settings import Settings, get_settings
@@ -78,6 +79,7 @@ class DeploymentSpec(BaseModel):
     work_queue: str
     description: str | None = None
     paused: bool = False
+    job_variables: dict[str, Any] = {}
 
     def differences(self, actual: "DeploymentSpec") -> list[str]:
         """What `actual` has that this spec does not, field by field."""
@@ -114,6 +116,7 @@ def desired(connector: Connector, context: ConnectorContext) -> DeploymentSpec:
         description=describe(connector, context),
         # Until the resume run clears it, or the project thaws: its scheduled runs stop.
         paused=connector.paused_until is not None or context.project_frozen,
+        job_variables=get_settings().job_variables,
     )
 
 
@@ -142,6 +145,7 @@ def actual(deployment: DeploymentResponse) -> DeploymentSpec:
         work_queue=deployment.work_queue_name or "",
         description=deployment.description,
         paused=deployment.paused,
+        job_variables=deployment.job_variables or {},
     )
 
 
@@ -197,6 +201,7 @@ async def _create(spec: DeploymentSpec) -> UUID:
             parameter_openapi_schema=_PARAMETER_SCHEMA,
             enforce_parameter_schema=True,
             paused=spec.paused,
+            job_variables=dict(spec.job_variables),
             # One run at a time per connector; a trigger meanwhile waits its turn.
             concurrency_limit=1,
         )
@@ -215,6 +220,7 @@ async def _update(deployment_id: UUID, before: DeploymentSpec, after: Deployment
             work_queue_name=after.work_queue,
             description=after.description,
             paused=after.paused,
+            job_variables=dict(after.job_variables),
         )
         if after.schedule:
             # Patched by slug, the schedule keeps its id and Prefect drops the old future runs.
@@ -357,14 +363,21 @@ async def remove_destination_queue(destination_id: int) -> None:
             await client.delete_work_queue_by_id(queue.id)
 
 
-async def ensure_work_pool(name: str, *, command: str | None = None) -> None:
+async def ensure_work_pool(
+    name: str, *, command: str | None = None, worker_type: str = "process"
+) -> None:
     """Create the process work pool the deployments run on, unless it exists; its runs send
-    heartbeats, so one lost with its worker is noticed (`lost_runs_automation`).
+    heartbeats, so one lost with its worker is noticed (`lost_runs_automation`). A pool of
+    another `worker_type` (docker, kubernetes) is created with Prefect's job template for it;
+    one that exists is left as it is.
 
     With `command` (only for a pool whose workers run here, on a Prefect server of our own), the
     pool's runs start with it, also when the pool exists: a moved checkout moves the interpreter.
     A pool that exists otherwise keeps its job template, with the heartbeat added to its env.
     """
+    if worker_type != "process":
+        await _ensure_other_pool(name, worker_type)
+        return
     template = ProcessWorker.get_default_base_job_template()
     template["variables"]["properties"]["command"]["default"] = command
     template["variables"]["properties"]["env"]["default"] = _HEARTBEAT_ENV
@@ -382,6 +395,24 @@ async def ensure_work_pool(name: str, *, command: str | None = None) -> None:
                     return
                 env["default"] = {**(env.get("default") or {}), **_HEARTBEAT_ENV}
         await client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+
+
+async def _ensure_other_pool(name: str, worker_type: str) -> None:
+    template = await get_default_base_job_template_for_infrastructure_type(worker_type)
+    if template is None:
+        raise WorkPoolMissing(
+            f"Prefect knows no worker type {worker_type!r} for work pool {name!r}: set "
+            "CONTROL_PLANE_WORK_POOL_TYPE to one of its worker types (process, docker, "
+            f"kubernetes, ...), or create the pool yourself: prefect work-pool create {name} "
+            "--type <type>"
+        )
+    async with prefect_client() as client:
+        try:
+            await client.create_work_pool(
+                WorkPoolCreate(name=name, type=worker_type, base_job_template=template)
+            )
+        except ObjectAlreadyExists:
+            pass
 
 
 # States after which a run sends no heartbeats and is not lost: it ended, or waits to retry.
@@ -439,6 +470,7 @@ async def deploy_control_flows(
     Deployments are upserted by name, automations updated in place by name.
     """
     settings = settings or get_settings()
+    await ensure_work_pool(settings.work_pool, worker_type=settings.work_pool_type)
     registered = []
     for entry in control_deployments(path):
         await ensure_work_pool(entry["work_pool"]["name"])

@@ -4,7 +4,7 @@ import os
 from datetime import timedelta
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +26,20 @@ class Settings(BaseSettings):
         description=(
             "SQLAlchemy URL of the control plane's database, e.g. "
             "`postgresql+psycopg://user@host/db`. Default: SQLite at `<data_dir>/control-plane.db`."
+        ),
+    )
+    work_pool_type: str = Field(
+        default="process",
+        description=(
+            "Worker type of the connectors' work pool when `up` or `deploy` creates it: "
+            "process, docker, kubernetes, ... (a pool that exists keeps its own)."
+        ),
+    )
+    job_variables: dict[str, Any] = Field(
+        default_factory=dict,
+        description=(
+            "Job variables of every connector deployment, as JSON: what the pool's job "
+            'template takes, e.g. {"image": "...", "env": {...}} on a kubernetes pool.'
         ),
     )
     log_format: Literal["text", "json"] = Field(

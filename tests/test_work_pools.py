@@ -1,0 +1,54 @@
+"""The connectors' work pool as a platform runs it: job variables (an image, env) on every
+connector deployment, and a pool of another worker type created from Prefect's template. Only
+the process type runs here; docker and kubernetes pools are created, not run."""
+
+import asyncio
+import json
+import uuid
+from uuid import UUID
+
+import httpx
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+
+from control_plane import deployments
+from control_plane.errors import WorkPoolMissing
+from tests.conftest import Stack
+from tests.helpers import Catalog, created
+from tests.stack import api_server, free_port, running
+
+JOB_VARIABLES = {"env": {"CONNECTOR_MARK": "on"}}
+
+
+def test_job_variables_reach_the_deployment_and_drift_names_them(
+    stack: Stack, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog, tmp_path
+) -> None:
+    env = {**stack.env, "CONTROL_PLANE_JOB_VARIABLES": json.dumps(JOB_VARIABLES)}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (
+        running(api_server(env, port, tmp_path / "api.log"), f"{url}/health"),
+        httpx.Client(base_url=f"{url}/api/v1", timeout=60) as configured,
+    ):
+        connector = created(configured.post("/connectors", json=catalog.connector()))
+
+    deployment = prefect.read_deployment(UUID(connector["prefectDeploymentId"]))
+    assert deployment.job_variables == JOB_VARIABLES
+    # The stack's own API has none set: to it, the deployment drifted.
+    drift = api.get(f"/connectors/{connector['id']}/drift").json()
+    assert drift["inSync"] is False
+    assert any(line.startswith("job_variables") for line in drift["differences"])
+
+
+def test_a_pool_of_another_worker_type_is_made_from_prefects_template(
+    prefect: SyncPrefectClient,
+) -> None:
+    name = f"k8s-{uuid.uuid4().hex[:8]}"
+    asyncio.run(deployments.ensure_work_pool(name, worker_type="kubernetes"))
+    asyncio.run(deployments.ensure_work_pool(name, worker_type="kubernetes"))  # exists: kept
+
+    pool = prefect.read_work_pool(name)
+    assert pool.type == "kubernetes"
+    assert {"image", "namespace", "env"} <= set(pool.base_job_template["variables"]["properties"])
+    with pytest.raises(WorkPoolMissing, match="no worker type 'mainframe'"):
+        asyncio.run(deployments.ensure_work_pool(f"{name}-x", worker_type="mainframe"))
