@@ -13,6 +13,7 @@ at once. Prints a table and writes bench/results/throughput.json (throughput-emb
 
 import argparse
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -38,6 +39,16 @@ def _postgres_pids() -> list[int]:
     return process_tree(int(next(postmaster).read_text().split()[0]))
 
 
+# An access log line of Prefect's server: `"POST /api/flow_runs/ HTTP/1.1" 201`.
+_ACCESS = re.compile(r'"(GET|POST|PATCH|PUT|DELETE) (/api/[^ ?"]*)[^"]*" \d{3}')
+_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _prefect_calls(log: str) -> Counter[str]:
+    """The requests Prefect's server answered, by method and path (ids as `{id}`)."""
+    return Counter(f"{method} {_ID.sub('{id}', path)}" for method, path in _ACCESS.findall(log))
+
+
 def _create_all(
     stack: LocalStack, api: httpx.Client, catalog: Catalog, names: list[str], clients: int
 ) -> dict:
@@ -52,6 +63,8 @@ def _create_all(
         postmaster = stack.prefect_postgres.popen.pid  # type: ignore[union-attr]
         trees["postgres"] = lambda: process_tree(postmaster)
     cpu_before = {name: cpu_seconds(tree()) for name, tree in trees.items()}
+    access_log = stack.prefect_process.log
+    logged_before = access_log.stat().st_size
     statuses: Counter[int] = Counter()
 
     def create(name: str) -> None:
@@ -68,7 +81,14 @@ def _create_all(
     # The trees again: a connection opened meanwhile is a PostgreSQL process that was not there.
     cpu = {name: cpu_seconds(tree()) - cpu_before[name] for name, tree in trees.items()}
     cpu_per_create = sum(cpu.values()) / len(names)
+    with access_log.open("rb") as log:
+        log.seek(logged_before)
+        calls = _prefect_calls(log.read().decode(errors="replace"))
     return {
+        "prefect_calls_per_create": round(sum(calls.values()) / len(names), 2),
+        "prefect_calls_by_endpoint_per_create": {
+            endpoint: round(count / len(names), 2) for endpoint, count in calls.most_common()
+        },
         "cpu_ms_per_create": {name: round(1000 * used / len(names)) for name, used in cpu.items()},
         # What the machine could do at best if every core did nothing else.
         "cpu_bound_per_second": round(len(os.sched_getaffinity(0)) / cpu_per_create, 1),
@@ -92,7 +112,12 @@ def main() -> None:
     if args.embedded:
         os.environ["PREFECT_CLIENT_MAX_RETRIES"] = "0"  # the API's, which inherits it
     postgres = not args.embedded
-    with tempfile.TemporaryDirectory() as tmp, local_stack(Path(tmp), postgres=postgres) as stack:
+    # Prefect's server logs each request it answers (uvicorn's access log), to count the calls.
+    access = {"PREFECT_LOGGING_LOGGERS_UVICORN_LEVEL": "INFO"}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        local_stack(Path(tmp), postgres=postgres, prefect_env=access) as stack,
+    ):
         limits = httpx.Limits(max_connections=args.clients)
         with httpx.Client(base_url=stack.api.base_url, timeout=120, limits=limits) as api:
             catalog = make_catalog(api, stack.files)
@@ -113,6 +138,10 @@ def main() -> None:
             f"{run['per_second']:>8}{run['p50_ms']:>8}{run['p95_ms']:>8}  {run['statuses']}"
         )
     print("CPU ms per create:", {name: run["cpu_ms_per_create"] for name, run in runs.items()})
+    for name, run in runs.items():
+        print(f"Prefect calls per create ({name}): {run['prefect_calls_per_create']}")
+        for endpoint, count in run["prefect_calls_by_endpoint_per_create"].items():
+            print(f"  {count:>6} {endpoint}")
     print(
         f"all {len(os.sched_getaffinity(0))} cores busy with nothing else would do at most",
         {name: run["cpu_bound_per_second"] for name, run in runs.items()},

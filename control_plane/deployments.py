@@ -179,32 +179,50 @@ def _cron(spec: DeploymentSpec) -> CronSchedule:
     return CronSchedule(cron=spec.schedule, timezone=spec.timezone)
 
 
+# The sync flow's id in Prefect, by its name: upserted once per process, not once per create.
+_flow_ids: dict[str, UUID] = {}
+
+
+async def _sync_flow_id(client: PrefectClient) -> UUID:
+    if sync_connector.name not in _flow_ids:
+        _flow_ids[sync_connector.name] = await client.create_flow_from_name(sync_connector.name)
+    return _flow_ids[sync_connector.name]
+
+
 async def _create(spec: DeploymentSpec) -> UUID:
     """Create (or replace) the deployment; returns its id."""
     async with prefect_client() as client:
-        flow_id = await client.create_flow_from_name(sync_connector.name)
-        schedules = (
-            [DeploymentScheduleCreate(schedule=_cron(spec), slug=SCHEDULE_SLUG)]
-            if spec.schedule
-            else []
-        )
-        return await client.create_deployment(
-            flow_id=flow_id,
-            name=spec.name,
-            work_pool_name=spec.work_pool,
-            work_queue_name=spec.work_queue,
-            schedules=schedules,
-            parameters=dict(spec.parameters),
-            tags=list(spec.tags),
-            description=spec.description,
-            entrypoint=SYNC_ENTRYPOINT,
-            parameter_openapi_schema=_PARAMETER_SCHEMA,
-            enforce_parameter_schema=True,
-            paused=spec.paused,
-            job_variables=dict(spec.job_variables),
-            # One run at a time per connector; a trigger meanwhile waits its turn.
-            concurrency_limit=1,
-        )
+        try:
+            return await _create_deployment(client, await _sync_flow_id(client), spec)
+        except ObjectAlreadyExists:
+            # Prefect answers 409 for a flow id it does not have: the flow was deleted since.
+            _flow_ids.clear()
+            return await _create_deployment(client, await _sync_flow_id(client), spec)
+
+
+async def _create_deployment(client: PrefectClient, flow_id: UUID, spec: DeploymentSpec) -> UUID:
+    schedules = (
+        [DeploymentScheduleCreate(schedule=_cron(spec), slug=SCHEDULE_SLUG)]
+        if spec.schedule
+        else []
+    )
+    return await client.create_deployment(
+        flow_id=flow_id,
+        name=spec.name,
+        work_pool_name=spec.work_pool,
+        work_queue_name=spec.work_queue,
+        schedules=schedules,
+        parameters=dict(spec.parameters),
+        tags=list(spec.tags),
+        description=spec.description,
+        entrypoint=SYNC_ENTRYPOINT,
+        parameter_openapi_schema=_PARAMETER_SCHEMA,
+        enforce_parameter_schema=True,
+        paused=spec.paused,
+        job_variables=dict(spec.job_variables),
+        # One run at a time per connector; a trigger meanwhile waits its turn.
+        concurrency_limit=1,
+    )
 
 
 async def _update(deployment_id: UUID, before: DeploymentSpec, after: DeploymentSpec) -> None:

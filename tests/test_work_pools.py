@@ -52,3 +52,27 @@ def test_a_pool_of_another_worker_type_is_made_from_prefects_template(
     assert {"image", "namespace", "env"} <= set(pool.base_job_template["variables"]["properties"])
     with pytest.raises(WorkPoolMissing, match="no worker type 'mainframe'"):
         asyncio.run(deployments.ensure_work_pool(f"{name}-x", worker_type="mainframe"))
+
+
+def test_a_create_after_the_sync_flow_went_missing_upserts_it_again(
+    prefect: SyncPrefectClient, stack: Stack
+) -> None:
+    # As if someone deleted the flow in Prefect after this process cached its id.
+    deployments._flow_ids[deployments.sync_connector.name] = uuid.uuid4()
+    spec = deployments.DeploymentSpec(
+        name=f"flow-gone-{uuid.uuid4().hex[:8]}",
+        schedule=None,
+        timezone=None,
+        parameters={"connector_id": 0},
+        tags=(),  # not managed: no reconcile of another test takes it for an orphan
+        work_pool=stack.work_pool,
+        work_queue="default",
+    )
+
+    deployment_id = asyncio.run(deployments.apply(None, None, spec))
+
+    assert deployment_id is not None
+    flow = prefect.read_flow(prefect.read_deployment(deployment_id).flow_id)
+    assert flow.name == deployments.sync_connector.name
+    assert deployments._flow_ids[flow.name] == flow.id
+    prefect.delete_deployment(deployment_id)
