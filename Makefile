@@ -11,7 +11,7 @@ $(VENV)/.runtime: pyproject.toml
 	touch $@
 
 $(VENV)/.test: $(VENV)/.runtime pyproject.toml
-	$(PYTHON) -m pip install --quiet -e '.[test,dlt]'
+	$(PYTHON) -m pip install --quiet -e '.[test,dlt,scale]'
 	touch $@
 
 # The generator of the SDK test's client (tests/test_sdk.py), in a virtualenv of its own: it

@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -16,7 +17,7 @@ import httpx
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from control_plane import deployments
-from control_plane.cli import prefect_server_env
+from control_plane.cli import prefect_server_env, redis_messaging_env
 from control_plane.db import migrate
 from control_plane.postgres import cluster as prefect_cluster
 from control_plane.settings import Settings
@@ -24,8 +25,10 @@ from tests.stack import (
     Process,
     api_server,
     free_port,
+    migrate_prefect,
     postgres_database,
     prefect_server,
+    prefect_services,
     running,
     wait_for,
     worker,
@@ -44,11 +47,17 @@ class LocalStack:
     database_url: str  # the control plane's
     env: dict[str, str]  # of the API and worker processes
     prefect_postgres: Process | None  # Prefect's PostgreSQL, when it runs one as `up` does
+    prefect_services: Process | None = None  # its services' own process, when scaled out
 
     @property
     def files(self) -> Path:
         """The file root: each project's connectors reach `<files>/<project id>/` only."""
         return Path(self.env["CONTROL_PLANE_DATA_DIR"]) / "files"
+
+
+def _listens(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 @contextmanager
@@ -59,6 +68,7 @@ def local_stack(
     with_control_flows: bool = False,
     postgres: bool = False,
     prefect_env: Mapping[str, str] | None = None,
+    scaled: bool = False,
 ) -> Iterator[LocalStack]:
     """Prefect (`make up`'s settings), the API and optionally a worker, on free ports; with
     `with_control_flows`, prefect.yaml's control deployments and automations too, with a worker.
@@ -105,8 +115,23 @@ def local_stack(
         }
         database = settings.prefect_database_url
         server_env = {**prefect_server_env(settings, home, database), **(prefect_env or {})}
-        server = prefect_server(home / "prefect", port, server_env)
+        if scaled:
+            redis_port = free_port()
+            redis = Process(
+                "Redis",
+                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
+                {},
+                home / "redis.log",
+            )
+            stack.enter_context(running(redis))
+            wait_for(lambda: _listens(redis_port), timeout=30, what="Redis")
+            server_env |= redis_messaging_env(f"redis://127.0.0.1:{redis_port}/0")
+            migrate_prefect(home / "prefect", server_env)
+        server = prefect_server(home / "prefect", port, server_env, workers=2 if scaled else 1)
         prefect_process = stack.enter_context(running(server, f"{prefect_url}/health"))
+        services = None
+        if scaled:
+            services = stack.enter_context(running(prefect_services(home / "prefect", server_env)))
         stack.enter_context(temporary_settings({PREFECT_API_URL: prefect_url}))
         asyncio.run(deployments.ensure_work_pool(WORK_POOL, command=deployments.LOCAL_ENGINE))
         if with_worker:
@@ -115,12 +140,20 @@ def local_stack(
             asyncio.run(deployments.deploy_control_flows(settings=settings))
             for pool in {entry["work_pool"]["name"] for entry in deployments.control_deployments()}:
                 stack.enter_context(running(worker(env, pool, home / f"{pool}-worker.log")))
+        api_workers = 2 if scaled else 1
         api_process = stack.enter_context(
-            running(api_server(env, api_port, home / "api.log"), f"{api_url}/health")
+            running(api_server(env, api_port, home / "api.log", api_workers), f"{api_url}/health")
         )
         api = stack.enter_context(httpx.Client(base_url=f"{api_url}/api/v1", timeout=60))
         yield LocalStack(
-            api, api_process, prefect_process, prefect_url, database_url, env, prefect_postgres
+            api,
+            api_process,
+            prefect_process,
+            prefect_url,
+            database_url,
+            env,
+            prefect_postgres,
+            services,
         )
 
 

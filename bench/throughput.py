@@ -55,7 +55,12 @@ def _create_all(
     latencies: list[float] = []
     trees: dict[str, Callable[[], list[int]]] = {
         "api": lambda: process_tree(stack.api_process.popen.pid),
-        "prefect": lambda: process_tree(stack.prefect_process.popen.pid),
+        "prefect": lambda: [
+            pid
+            for process in (stack.prefect_process, stack.prefect_services)
+            if process is not None
+            for pid in process_tree(process.popen.pid)  # type: ignore[union-attr]
+        ],
         "postgres": _postgres_pids,
         "clients": lambda: [os.getpid()],
     }
@@ -108,6 +113,11 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--sequential", type=int, default=100)
     parser.add_argument("--embedded", action="store_true")
+    parser.add_argument(
+        "--scaled",
+        action="store_true",
+        help="Prefect's API in 2 processes, its services in another, on Redis; 2 API processes",
+    )
     args = parser.parse_args()
     if args.embedded:
         os.environ["PREFECT_CLIENT_MAX_RETRIES"] = "0"  # the API's, which inherits it
@@ -116,7 +126,7 @@ def main() -> None:
     access = {"PREFECT_LOGGING_LOGGERS_UVICORN_LEVEL": "INFO"}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        local_stack(Path(tmp), postgres=postgres, prefect_env=access) as stack,
+        local_stack(Path(tmp), postgres=postgres, prefect_env=access, scaled=args.scaled) as stack,
     ):
         limits = httpx.Limits(max_connections=args.clients)
         with httpx.Client(base_url=stack.api.base_url, timeout=120, limits=limits) as api:

@@ -59,6 +59,20 @@ def prefect_server_env(settings: Settings, home: Path, database: str) -> dict[st
     }
 
 
+def redis_messaging_env(redis_url: str) -> dict[str, str]:
+    """Prefect's server with its messaging, caches, ordering, leases and background tasks on
+    Redis, so that several API processes and a process of its services share them (Prefect's
+    guide to scaling a self-hosted server; the module paths are prefect-redis's)."""
+    return {
+        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        "PREFECT_REDIS_MESSAGING_URL": redis_url,
+        "PREFECT_SERVER_DOCKET_URL": redis_url,
+    }
+
+
 # What a worker and its runs never get: the API's auth settings (a run has no use for the JWT
 # secret), and libpq's variables, which would fill in what a tenant's PostgreSQL URL left out.
 _NOT_FOR_WORKERS = ("CONTROL_PLANE_AUTH_", "PG")

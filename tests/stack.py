@@ -147,18 +147,44 @@ def running(process: Process, health_url: str | None = None) -> Iterator[Process
         process.stop()
 
 
-def prefect_server(home: Path, port: int, extra_env: Mapping[str, str]) -> Process:
+def _prefect_env(home: Path, extra_env: Mapping[str, str]) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **extra_env, "PREFECT_HOME": str(home)}
     env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def prefect_server(
+    home: Path, port: int, extra_env: Mapping[str, str], workers: int = 1
+) -> Process:
+    """Prefect's server; with several `workers`, its API alone (its services run apart)."""
     command = [sys.executable, "-m", "prefect", "server", "start"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
+    env = _prefect_env(home, extra_env)
+    if workers > 1:
+        command += ["--workers", str(workers), "--no-services"]
+        env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"  # `migrate_prefect` did
     return Process("prefect server", command, env, home / "server.log")
 
 
-def api_server(env: Mapping[str, str], port: int, log: Path) -> Process:
+def migrate_prefect(home: Path, extra_env: Mapping[str, str]) -> None:
+    """Bring Prefect's database up to date, once, before a server of several workers starts
+    (each would migrate on start, at the same time)."""
+    command = [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"]
+    subprocess.run(command, env=_prefect_env(home, extra_env), check=True, capture_output=True)
+
+
+def prefect_services(home: Path, extra_env: Mapping[str, str]) -> Process:
+    """Prefect's services (scheduler, triggers, event persister, ...) in a process of their own."""
+    command = [sys.executable, "-m", "prefect", "server", "services", "start"]
+    return Process(
+        "prefect services", command, _prefect_env(home, extra_env), home / "services.log"
+    )
+
+
+def api_server(env: Mapping[str, str], port: int, log: Path, workers: int = 1) -> Process:
     command = [sys.executable, "-m", "uvicorn", "control_plane.api.app:app"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     return Process("API", command, {**os.environ, **env}, log)
 
 
