@@ -2,7 +2,7 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 
-.PHONY: up test bench java chromium
+.PHONY: up test bench java chromium redis
 
 $(VENV)/.runtime: pyproject.toml
 	python3 -m venv $(VENV)
@@ -30,6 +30,10 @@ java:
 		apt-get update -qq && apt-get install -y -qq default-jdk-headless libjackson2-databind-java; \
 	fi
 
+# Prefect's messaging when its server is scaled out (bench.throughput --scaled): Debian's Redis.
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+
 # The browser test of the Prefect UI's run form: Debian's Chromium.
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
@@ -41,9 +45,10 @@ test: $(VENV)/.test $(VENV)/tools/.sdk java chromium
 	$(PYTHON) -m pytest -n 2 --ignore=tests/unit $(PYTEST_ARGS)
 
 # The benchmarks of the README's Performance section, one after the other (about 19 min).
-bench: $(VENV)/.test
+bench: $(VENV)/.test redis
 	$(PYTHON) -m bench.actions
 	$(PYTHON) -m bench.throughput
+	$(PYTHON) -m bench.throughput --scaled
 	$(PYTHON) -m bench.throughput --embedded
 	$(PYTHON) -m bench.scale
 	$(PYTHON) -m bench.trigger
