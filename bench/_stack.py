@@ -4,7 +4,6 @@ import asyncio
 import json
 import os
 import platform
-import socket
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -17,7 +16,12 @@ import httpx
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from control_plane import deployments
-from control_plane.cli import prefect_server_env, redis_messaging_env
+from control_plane.cli import (
+    listens_on,
+    migrate_prefect,
+    prefect_server_env,
+    redis_messaging_env,
+)
 from control_plane.db import migrate
 from control_plane.postgres import cluster as prefect_cluster
 from control_plane.settings import Settings
@@ -25,7 +29,6 @@ from tests.stack import (
     Process,
     api_server,
     free_port,
-    migrate_prefect,
     postgres_database,
     prefect_server,
     prefect_services,
@@ -53,11 +56,6 @@ class LocalStack:
     def files(self) -> Path:
         """The file root: each project's connectors reach `<files>/<project id>/` only."""
         return Path(self.env["CONTROL_PLANE_DATA_DIR"]) / "files"
-
-
-def _listens(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 @contextmanager
@@ -124,9 +122,9 @@ def local_stack(
                 home / "redis.log",
             )
             stack.enter_context(running(redis))
-            wait_for(lambda: _listens(redis_port), timeout=30, what="Redis")
+            wait_for(lambda: listens_on(redis_port), timeout=30, what="Redis")
             server_env |= redis_messaging_env(f"redis://127.0.0.1:{redis_port}/0")
-            migrate_prefect(home / "prefect", server_env)
+            migrate_prefect({**os.environ, **server_env, "PREFECT_HOME": str(home / "prefect")})
         server = prefect_server(home / "prefect", port, server_env, workers=2 if scaled else 1)
         prefect_process = stack.enter_context(running(server, f"{prefect_url}/health"))
         services = None

@@ -3,10 +3,14 @@
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
+import shutil
+import socket
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -59,6 +63,10 @@ def prefect_server_env(settings: Settings, home: Path, database: str) -> dict[st
     }
 
 
+# The scale profile's processes of Prefect's API and of the control plane's.
+SCALED_WORKERS = 2
+
+
 def redis_messaging_env(redis_url: str) -> dict[str, str]:
     """Prefect's server with its messaging, caches, ordering, leases and background tasks on
     Redis, so that several API processes and a process of its services share them (Prefect's
@@ -97,7 +105,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _check_ports(settings: Settings, *, own_server: bool) -> None:
+def _check_ports(settings: Settings, *, own_server: bool, scaled: bool) -> None:
     """Exit with status 1, naming the process that holds it, when a port the stack would listen
     on is taken: a stack started half against someone else's server (an orphaned Prefect
     server of an earlier `up`, whose database may be gone) serves errors that look healthy."""
@@ -109,6 +117,8 @@ def _check_ports(settings: Settings, *, own_server: bool) -> None:
         if not prefect_database(settings):
             variable, port = "CONTROL_PLANE_PREFECT_POSTGRES_PORT", settings.prefect_postgres_port
             ports.append(("Prefect's PostgreSQL", variable, "127.0.0.1", port))
+        if scaled:
+            ports.append(("Redis", "CONTROL_PLANE_REDIS_PORT", "127.0.0.1", settings.redis_port))
     for owner, variable, host, port in ports:
         if problem := port_taken(host, port):
             sys.exit(
@@ -117,16 +127,21 @@ def _check_ports(settings: Settings, *, own_server: bool) -> None:
             )
 
 
-def up() -> None:
+def up(profile: str = "single") -> None:
     """Migrate, then run Prefect's server (unless PREFECT_API_URL is set), a worker per pool and
-    the API, restart what dies, and stop it all on SIGINT, SIGTERM or SIGHUP.
+    the API, restart what dies, and stop it all on SIGINT, SIGTERM or SIGHUP. The `scale`
+    profile runs Prefect's API and the control plane's in `SCALED_WORKERS` processes each,
+    Prefect's services in one of their own, and Redis for Prefect's messaging.
 
     Exits with 0 after a clean stop, with 1 when the stack did not start or a process had to be
     killed because it did not stop within `stop_grace_seconds`.
     """
     settings = get_settings()
     own_server = not os.environ.get("PREFECT_API_URL")
-    _check_ports(settings, own_server=own_server)
+    scaled = profile == "scale"
+    if scaled and importlib.util.find_spec("prefect_redis") is None:
+        sys.exit("control-plane up --profile scale needs prefect-redis: pip install '.[scale]'")
+    _check_ports(settings, own_server=own_server, scaled=scaled)
     data_dir = settings.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     migrate()
@@ -138,11 +153,11 @@ def up() -> None:
         "CONTROL_PLANE_FILE_ROOTS": json.dumps([str(r) for r in settings.resolved_file_roots]),
     }
     supervisor = Supervisor(grace=settings.stop_grace_seconds, state_file=data_dir / "up.json")
-    sys.exit(supervisor.run(lambda: _start_stack(supervisor, settings, env, own_server)))
+    sys.exit(supervisor.run(lambda: _start_stack(supervisor, settings, env, own_server, scaled)))
 
 
 def _start_stack(
-    supervisor: Supervisor, settings: Settings, env: dict[str, str], own_server: bool
+    supervisor: Supervisor, settings: Settings, env: dict[str, str], own_server: bool, scaled: bool
 ) -> None:
     """Start the stack's processes under `supervisor`, each once the one it needs answers."""
     control_pools = {d["work_pool"]["name"] for d in deployments.control_deployments()}
@@ -155,16 +170,25 @@ def _start_stack(
         command = [sys.executable, "-m", "prefect", "server", "start"]
         command += ["--host", settings.prefect_host]
         command += ["--port", str(settings.prefect_port)]
+        server_env = {**env, **prefect_server_env(settings, home, database)}
+        if scaled:
+            server_env |= redis_messaging_env(_start_redis(supervisor, settings))
+            migrate_prefect(server_env)
+            server_env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"
+            command += ["--workers", str(SCALED_WORKERS), "--no-services"]
         prefect = supervisor.start(
             "Prefect server",
             command,
-            {**env, **prefect_server_env(settings, home, database)},
+            server_env,
             tier=1,
             ready=lambda: _answers(f"{server}/api/health"),
             # By the time it could restart, `env` has the server's PREFECT_API_URL (below).
             on_ready_again=lambda: _after_prefect_restart(supervisor, env),
         )
         supervisor.wait_ready(prefect, timeout=120)
+        if scaled:
+            services = [sys.executable, "-m", "prefect", "server", "services", "start"]
+            supervisor.start("Prefect services", services, server_env, tier=1)
         env["PREFECT_API_URL"] = f"{server}/api"
     # Prefect read its settings at import: point this process at the server explicitly.
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
@@ -200,6 +224,8 @@ def _start_stack(
     # Half the grace period for the requests in flight; the rest to answer the ones cut short
     # with a 503 and to shut down, before the supervisor kills the process.
     command += ["--timeout-graceful-shutdown", str(max(1, int(settings.stop_grace_seconds / 2)))]
+    if scaled:
+        command += ["--workers", str(SCALED_WORKERS)]
     api_process = supervisor.start(
         "API", command, env, tier=2, ready=lambda: _answers(f"{api}/readyz")
     )
@@ -213,6 +239,37 @@ def _start_stack(
         f"Ctrl-C (or SIGTERM, SIGHUP) stops everything started here.\n",
         flush=True,
     )
+
+
+def _start_redis(supervisor: Supervisor, settings: Settings) -> str:
+    """Run the Redis of Prefect's messaging (the scale profile): on 127.0.0.1, nothing kept on
+    disk, since Prefect keeps in it only what is in flight. Its URL."""
+    if shutil.which("redis-server") is None:
+        raise StartFailed(
+            "the scale profile needs redis-server: install it (make redis, or your system's "
+            "redis-server package)"
+        )
+    port = settings.redis_port
+    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
+    command += ["--appendonly", "no"]
+    process = supervisor.start("Redis", command, {}, tier=0, ready=lambda: listens_on(port))
+    supervisor.wait_ready(process, timeout=30)
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def listens_on(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:`port`."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def migrate_prefect(env: Mapping[str, str]) -> None:
+    """Bring Prefect's database up to date, once, before a server of several API processes
+    starts: each would migrate on start, at the same time, and all but one fail."""
+    command = [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"]
+    done = subprocess.run(command, env=dict(env), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise StartFailed(f"migrating Prefect's database failed: {done.stderr[-2000:]}")
 
 
 def _start_postgres(supervisor: Supervisor, settings: Settings) -> str:
@@ -302,13 +359,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     # The version is pyproject.toml's, as installed.
     parser.add_argument("--version", action="version", version=version("connector-control-plane"))
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    start = commands.add_parser(
         "up",
         help="run Prefect (unless PREFECT_API_URL is set), workers and the API until stopped",
         description=(
             "Run and supervise the stack: what dies is restarted; SIGINT, SIGTERM or SIGHUP "
             "stops it all. Exit status: 0 after a clean stop, 1 when a port is taken, the stack "
             "did not start, or a process had to be killed."
+        ),
+    )
+    start.add_argument(
+        "--profile",
+        choices=["single", "scale"],
+        default="single",
+        help=(
+            f"scale: Prefect's API and the control plane's in {SCALED_WORKERS} processes each, "
+            "Prefect's services in their own, Redis for Prefect's messaging (needs '.[scale]')"
         ),
     )
     commands.add_parser("migrate", help="bring the database schema up to date")
@@ -407,7 +473,7 @@ def _as_code(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> None:
     if args.command == "up":
-        up()
+        up(args.profile)
     elif args.command == "token":
         print(
             mint(

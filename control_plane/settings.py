@@ -129,6 +129,10 @@ class Settings(BaseSettings):
             "with its cluster in `<data_dir>/postgres`."
         ),
     )
+    redis_port: int = Field(
+        default=4202,
+        description="Port (on 127.0.0.1) of the Redis that `up --profile scale` runs for Prefect.",
+    )
     prefect_postgres_port: int = Field(
         default=4201,
         description=(

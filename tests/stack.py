@@ -167,13 +167,6 @@ def prefect_server(
     return Process("prefect server", command, env, home / "server.log")
 
 
-def migrate_prefect(home: Path, extra_env: Mapping[str, str]) -> None:
-    """Bring Prefect's database up to date, once, before a server of several workers starts
-    (each would migrate on start, at the same time)."""
-    command = [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"]
-    subprocess.run(command, env=_prefect_env(home, extra_env), check=True, capture_output=True)
-
-
 def prefect_services(home: Path, extra_env: Mapping[str, str]) -> Process:
     """Prefect's services (scheduler, triggers, event persister, ...) in a process of their own."""
     command = [sys.executable, "-m", "prefect", "server", "services", "start"]

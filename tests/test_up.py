@@ -30,7 +30,7 @@ import httpx
 import psycopg
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.client.schemas.objects import WorkerStatus
+from prefect.client.schemas.objects import FlowRun, WorkerStatus
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from control_plane import deployments, postgres
@@ -68,6 +68,12 @@ class Up:
         with self.api() as api:
             catalog = make_catalog(api, self.data_dir / "files")
             return created(api.post("/connectors", json=catalog.connector()))
+
+    def sync_a_new_connector(self) -> FlowRun:
+        """Create a connector and run it once; its sync run, ended."""
+        connector = self.create_connector()
+        with self.api() as api, _prefect(self) as prefect:
+            return trigger_and_wait(api, prefect, connector["id"])
 
     @property
     def output(self) -> str:
@@ -147,11 +153,11 @@ def _environment(data_dir: Path, **settings: str) -> dict[str, str]:
     }
 
 
-def _start(data_dir: Path, env: dict[str, str], command: str = CONTROL_PLANE) -> Up:
+def _start(data_dir: Path, env: dict[str, str], command: str = CONTROL_PLANE, *args: str) -> Up:
     data_dir.mkdir(parents=True, exist_ok=True)
     with (data_dir / "up.log").open("ab") as log:
         popen = subprocess.Popen(
-            [command, "up"],
+            [command, "up", *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -512,6 +518,36 @@ class TestSigkill:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+class TestScaleProfile:
+    def test_prefect_and_the_api_run_in_several_processes_on_redis_and_a_sync_completes(
+        self, open_folder: Path
+    ):
+        data_dir = open_folder / "scale" / "data"
+        env = _environment(
+            data_dir,
+            CONTROL_PLANE_PREFECT_PORT=str(free_port()),
+            CONTROL_PLANE_REDIS_PORT=str(free_port()),
+        )
+        up = _start(data_dir, env, CONTROL_PLANE, "--profile", "scale")
+        try:
+            up.wait_until_up(timeout=180)
+            assert {"Redis", "Prefect server", "Prefect services", "API"} <= set(
+                up.started["processes"]
+            )
+            # uvicorn's parent and its two workers, for Prefect's API and for ours.
+            for name in ("Prefect server", "API"):
+                children = subprocess.run(
+                    ["pgrep", "-P", str(up.started["processes"][name])],
+                    capture_output=True,
+                    text=True,
+                ).stdout.split()
+                assert len(children) >= 2, (name, children)
+            run = up.sync_a_new_connector()
+            assert run.state.is_completed(), run.state
+        finally:
+            _kill(up)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The `control-plane` command of the built wheel, installed into a virtualenv of its own.
@@ -586,9 +622,7 @@ class TestInstalledWheel:
             )
             assert deployed.returncode == 0, deployed.stderr
             assert "deployed create-connector/create-connector" in deployed.stdout
-            connector = up.create_connector()
-            with up.api() as api, _prefect(up) as prefect:
-                run = trigger_and_wait(api, prefect, connector["id"])
+            run = up.sync_a_new_connector()
             assert run.state.is_completed(), run.state
         finally:
             _kill(up)
