@@ -30,7 +30,8 @@ java:
 		apt-get update -qq && apt-get install -y -qq default-jdk-headless libjackson2-databind-java; \
 	fi
 
-# Prefect's messaging when its server is scaled out (bench.throughput --scaled): Debian's Redis.
+# Prefect's messaging when its server is scaled out (up --profile scale, bench.throughput
+# --scaled): Debian's Redis.
 redis:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
 
@@ -38,7 +39,7 @@ redis:
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
-test: $(VENV)/.test $(VENV)/tools/.sdk java chromium
+test: $(VENV)/.test $(VENV)/tools/.sdk java chromium redis
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PYTHON) -m pytest -p no:xdist tests/unit
