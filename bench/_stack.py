@@ -124,7 +124,9 @@ def local_stack(
             stack.enter_context(running(redis))
             wait_for(lambda: listens_on(redis_port), timeout=30, what="Redis")
             server_env |= redis_messaging_env(f"redis://127.0.0.1:{redis_port}/0")
-            migrate_prefect({**os.environ, **server_env, "PREFECT_HOME": str(home / "prefect")})
+            server_env |= migrate_prefect(
+                {**os.environ, **server_env, "PREFECT_HOME": str(home / "prefect")}
+            )
         server = prefect_server(home / "prefect", port, server_env, workers=2 if scaled else 1)
         prefect_process = stack.enter_context(running(server, f"{prefect_url}/health"))
         services = None

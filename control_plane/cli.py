@@ -173,8 +173,7 @@ def _start_stack(
         server_env = {**env, **prefect_server_env(settings, home, database)}
         if scaled:
             server_env |= redis_messaging_env(_start_redis(supervisor, settings))
-            migrate_prefect(server_env)
-            server_env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"
+            server_env |= migrate_prefect(server_env)
             command += ["--workers", str(SCALED_WORKERS), "--no-services"]
         prefect = supervisor.start(
             "Prefect server",
@@ -263,13 +262,35 @@ def listens_on(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def migrate_prefect(env: Mapping[str, str]) -> None:
-    """Bring Prefect's database up to date, once, before a server of several API processes
-    starts: each would migrate on start, at the same time, and all but one fail."""
-    command = [sys.executable, "-m", "prefect", "server", "database", "upgrade", "-y"]
-    done = subprocess.run(command, env=dict(env), capture_output=True, text=True)
+# What each of Prefect's API processes does on start (its lifespan), done once beforehand.
+_PREPARE_PREFECT = """
+import asyncio
+from prefect.server.database import provide_database_interface
+from prefect.server.models.block_registration import run_block_auto_registration
+
+async def prepare():
+    db = provide_database_interface()
+    await db.create_db()
+    async with await db.session() as session:
+        await run_block_auto_registration(session=session)
+
+asyncio.run(prepare())
+"""
+
+
+def migrate_prefect(env: Mapping[str, str]) -> dict[str, str]:
+    """Migrate Prefect's database and register its block types once, as each API process of
+    Prefect's would on start: several at once fail (a table renamed twice, a block type
+    inserted twice). The variables that keep its API processes from doing it again."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PREPARE_PREFECT], env=dict(env), capture_output=True, text=True
+    )
     if done.returncode != 0:
-        raise StartFailed(f"migrating Prefect's database failed: {done.stderr[-2000:]}")
+        raise StartFailed(f"preparing Prefect's database failed: {done.stderr[-2000:]}")
+    return {
+        "PREFECT_SERVER_DATABASE_MIGRATE_ON_START": "false",
+        "PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false",
+    }
 
 
 def _start_postgres(supervisor: Supervisor, settings: Settings) -> str:

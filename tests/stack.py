@@ -157,14 +157,13 @@ def _prefect_env(home: Path, extra_env: Mapping[str, str]) -> dict[str, str]:
 def prefect_server(
     home: Path, port: int, extra_env: Mapping[str, str], workers: int = 1
 ) -> Process:
-    """Prefect's server; with several `workers`, its API alone (its services run apart)."""
+    """Prefect's server; with several `workers`, its API alone (its services run apart), on a
+    database `control_plane.cli.migrate_prefect` prepared."""
     command = [sys.executable, "-m", "prefect", "server", "start"]
     command += ["--host", "127.0.0.1", "--port", str(port)]
-    env = _prefect_env(home, extra_env)
     if workers > 1:
         command += ["--workers", str(workers), "--no-services"]
-        env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] = "false"  # `migrate_prefect` did
-    return Process("prefect server", command, env, home / "server.log")
+    return Process("prefect server", command, _prefect_env(home, extra_env), home / "server.log")
 
 
 def prefect_services(home: Path, extra_env: Mapping[str, str]) -> Process:
