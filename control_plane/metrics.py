@@ -92,10 +92,14 @@ class _HookLinesLeftOut(logging.Filter):
         return f"{count_flow_run.__name__!r}" not in record.getMessage()
 
 
+# One instance: a logger adds a filter once, so instrumenting again adds none.
+_HOOK_LINES_LEFT_OUT = _HookLinesLeftOut()
+
+
 def instrument(package: str) -> None:
     """Count the runs of the flows this process runs, as they end: those of the modules of
-    `package` imported so far (the API's routes import the flows they run)."""
-    logging.getLogger("prefect.flow_runs").addFilter(_HookLinesLeftOut())
+    `package` imported so far (the API's routes import the flows they run). Idempotent."""
+    logging.getLogger("prefect.flow_runs").addFilter(_HOOK_LINES_LEFT_OUT)
     for name, module in list(sys.modules.items()):
         if not name.startswith(f"{package}."):
             continue
