@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from control_plane import deployments
+from control_plane import bootstrap
 from control_plane.cli import (
     listens_on,
     migrate_prefect,
@@ -133,12 +133,12 @@ def local_stack(
         if scaled:
             services = stack.enter_context(running(prefect_services(home / "prefect", server_env)))
         stack.enter_context(temporary_settings({PREFECT_API_URL: prefect_url}))
-        asyncio.run(deployments.ensure_work_pool(WORK_POOL, command=deployments.LOCAL_ENGINE))
+        asyncio.run(bootstrap.ensure_work_pool(WORK_POOL, command=bootstrap.LOCAL_ENGINE))
         if with_worker:
             stack.enter_context(running(worker(env, WORK_POOL, home / "worker.log")))
         if with_control_flows:
-            asyncio.run(deployments.deploy_control_flows(settings=settings))
-            for pool in {entry["work_pool"]["name"] for entry in deployments.control_deployments()}:
+            asyncio.run(bootstrap.deploy_control_flows(settings=settings))
+            for pool in {entry["work_pool"]["name"] for entry in bootstrap.control_deployments()}:
                 stack.enter_context(running(worker(env, pool, home / f"{pool}-worker.log")))
         api_workers = 2 if scaled else 1
         api_process = stack.enter_context(

@@ -19,7 +19,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane import crud, deployments, runs
+from control_plane import bootstrap, crud, deployments, runs
 from control_plane.audit import actor_tag
 from control_plane.connectors import MASK, Kind, get_type, holds_mask
 from control_plane.connectors.checks import Step
@@ -145,7 +145,7 @@ async def run_check(
     flow_run_id = None
     try:
         name = f"{'discover the streams of' if discover else 'check'} {subject}"
-        flow_run_id = await deployments.start_check(row.id, name=name, tags=tags)
+        flow_run_id = await bootstrap.start_check(row.id, name=name, tags=tags)
         ended = await runs.wait_for_end(flow_run_id, timeout=timeout + _RECORDING_SECONDS)
         if ended is None:
             await runs.give_up(flow_run_id)

@@ -23,7 +23,7 @@ from prefect.settings import (
 from sqlmodel import SQLModel
 
 import models  # noqa: F401  (registers every table on SQLModel.metadata, for rotate-key)
-from control_plane import as_code, deployments, encryption, postgres
+from control_plane import as_code, bootstrap, encryption, postgres
 from control_plane.api.auth import READ, WRITE, mint
 from control_plane.db import get_engine, migrate
 from control_plane.errors import ControlPlaneError
@@ -160,7 +160,7 @@ def _start_stack(
     supervisor: Supervisor, settings: Settings, env: dict[str, str], own_server: bool, scaled: bool
 ) -> None:
     """Start the stack's processes under `supervisor`, each once the one it needs answers."""
-    control_pools = {d["work_pool"]["name"] for d in deployments.control_deployments()}
+    control_pools = {d["work_pool"]["name"] for d in bootstrap.control_deployments()}
     pools = sorted({settings.work_pool} | control_pools)
     if own_server:
         database = prefect_database(settings) or _start_postgres(supervisor, settings)
@@ -192,15 +192,15 @@ def _start_stack(
     # Prefect read its settings at import: point this process at the server explicitly.
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
         # On a server of our own, whose workers all run here, runs start the engine directly.
-        engine = deployments.LOCAL_ENGINE if own_server else None
+        engine = bootstrap.LOCAL_ENGINE if own_server else None
         try:
             for pool in pools:
                 asyncio.run(
-                    deployments.ensure_work_pool(
+                    bootstrap.ensure_work_pool(
                         pool, command=engine, worker_type=_worker_type(pool, settings)
                     )
                 )
-            for name in asyncio.run(deployments.deploy_control_flows()):
+            for name in asyncio.run(bootstrap.deploy_control_flows()):
                 print(f"deployed {name}")
         except ControlPlaneError as error:
             raise StartFailed(f"registering the work pools and deployments: {error}") from error
@@ -511,7 +511,7 @@ def _run(args: argparse.Namespace) -> None:
             print(f"{row['action']:<8} {row['deployment']:<24} {row['differences']}")
         print(f"{len(rows)} {'found' if args.dry_run else 'repaired'}")
     elif args.command == "deploy":
-        for name in asyncio.run(deployments.deploy_control_flows()):
+        for name in asyncio.run(bootstrap.deploy_control_flows()):
             print(f"deployed {name}")
     elif args.command == "rotate-key":
         rotate_key()

@@ -1,4 +1,5 @@
-"""The one way into Prefect's API: a client whose errors arrive as the control plane's own."""
+"""The one way into Prefect's API: a client whose errors arrive as the control plane's own,
+and the probe of whether Prefect and its database answer."""
 
 import re
 from collections.abc import AsyncIterator
@@ -131,4 +132,14 @@ async def prefect_client() -> AsyncIterator[PrefectClient]:
         raise translate_error(error) from error
 
 
-__all__ = ["prefect_client", "translate_error"]
+async def check_health() -> None:
+    """Return when Prefect's API and its database answer; raise `Unavailable` saying which not.
+
+    Reads one work pool: Prefect's `/api/health` answers 200 without a query, also when its
+    database is gone (SQLite files deleted under a running server).
+    """
+    async with prefect_client() as client:
+        await client.read_work_pools(limit=1)
+
+
+__all__ = ["check_health", "prefect_client", "translate_error"]

@@ -9,7 +9,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
-from control_plane import checks, crud, deployments
+from control_plane import bootstrap, checks, crud
 from control_plane.connectors import Stream
 from control_plane.connectors import checks as steps_of
 from control_plane.db import session_scope
@@ -19,7 +19,7 @@ from models.base import as_utc, utcnow
 from models.check import ConnectionCheck
 
 
-@flow(name=deployments.CHECK_FLOW, persist_result=False)
+@flow(name=bootstrap.CHECK_FLOW, persist_result=False)
 async def check_connector(check_id: UUID) -> State:
     """Run each step of the stored check (resolve, connect, authenticate, read or write, and
     for a discovery, discover) until one fails, record the steps (and the streams found), and

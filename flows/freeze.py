@@ -13,7 +13,7 @@ from datetime import datetime
 
 from prefect import flow, get_run_logger
 
-from control_plane import catalog, crud, deployments, events
+from control_plane import bootstrap, catalog, crud, deployments, events
 from control_plane.audit import label_refused, label_run, publish_changes
 from control_plane.db import session_scope, write_lock
 from control_plane.errors import DeploymentMissing, NotFound, Unavailable
@@ -82,7 +82,7 @@ async def _set_freeze(
     )
     if until is not None:
         try:
-            await deployments.run_control_later(
+            await bootstrap.run_control_later(
                 unfreeze_project.name,
                 {"project_id": project_id, "frozen_until": as_utc(until).isoformat()},
                 at=until,

@@ -25,6 +25,7 @@ from pydantic.alias_generators import to_camel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import (
+    bootstrap,
     checks,
     crud,
     deployments,
@@ -289,7 +290,7 @@ async def _schedule_resume(connector: Connector) -> None:
         return
     until = as_utc(connector.paused_until)
     try:
-        flow_run_id = await deployments.run_control_later(
+        flow_run_id = await bootstrap.run_control_later(
             resume_connector.name,
             {"connector_id": connector.id, "paused_until": until.isoformat()},
             at=until,
@@ -843,7 +844,7 @@ LIFECYCLE_FLOWS = [
         delete_connector,
         plan_connector_change,
     )
-] + [deployments.CHECK_FLOW]
+] + [bootstrap.CHECK_FLOW]
 
 __all__ = [
     "LIFECYCLE_FLOWS",

@@ -10,8 +10,8 @@ from prefect.client.schemas.objects import FlowRun, StateType
 
 from control_plane import crud
 from control_plane.audit import label_refused, label_run
+from control_plane.bootstrap import HEARTBEAT_SECONDS
 from control_plane.db import session_scope
-from control_plane.deployments import HEARTBEAT_SECONDS
 from control_plane.errors import PrefectRejected
 from control_plane.orchestrator import PREFECT_PAGE, prefect_client
 from control_plane.runs import connector_id_of

@@ -19,7 +19,7 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy.engine import make_url
 
-from control_plane import deployments
+from control_plane import bootstrap
 from control_plane.api.auth import READ, WRITE, mint
 from control_plane.cli import prefect_server_env
 from control_plane.db import migrate
@@ -169,7 +169,7 @@ def stack(prefect_api_url: str, database_url: str, tmp_path_factory) -> Iterator
     """The API and a worker on the session's Prefect server and this database."""
     home = tmp_path_factory.mktemp("stack")
     work_pool = f"connectors-{make_url(database_url).get_backend_name()}-{uuid.uuid4().hex[:6]}"
-    asyncio.run(deployments.ensure_work_pool(work_pool, command=deployments.LOCAL_ENGINE))
+    asyncio.run(bootstrap.ensure_work_pool(work_pool, command=bootstrap.LOCAL_ENGINE))
     env = stack_env(prefect_api_url, database_url, work_pool, home)
     port = free_port()
     api_url = f"http://127.0.0.1:{port}"
@@ -185,10 +185,10 @@ def control_deployments(stack: Stack, tmp_path_factory) -> Iterator[list[str]]:
     """prefect.yaml's control deployments and automations, and a worker of their pool."""
     # No scheduled reconcile here: tests make drift on purpose and check it themselves.
     settings = Settings(reconcile_interval_seconds=0)
-    registered = asyncio.run(deployments.deploy_control_flows(settings=settings))
-    [pool] = {entry["work_pool"]["name"] for entry in deployments.control_deployments()}
+    registered = asyncio.run(bootstrap.deploy_control_flows(settings=settings))
+    [pool] = {entry["work_pool"]["name"] for entry in bootstrap.control_deployments()}
     # As `up` starts them: each run is Prefect's engine in this interpreter, imported once.
-    asyncio.run(deployments.ensure_work_pool(pool, command=deployments.LOCAL_ENGINE))
+    asyncio.run(bootstrap.ensure_work_pool(pool, command=bootstrap.LOCAL_ENGINE))
     log = tmp_path_factory.mktemp("control-worker") / "worker.log"
     with running(worker(stack.env, pool, log)):
         yield registered

@@ -19,7 +19,7 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 
-from control_plane import deployments
+from control_plane import bootstrap
 from tests.conftest import Stack
 from tests.helpers import POSTGRESQL_ONLY, Catalog, created, execute
 from tests.stack import POSTGRES_ADMIN_URL, api_server, free_port, running
@@ -280,7 +280,7 @@ class TestNoWorker:
         self, stack: Stack, prefect: SyncPrefectClient, catalog: Catalog, tmp_path
     ) -> None:
         idle_pool = f"idle-{secrets.token_hex(4)}"
-        asyncio.run(deployments.ensure_work_pool(idle_pool))
+        asyncio.run(bootstrap.ensure_work_pool(idle_pool))
         env = {
             **stack.env,
             "CONTROL_PLANE_WORK_POOL": idle_pool,

@@ -16,7 +16,7 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
-from control_plane import deployments
+from control_plane import bootstrap
 from tests.conftest import stack_env
 from tests.helpers import control_runs, created, make_catalog
 from tests.stack import api_server, free_port, running
@@ -41,7 +41,7 @@ class Burst:
 
 @pytest.fixture
 def burst(prefect_api_url: str, database_url: str, tmp_path) -> Iterator[Burst]:
-    asyncio.run(deployments.ensure_work_pool("concurrency"))
+    asyncio.run(bootstrap.ensure_work_pool("concurrency"))
     env = stack_env(prefect_api_url, database_url, "concurrency", tmp_path)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -98,7 +98,7 @@ class TwoApis:
 def two_apis(prefect_api_url: str, database_url: str, tmp_path) -> Iterator[TwoApis]:
     """Two API processes on one database and one Prefect, as a scaled-out deployment runs
     them behind a load balancer."""
-    asyncio.run(deployments.ensure_work_pool("concurrency"))
+    asyncio.run(bootstrap.ensure_work_pool("concurrency"))
     env = stack_env(prefect_api_url, database_url, "concurrency", tmp_path)
     ports = free_port(), free_port()
     urls = (f"http://127.0.0.1:{ports[0]}", f"http://127.0.0.1:{ports[1]}")

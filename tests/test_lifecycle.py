@@ -10,7 +10,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
-from control_plane import deployments
+from control_plane import bootstrap
 from tests.helpers import Catalog, all_match, control_runs, created, scheduled_runs, wait_final
 from tests.stack import wait_for
 
@@ -72,7 +72,7 @@ class TestSeedLifecycle:
         # engine directly (the pool's command) rather than Prefect's workspace supervisor first.
         pool = prefect.read_work_pool(stack.work_pool)
         command = pool.base_job_template["variables"]["properties"]["command"]["default"]
-        assert command == deployments.LOCAL_ENGINE
+        assert command == bootstrap.LOCAL_ENGINE
         assert command.endswith("-m prefect.engine")
         response = api.post(f"/connectors/{connector_id}/trigger")
         assert response.status_code == 200, response.text
@@ -156,13 +156,13 @@ class TestWorkPool:
         self, prefect: SyncPrefectClient
     ):
         name = f"pool-{uuid.uuid4().hex[:6]}"
-        asyncio.run(deployments.ensure_work_pool(name))
+        asyncio.run(bootstrap.ensure_work_pool(name))
         assert self._command(prefect, name) is None  # Prefect's own way to start runs
 
         # `up` on its own server after the checkout moved: the pool follows the interpreter.
-        asyncio.run(deployments.ensure_work_pool(name, command="/moved/python -m prefect.engine"))
+        asyncio.run(bootstrap.ensure_work_pool(name, command="/moved/python -m prefect.engine"))
         assert self._command(prefect, name) == "/moved/python -m prefect.engine"
 
         # `control-plane deploy` against any server leaves an existing pool as it is.
-        asyncio.run(deployments.ensure_work_pool(name))
+        asyncio.run(bootstrap.ensure_work_pool(name))
         assert self._command(prefect, name) == "/moved/python -m prefect.engine"

@@ -13,7 +13,7 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from control_plane import deployments
+from control_plane import bootstrap
 from control_plane.settings import Settings
 from tests.helpers import (
     MONTHLY,
@@ -36,15 +36,13 @@ def _run(name: str, **parameters) -> FlowRun:
 class TestControlDeployments:
     def test_deploying_twice_changes_nothing(self, prefect: SyncPrefectClient):
         def snapshot():
-            names = [entry["name"] for entry in deployments.control_deployments()]
+            names = [entry["name"] for entry in bootstrap.control_deployments()]
             ids = {n: prefect.read_deployment_by_name(f"{n}/{n}").id for n in names}
             automations = {a.name: a.id for a in prefect.read_automations()}
             return ids, automations
 
         before = snapshot()
-        asyncio.run(
-            deployments.deploy_control_flows(settings=Settings(reconcile_interval_seconds=0))
-        )
+        asyncio.run(bootstrap.deploy_control_flows(settings=Settings(reconcile_interval_seconds=0)))
         assert snapshot() == before
         assert {"auto-deactivate-failing-connectors", "first-sync-on-create"} <= before[1].keys()
 

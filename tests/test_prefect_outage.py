@@ -10,7 +10,7 @@ import httpx
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from control_plane import deployments
+from control_plane import bootstrap
 from tests.conftest import stack_env, start_prefect_server
 from tests.helpers import created, make_catalog
 from tests.stack import Process, api_server, free_port, running, wait_for
@@ -34,7 +34,7 @@ def outage(database_url: str, tmp_path_factory) -> Iterator[Outage]:
     prefect = start_prefect_server(home / "prefect", port)
     with running(prefect, f"{url}/health"):
         with temporary_settings({PREFECT_API_URL: url}):
-            asyncio.run(deployments.ensure_work_pool("outage"))
+            asyncio.run(bootstrap.ensure_work_pool("outage"))
         api_port = free_port()
         env = stack_env(url, database_url, "outage", home)
         with (

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
-from control_plane import deployments
+from control_plane import bootstrap, deployments
 from control_plane.errors import WorkPoolMissing
 from tests.conftest import Stack
 from tests.helpers import Catalog, created
@@ -44,14 +44,14 @@ def test_a_pool_of_another_worker_type_is_made_from_prefects_template(
     prefect: SyncPrefectClient,
 ) -> None:
     name = f"k8s-{uuid.uuid4().hex[:8]}"
-    asyncio.run(deployments.ensure_work_pool(name, worker_type="kubernetes"))
-    asyncio.run(deployments.ensure_work_pool(name, worker_type="kubernetes"))  # exists: kept
+    asyncio.run(bootstrap.ensure_work_pool(name, worker_type="kubernetes"))
+    asyncio.run(bootstrap.ensure_work_pool(name, worker_type="kubernetes"))  # exists: kept
 
     pool = prefect.read_work_pool(name)
     assert pool.type == "kubernetes"
     assert {"image", "namespace", "env"} <= set(pool.base_job_template["variables"]["properties"])
     with pytest.raises(WorkPoolMissing, match="no worker type 'mainframe'"):
-        asyncio.run(deployments.ensure_work_pool(f"{name}-x", worker_type="mainframe"))
+        asyncio.run(bootstrap.ensure_work_pool(f"{name}-x", worker_type="mainframe"))
 
 
 def test_a_create_after_the_sync_flow_went_missing_upserts_it_again(

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from control_plane import deployments, metrics
+from control_plane import metrics, orchestrator
 from control_plane.api.deps import SessionDep
 from control_plane.api.errors import error_responses
 from control_plane.errors import Unavailable
@@ -48,7 +48,7 @@ async def readyz(session: SessionDep) -> JSONResponse:
         checks["database"] = f"no answer within {_CHECK_SECONDS} s"
     try:
         async with asyncio.timeout(_CHECK_SECONDS):
-            await deployments.check_health()
+            await orchestrator.check_health()
         checks["prefect"] = "ok"
     except Unavailable as error:
         checks["prefect"] = error.detail
