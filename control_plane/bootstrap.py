@@ -261,14 +261,19 @@ def _titled(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _control_schedules(entry: dict[str, Any], settings: Settings) -> list[DeploymentScheduleCreate]:
-    if not entry.get("schedules"):
-        return []
-    # The reconcile interval is a setting; prefect.yaml holds its default.
-    seconds = settings.reconcile_interval_seconds
-    if not seconds:
-        return []
+    """Reconcile's schedules: passes over what changed, and full ones. Their intervals are
+    settings; prefect.yaml holds their defaults and their parameters."""
+    seconds = {
+        False: settings.reconcile_interval_seconds,
+        True: settings.full_reconcile_interval_seconds,
+    }
     return [
-        DeploymentScheduleCreate(schedule=IntervalSchedule(interval=timedelta(seconds=seconds)))
+        DeploymentScheduleCreate(
+            schedule=IntervalSchedule(interval=timedelta(seconds=seconds[full])),
+            parameters=schedule["parameters"],
+        )
+        for schedule in entry.get("schedules", [])
+        if seconds[full := schedule["parameters"]["full"]]
     ]
 
 

@@ -407,6 +407,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     reconcile = commands.add_parser("reconcile", help="repair drift between DB and Prefect")
     reconcile.add_argument("--dry-run", action="store_true", help="only report the drift")
+    reconcile.add_argument(
+        "--changed",
+        action="store_true",
+        help="compare only what changed since the last pass began (default: every connector)",
+    )
     token = commands.add_parser("token", help="mint a development JWT (HS256 secret)")
     token.add_argument("--sub", required=True, help="who the token is for (the audit actor)")
     token.add_argument(
@@ -506,7 +511,9 @@ def _run(args: argparse.Namespace) -> None:
             )
         )
     elif args.command == "reconcile":
-        rows = asyncio.run(reconcile_connectors(dry_run=args.dry_run, actor="cli"))
+        rows = asyncio.run(
+            reconcile_connectors(dry_run=args.dry_run, full=not args.changed, actor="cli")
+        )
         for row in rows:
             print(f"{row['action']:<8} {row['deployment']:<24} {row['differences']}")
         print(f"{len(rows)} {'found' if args.dry_run else 'repaired'}")

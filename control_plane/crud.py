@@ -524,27 +524,55 @@ async def context_of(*, session: AsyncSession, connector: Connector) -> Connecto
     return ConnectorContext(project, source_type, destination_type, bool(frozen))
 
 
-async def contexts(*, session: AsyncSession) -> dict[int, ConnectorContext]:
-    """`context_of` every connector, by id, in one query."""
-    query = (
-        select(
-            col(Connector.id),
-            col(Project.name),
-            col(DefinedSource.type),
-            col(DefinedDestination.type),
-            col(Project.freeze_reason).is_not(None),
-        )
+def _with_catalog(*columns: Any) -> Any:
+    """A select of `columns` over each connector joined with its project, source and
+    destination."""
+    return (
+        select(*columns)
         .select_from(Connector)
         .join(Project, col(Project.id) == Connector.project_id)
         .join(DefinedSource, col(DefinedSource.id) == Connector.defined_source_id)
         .join(DefinedDestination, col(DefinedDestination.id) == Connector.defined_destination_id)
     )
+
+
+async def contexts(
+    *, session: AsyncSession, ids: Collection[int] | None = None
+) -> dict[int, ConnectorContext]:
+    """`context_of` every connector (or those of `ids`), by id, in one query."""
+    query = _with_catalog(
+        col(Connector.id),
+        col(Project.name),
+        col(DefinedSource.type),
+        col(DefinedDestination.type),
+        col(Project.freeze_reason).is_not(None),
+    )
+    if ids is not None:
+        query = query.where(col(Connector.id).in_(ids))
     rows = (await session.exec(query)).all()
     return {row[0]: ConnectorContext(row[1], row[2], row[3], bool(row[4])) for row in rows}
 
 
+async def changed_connector_ids(*, session: AsyncSession, since: datetime) -> set[int]:
+    """The connectors whose row, project, source or destination changed since `since`: the
+    rows a change to their deployment can come from."""
+    query = _with_catalog(col(Connector.id)).where(
+        or_(
+            col(Connector.updated_at) >= since,
+            col(Project.updated_at) >= since,
+            col(DefinedSource.updated_at) >= since,
+            col(DefinedDestination.updated_at) >= since,
+        )
+    )
+    return set((await session.exec(query)).all())
+
+
 async def all_connectors(*, session: AsyncSession) -> Sequence[Connector]:
     return (await session.exec(select(Connector).order_by(col(Connector.id)))).all()
+
+
+async def connectors_by_id(*, session: AsyncSession, ids: Collection[int]) -> Sequence[Connector]:
+    return await _connectors_where(session, col(Connector.id).in_(ids))
 
 
 async def overdue_pauses(*, session: AsyncSession, before: datetime) -> Sequence[Connector]:

@@ -6,6 +6,7 @@ Prefect (work pools, the control and check flows' deployments, automations) is
 `control_plane.bootstrap`'s.
 """
 
+from collections.abc import Collection
 from typing import Any
 from uuid import UUID
 
@@ -17,6 +18,7 @@ from prefect.client.schemas.actions import (
 )
 from prefect.client.schemas.filters import (
     DeploymentFilter,
+    DeploymentFilterName,
     DeploymentFilterTags,
     FlowFilter,
     FlowFilterName,
@@ -128,14 +130,27 @@ def actual(deployment: DeploymentResponse) -> DeploymentSpec:
     )
 
 
-async def list_managed() -> list[DeploymentResponse]:
-    """Every connector deployment in Prefect (sync-connector, tagged as managed), in pages."""
+async def list_managed(names: Collection[str] | None = None) -> list[DeploymentResponse]:
+    """Every connector deployment in Prefect (sync-connector, tagged as managed), or those of
+    `names`, in pages."""
+    managed = DeploymentFilterTags(all_=[MANAGED_TAG])
+    if names is None:
+        return await _pages(DeploymentFilter(tags=managed))
+    ordered = sorted(names)
+    found = []
+    for start in range(0, len(ordered), PREFECT_PAGE):
+        named = DeploymentFilterName(any_=ordered[start : start + PREFECT_PAGE])
+        found += await _pages(DeploymentFilter(tags=managed, name=named))
+    return found
+
+
+async def _pages(deployment_filter: DeploymentFilter) -> list[DeploymentResponse]:
     found: list[DeploymentResponse] = []
     async with prefect_client() as client:
         while True:
             page = await client.read_deployments(
                 flow_filter=FlowFilter(name=FlowFilterName(any_=[sync_connector.name])),
-                deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=[MANAGED_TAG])),
+                deployment_filter=deployment_filter,
                 sort=DeploymentSort.NAME_ASC,
                 limit=PREFECT_PAGE,
                 offset=len(found),

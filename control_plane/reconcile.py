@@ -1,19 +1,37 @@
-"""Drift between the database and Prefect, found in two reads and repaired a few connectors at
-a time, each under its row lock. The database is the truth: every active connector has exactly
-its desired deployment, and no managed deployment lives without an active connector behind it."""
+"""Drift between the database and Prefect, found and repaired a few connectors at a time, each
+under its row lock. The database is the truth: every active connector has exactly its desired
+deployment, and no managed deployment lives without an active connector behind it.
+
+A full pass compares every connector with every managed deployment: two reads, whose cost grows
+with the connectors. A pass over what changed compares only the connectors whose rows (or
+project, source, destination) changed since a time, and those whose deployments Prefect says
+were created, updated or deleted since (its `prefect.deployment.*` events): its cost grows with
+the changes. Prefect emits no event when a deployment's schedule alone is edited (through its
+schedules endpoints, as the UI does) and rows changed behind the control plane's back keep
+their `updated_at`: only a full pass finds those.
+"""
 
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 from uuid import UUID
 
+from prefect.client.schemas.events import EventPage
+from prefect.events.filters import (
+    EventFilter,
+    EventNameFilter,
+    EventOccurredFilter,
+    EventResourceFilter,
+)
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import crud, deployments
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
 from control_plane.errors import NotFound
+from control_plane.orchestrator import prefect_client
 from control_plane.runs import connector_tag
 from models import Connector, ConnectorContext
 
@@ -27,6 +45,14 @@ REPAIR_CONCURRENCY = 8
 # describes it.
 REPAIRS_ARTIFACT = "reconcile-connectors"
 REPAIRED = "Drift repaired"
+# The events that say a deployment changed. Prefect's events API answers 50 a page.
+_DEPLOYMENT_EVENTS = [
+    f"prefect.deployment.{change}" for change in ("created", "updated", "deleted")
+]
+_EVENTS_PAGE = 50
+# Beyond this many changed connectors, a full pass's two reads cost less than reading them by
+# their names (and an IN list this long stays within SQLite's limit on parameters).
+MOST_CHANGED = 5_000
 
 
 @dataclass
@@ -96,19 +122,69 @@ def compare(
     return None
 
 
-async def find_drift(*, session: AsyncSession) -> list[Drift]:
-    """Every difference between the connectors and the managed deployments: two reads."""
-    by_name = {d.name: d for d in await deployments.list_managed()}
+def _drift(
+    connectors: Sequence[Connector],
+    contexts: dict[int, ConnectorContext],
+    found: Sequence[deployments.DeploymentResponse],
+) -> list[Drift]:
+    """The drift of `connectors` against the deployments `found`; a deployment found with no
+    connector there is an orphan."""
+    by_name = {d.name: d for d in found}
     drift = []
-    contexts = await crud.contexts(session=session)
-    for connector in await crud.all_connectors(session=session):
+    for connector in connectors:
         deployment = by_name.pop(deployments.deployment_name(connector.id), None)
-        found = compare(connector, deployment, contexts[connector.id])
-        if found:
-            drift.append(found)
+        differs = compare(connector, deployment, contexts[connector.id])
+        if differs:
+            drift.append(differs)
     for name, orphan in by_name.items():
         drift.append(Drift("delete", name, _connector_id(name), orphan.id, ["no active connector"]))
     return drift
+
+
+async def find_drift(*, session: AsyncSession) -> list[Drift]:
+    """Every difference between the connectors and the managed deployments: two reads."""
+    found = await deployments.list_managed()
+    contexts = await crud.contexts(session=session)
+    return _drift(await crud.all_connectors(session=session), contexts, found)
+
+
+async def changed_deployments(since: datetime) -> set[str]:
+    """The names of the connector deployments Prefect created, updated or deleted since
+    `since`, from its events."""
+    prefix = deployments.deployment_name(0)[:-1]
+    names: set[str] = set()
+    async with prefect_client() as client:
+        page: EventPage | None = await client.read_events(
+            filter=EventFilter(
+                occurred=EventOccurredFilter(since=since),
+                event=EventNameFilter(name=_DEPLOYMENT_EVENTS),
+                resource=EventResourceFilter(id_prefix=["prefect.deployment."]),
+            ),
+            limit=_EVENTS_PAGE,
+        )
+        while page:
+            names |= {
+                name
+                for event in page.events
+                if (name := event.resource.name or "").startswith(prefix)
+            }
+            page = await page.get_next_page(client)
+    return names
+
+
+async def find_changed_drift(*, session: AsyncSession, since: datetime) -> list[Drift] | None:
+    """The drift of what changed since `since`: the connectors whose rows changed, and the
+    deployments Prefect changed. None when more than `MOST_CHANGED` changed: a full pass
+    (`find_drift`) costs less."""
+    names = await changed_deployments(since)
+    ids = {i for i in map(_connector_id, names) if i is not None}
+    ids |= await crud.changed_connector_ids(session=session, since=since)
+    names |= {deployments.deployment_name(i) for i in ids}
+    if len(names) > MOST_CHANGED:
+        return None
+    found = await deployments.list_managed(names) if names else []
+    contexts = await crud.contexts(session=session, ids=ids)
+    return _drift(await crud.connectors_by_id(session=session, ids=ids), contexts, found)
 
 
 async def repair(item: Drift) -> None:
@@ -171,9 +247,12 @@ async def repair_all(drift: Sequence[Drift], *, concurrency: int = REPAIR_CONCUR
 __all__ = [
     "REPAIRED",
     "REPAIRS_ARTIFACT",
+    "MOST_CHANGED",
     "REPAIR_CONCURRENCY",
     "Drift",
+    "changed_deployments",
     "compare",
+    "find_changed_drift",
     "find_drift",
     "repair",
     "repair_all",

@@ -166,7 +166,13 @@ class Settings(BaseSettings):
     reconcile_interval_seconds: int = Field(
         default=300,
         ge=0,
-        description="How often the reconcile-connectors deployment runs (0: never on its own).",
+        description="How often reconcile-connectors runs a pass over what changed (0: never).",
+    )
+    full_reconcile_interval_seconds: int = Field(
+        default=3600,
+        ge=0,
+        description="How often reconcile-connectors compares every connector (0: never on its "
+        "own).",
     )
     idempotency_key_hours: float = Field(
         default=24, gt=0, description="How long an Idempotency-Key's answer is replayed."

@@ -184,7 +184,7 @@ def stack(prefect_api_url: str, database_url: str, tmp_path_factory) -> Iterator
 def control_deployments(stack: Stack, tmp_path_factory) -> Iterator[list[str]]:
     """prefect.yaml's control deployments and automations, and a worker of their pool."""
     # No scheduled reconcile here: tests make drift on purpose and check it themselves.
-    settings = Settings(reconcile_interval_seconds=0)
+    settings = Settings(reconcile_interval_seconds=0, full_reconcile_interval_seconds=0)
     registered = asyncio.run(bootstrap.deploy_control_flows(settings=settings))
     [pool] = {entry["work_pool"]["name"] for entry in bootstrap.control_deployments()}
     # As `up` starts them: each run is Prefect's engine in this interpreter, imported once.

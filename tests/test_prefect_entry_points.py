@@ -42,7 +42,11 @@ class TestControlDeployments:
             return ids, automations
 
         before = snapshot()
-        asyncio.run(bootstrap.deploy_control_flows(settings=Settings(reconcile_interval_seconds=0)))
+        asyncio.run(
+            bootstrap.deploy_control_flows(
+                settings=Settings(reconcile_interval_seconds=0, full_reconcile_interval_seconds=0)
+            )
+        )
         assert snapshot() == before
         assert {"auto-deactivate-failing-connectors", "first-sync-on-create"} <= before[1].keys()
 

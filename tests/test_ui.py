@@ -17,7 +17,11 @@ def test_the_create_connector_form_shows_titles_a_person_reads(
 ):
     chromium = shutil.which("chromium")
     assert chromium, "Chromium is missing: `make test` installs it (apt-get install chromium)"
-    asyncio.run(bootstrap.deploy_control_flows(settings=Settings(reconcile_interval_seconds=0)))
+    asyncio.run(
+        bootstrap.deploy_control_flows(
+            settings=Settings(reconcile_interval_seconds=0, full_reconcile_interval_seconds=0)
+        )
+    )
     form = prefect.read_deployment_by_name("create-connector/create-connector")
     url = f"{prefect_api_url.removesuffix('/api')}/deployments/deployment/{form.id}/run"
     # The UI is a single-page app: the virtual time budget lets it render before the dump.

@@ -149,6 +149,7 @@ def _environment(data_dir: Path, **settings: str) -> dict[str, str]:
         "CONTROL_PLANE_WORK_POOL": unique("up"),
         # Others' tests share the session's Prefect server: no scheduled reconcile on it.
         "CONTROL_PLANE_RECONCILE_INTERVAL_SECONDS": "0",
+        "CONTROL_PLANE_FULL_RECONCILE_INTERVAL_SECONDS": "0",
         **settings,
     }
 

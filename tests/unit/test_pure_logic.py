@@ -7,6 +7,7 @@ import httpx
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
+from control_plane.bootstrap import _control_schedules, control_deployments
 from control_plane.connectors import (
     DEFAULT_STREAM,
     MASK,
@@ -20,6 +21,7 @@ from control_plane.deployments import DeploymentSpec
 from control_plane.durations import check_staleness, minutes_if_number
 from control_plane.errors import InvalidInput
 from control_plane.notify import DeliveryFailed, SignedWebhook, failure, signature
+from control_plane.settings import Settings
 from control_plane.sync import Moved, StreamMoved
 from models import BackfillRequest
 from models.base import check_cron, check_timezone
@@ -101,6 +103,24 @@ def test_drift_names_each_field_that_differs():
         "schedule: '0 4 * * *' -> '0 3 * * *'",
         "paused: True -> False",
     ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "full", "expected"),
+    [
+        (300, 3600, [(300, False), (3600, True)]),
+        (0, 3600, [(3600, True)]),
+        (60, 0, [(60, False)]),
+        (0, 0, []),
+    ],
+)
+def test_reconcile_runs_passes_over_changes_and_full_passes_as_set(changes, full, expected):
+    [entry] = [e for e in control_deployments() if e["name"] == "reconcile-connectors"]
+    settings = Settings(reconcile_interval_seconds=changes, full_reconcile_interval_seconds=full)
+    schedules = _control_schedules(entry, settings)
+    assert [
+        (s.schedule.interval.total_seconds(), s.parameters["full"]) for s in schedules
+    ] == expected
 
 
 class TestNotifications:
