@@ -8,10 +8,11 @@ in Prefect's database, as Prefect's server spends about 50 ms of CPU on each dep
 creates (`--create-all`: reconcile creates them all, about 10 minutes at 10,000). Prefect then
 schedules their runs under `make up`'s scheduler settings (minutes of its CPU at 10,000), while
 `GET /connectors?limit=100` is timed at random offsets and filters and the API's memory read.
-Then a reconcile pass with 10% drift (a twentieth of the deployments deleted in Prefect, a
-twentieth of the rows rescheduled in the database) and one with none, counting their Prefect
-API calls, the scheduled runs per connector, and the lists again with Prefect quiet. Prints a
-table and writes bench/results/scale.json.
+Then a full reconcile pass with 10% drift (a twentieth of the deployments deleted in Prefect, a
+twentieth of the rows rescheduled in the database) and one with none, the lists again with
+Prefect quiet, and then the passes over what changed: one with nothing changed, one with 10%
+drift made again. Counts each pass's Prefect API calls and Prefect's server CPU, and the
+scheduled runs per connector. Prints a table and writes bench/results/scale.json.
 """
 
 import argparse
@@ -56,8 +57,9 @@ from bench._stack import (
 from control_plane import deployments
 from control_plane.cli import prefect_server_env
 from control_plane.db import get_engine
+from control_plane.reconcile import changed_deployments
 from control_plane.settings import Settings, get_settings
-from flows.reconcile import reconcile_connectors
+from flows.reconcile import EVENT_LAG, reconcile_connectors
 from models import Connector
 from models.base import utcnow
 from tests.helpers import Catalog, make_catalog
@@ -70,6 +72,7 @@ PROJECTS = 10
 SCHEDULES = ["* * * * *", "*/5 * * * *", "*/5 * * * *", *["0 * * * *"] * 12]
 SCHEDULES += ["0 */4 * * *"] * 4 + [None] * 2
 DRIFT_SCHEDULE = "30 2 * * *"
+SECOND_DRIFT_SCHEDULE = "45 2 * * *"
 PAGE = 200  # deployments per page of reconcile's listing (Prefect's most)
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _BY_NAME = re.compile(r"/deployments/name/[^/]+/[^/]+")
@@ -288,20 +291,26 @@ async def _schedule_runs(prefect_database: str) -> None:
         await asyncio.gather(*(schedule(deployment_id) for (deployment_id,) in ids))
 
 
-async def _reconcile_once() -> list[dict[str, str]]:
+async def _reconcile_once(full: bool) -> list[dict[str, str]]:
     try:
-        return await reconcile_connectors(actor="bench")
+        return await reconcile_connectors(full=full, actor="bench")
     finally:
         # The engine's pooled connections belong to this event loop; the next pass has another.
         await get_engine().dispose()
 
 
 def _reconcile(
-    counter: _CallCounter, label: str, connectors: int, deployments: int, *, expect_drift: bool
+    counter: _CallCounter,
+    label: str,
+    connectors: int,
+    deployments: int,
+    *,
+    expect_drift: bool,
+    full: bool,
 ) -> Pass:
     with counter.counting() as calls:
         start = time.perf_counter()
-        rows = asyncio.run(_reconcile_once())
+        rows = asyncio.run(_reconcile_once(full))
         seconds = time.perf_counter() - start
     repaired = Counter(row["action"] for row in rows)
     assert expect_drift or not rows, f"{label}: unexpected drift {rows[:5]}"
@@ -320,19 +329,31 @@ async def _delete_deployments(deployment_ids: list[UUID]) -> None:
         await asyncio.gather(*(delete(deployment_id) for deployment_id in deployment_ids))
 
 
-def _make_drift(database_url: str) -> dict[str, int]:
-    """Delete every twentieth connector's deployment in Prefect, reschedule every twentieth row."""
+def _make_drift(database_url: str, cron: str) -> dict[str, int]:
+    """Delete every twentieth connector's deployment in Prefect, reschedule every twentieth row
+    to `cron` (with its `updated_at`, as the control plane's own writes do); then wait until
+    Prefect's events of the deletes are written, which a pass over changes reads."""
+    since = utcnow()
     engine = create_engine(database_url)
     with engine.begin() as db:
         doomed = db.scalars(
             text("SELECT prefect_deployment_id FROM connector WHERE id % 20 = 2 AND is_active")
         ).all()
         rescheduled = db.execute(
-            text("UPDATE connector SET schedule = :cron WHERE id % 20 = 3 AND is_active"),
-            {"cron": DRIFT_SCHEDULE},
+            text(
+                "UPDATE connector SET schedule = :cron, updated_at = :now "
+                "WHERE id % 20 = 3 AND is_active"
+            ),
+            {"cron": cron, "now": since},
         ).rowcount
     engine.dispose()
     asyncio.run(_delete_deployments(list(doomed)))
+    wait_for(
+        lambda: len(asyncio.run(changed_deployments(since))) >= len(doomed),
+        timeout=120,
+        interval=1,
+        what="Prefect's events of the deleted deployments",
+    )
     return {"deleted": len(doomed), "rescheduled": rescheduled}
 
 
@@ -442,9 +463,13 @@ def _run(
     passes: list[Pass] = []
     figures: dict[str, Any] = {"created_by_reconcile": first}
 
-    def reconcile(label: str, connectors: int, deployments: int, *, drift: bool) -> None:
+    def reconcile(
+        label: str, connectors: int, deployments: int, *, drift: bool, full: bool = True
+    ) -> None:
         cpu = cpu_seconds(server)
-        passes.append(_reconcile(counter, label, connectors, deployments, expect_drift=drift))
+        passes.append(
+            _reconcile(counter, label, connectors, deployments, expect_drift=drift, full=full)
+        )
         passes[-1].server_cpu_s = cpu_seconds(server) - cpu
 
     def lists(label: str, meanwhile: Future[Any] | None = None) -> None:
@@ -484,17 +509,27 @@ def _run(
     figures["scheduled_runs"] = _scheduled_runs(prefect_database, scheduled, int(min_runs))
     print(f"  {figures['scheduled_runs']}", flush=True)
 
-    figures["drift"] = _make_drift(stack.database_url)
-    reconcile("10% drift", total, active(total) - figures["drift"]["deleted"], drift=True)
-    # Exactly the drift made: so the cloned deployments were in sync with their rows.
-    assert passes[-1].repaired == {
-        "create": figures["drift"]["deleted"],
-        "update": figures["drift"]["rescheduled"],
-    }, passes[-1].repaired
+    def drift(label: str, cron: str, *, full: bool) -> None:
+        made = _make_drift(stack.database_url, cron)
+        figures.setdefault("drift", made)
+        reconcile(label, total, active(total) - made["deleted"], drift=True, full=full)
+        # Exactly the drift made: so the cloned deployments were in sync with their rows.
+        assert passes[-1].repaired == {
+            "create": made["deleted"],
+            "update": made["rescheduled"],
+        }, passes[-1].repaired
+
+    drift("10% drift", DRIFT_SCHEDULE, full=True)
     reconcile("no drift", total, active(total), drift=False)
+    quiet_from = time.monotonic()
 
     print("GET /connectors", flush=True)
     lists("list")
+    # A pass over changes reads from a minute before the last pass began: past that, what the
+    # 10% drift pass repaired is behind it, and it finds nothing to read.
+    time.sleep(max(0.0, (quiet_from + EVENT_LAG.total_seconds() + 5) - time.monotonic()))
+    reconcile("changes, none", total, active(total), drift=False, full=False)
+    drift("changes, 10%", SECOND_DRIFT_SCHEDULE, full=False)
     rss["after_mb"] = _rss_mb(api)
     figures["api_rss"] = rss
     figures["passes"] = [p.as_row() for p in passes]
