@@ -15,27 +15,23 @@ from typing import Any
 import httpx
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from bench._seed import postgres_database
 from control_plane import bootstrap
-from control_plane.cli import (
-    listens_on,
-    migrate_prefect,
-    prefect_server_env,
-    redis_messaging_env,
-)
+from control_plane.cli import migrate_prefect, prefect_server_env, redis_messaging_env
 from control_plane.db import migrate
 from control_plane.postgres import cluster as prefect_cluster
-from control_plane.settings import Settings
-from tests.stack import (
+from control_plane.processes import (
     Process,
     api_server,
     free_port,
-    postgres_database,
+    listens_on,
     prefect_server,
     prefect_services,
+    redis_command,
     running,
-    wait_for,
     worker,
 )
+from control_plane.settings import Settings
 
 RESULTS = Path(__file__).parent / "results"
 WORK_POOL = "bench"
@@ -97,8 +93,7 @@ def local_stack(
             cluster = prefect_cluster(Settings(data_dir=home, prefect_postgres_port=free_port()))
             log = home / "postgres.log"
             prefect_postgres = Process("PostgreSQL", cluster.command, {}, log, cluster.user)
-            stack.enter_context(running(prefect_postgres))
-            wait_for(cluster.ready, timeout=60, what="Prefect's PostgreSQL")
+            stack.enter_context(running(prefect_postgres)).wait_until(cluster.ready, timeout=60)
             settings.prefect_database_url = cluster.url
         key_file = home / "secret.key"
         migrate(database_url, secret_key_file=key_file)
@@ -115,14 +110,10 @@ def local_stack(
         server_env = {**prefect_server_env(settings, home, database), **(prefect_env or {})}
         if scaled:
             redis_port = free_port()
-            redis = Process(
-                "Redis",
-                ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
-                {},
-                home / "redis.log",
+            redis = Process("Redis", redis_command(redis_port), {}, home / "redis.log")
+            stack.enter_context(running(redis)).wait_until(
+                lambda: listens_on(redis_port), timeout=30
             )
-            stack.enter_context(running(redis))
-            wait_for(lambda: listens_on(redis_port), timeout=30, what="Redis")
             server_env |= redis_messaging_env(f"redis://127.0.0.1:{redis_port}/0")
             server_env |= migrate_prefect(
                 {**os.environ, **server_env, "PREFECT_HOME": str(home / "prefect")}

@@ -40,6 +40,7 @@ from prefect.events.worker import EventsWorker
 from prefect.logging.handlers import APILogWorker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from bench._seed import Catalog, make_catalog, unique
 from bench._stack import local_stack, percentile, write_results
 from control_plane import crud, deployments, events, runs
 from control_plane.audit import actor_tag
@@ -47,7 +48,6 @@ from control_plane.db import get_engine, session_scope, write_lock
 from control_plane.settings import get_settings
 from flows.lifecycle import create_connector, delete_connector, trigger_connector, update_connector
 from models import Connector, ConnectorCreate, ConnectorUpdate
-from tests.helpers import Catalog, make_catalog, unique
 
 ACTIONS = ("create", "reschedule", "trigger", "deactivate", "activate", "delete")
 CHANGES = {  # the PATCH body of each update action, and the event its flow emits

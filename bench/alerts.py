@@ -27,10 +27,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.objects import StateType
 
+from bench._seed import make_catalog, unique
 from bench._stack import local_stack, percentile, write_results
 from control_plane.notify import SignedWebhook
-from tests.helpers import make_catalog, unique
-from tests.stack import wait_for
+from control_plane.processes import wait_for
 
 WINDOW = timedelta(seconds=10)
 

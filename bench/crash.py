@@ -21,8 +21,8 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 
+from bench._seed import make_catalog
 from bench._stack import LocalStack, local_stack, percentile, write_results
-from tests.helpers import make_catalog
 
 POINT = "sync-connector:during-write"
 

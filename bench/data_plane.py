@@ -40,10 +40,10 @@ from typing import Any
 import psycopg
 from sqlalchemy.engine import make_url
 
+from bench._seed import postgres_database
 from control_plane.connectors import DEFAULT_STREAM, Route, get_type
 from control_plane.policy import Allowed, Scope
 from control_plane.sync import SyncPlan, move
-from tests.stack import postgres_database
 
 RESULTS = Path(__file__).parent / "results"
 # The csv source yields every field as a string, so the sql destination creates TEXT columns;

@@ -46,6 +46,7 @@ from prefect.logging.handlers import APILogWorker, PrefectConsoleHandler
 from sqlalchemy import create_engine, insert, text
 from sqlalchemy.engine import make_url
 
+from bench._seed import Catalog, make_catalog
 from bench._stack import (
     LocalStack,
     cpu_seconds,
@@ -57,13 +58,12 @@ from bench._stack import (
 from control_plane import deployments
 from control_plane.cli import prefect_server_env
 from control_plane.db import get_engine
+from control_plane.processes import wait_for
 from control_plane.reconcile import changed_deployments
 from control_plane.settings import Settings, get_settings
 from flows.reconcile import EVENT_LAG, reconcile_connectors
 from models import Connector
 from models.base import utcnow
-from tests.helpers import Catalog, make_catalog
-from tests.stack import wait_for
 
 PROJECTS = 10
 # Row i is inactive when i % 20 == 0. The rows cycle through 21 schedules (so inactive ones

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from bench._seed import Catalog, make_catalog
 from bench._stack import (
     LocalStack,
     cpu_seconds,
@@ -31,7 +32,6 @@ from bench._stack import (
     process_tree,
     write_results,
 )
-from tests.helpers import Catalog, make_catalog
 
 
 def _postgres_pids() -> list[int]:

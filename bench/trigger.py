@@ -18,9 +18,9 @@ import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import StateType
 
+from bench._seed import make_catalog
 from bench._stack import cpu_seconds, local_stack, percentile, process_tree, write_results
 from control_plane.settings import get_settings
-from tests.helpers import make_catalog
 
 
 def _time_runs(api: httpx.Client, files: Path, rounds: int) -> dict[str, list[float]]:

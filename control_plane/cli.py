@@ -7,7 +7,6 @@ import importlib.util
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -28,8 +27,19 @@ from control_plane.api.auth import READ, WRITE, mint
 from control_plane.db import get_engine, migrate
 from control_plane.errors import ControlPlaneError
 from control_plane.manifest import ManifestError, load
+from control_plane.processes import (
+    StartFailed,
+    answers,
+    api_command,
+    listens_on,
+    port_taken,
+    prefect_server_command,
+    prefect_services_command,
+    redis_command,
+    worker_command,
+)
 from control_plane.settings import Settings, get_settings
-from control_plane.supervisor import StartFailed, Supervisor, port_taken
+from control_plane.supervisor import Supervisor
 from flows.reconcile import reconcile_connectors
 
 
@@ -98,13 +108,6 @@ def worker_environment(env: dict[str, str], settings: Settings) -> dict[str, str
     return {name: value for name, value in merged.items() if not name.startswith(_NOT_FOR_WORKERS)}
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def _check_ports(settings: Settings, *, own_server: bool, scaled: bool) -> None:
     """Exit with status 1, naming the process that holds it, when a port the stack would listen
     on is taken: a stack started half against someone else's server (an orphaned Prefect
@@ -167,27 +170,27 @@ def _start_stack(
         home = settings.data_dir.resolve() / "prefect"
         home.mkdir(exist_ok=True)
         server = f"http://{settings.prefect_host}:{settings.prefect_port}"
-        command = [sys.executable, "-m", "prefect", "server", "start"]
-        command += ["--host", settings.prefect_host]
-        command += ["--port", str(settings.prefect_port)]
         server_env = {**env, **prefect_server_env(settings, home, database)}
         if scaled:
             server_env |= redis_messaging_env(_start_redis(supervisor, settings))
             server_env |= migrate_prefect(server_env)
-            command += ["--workers", str(SCALED_WORKERS), "--no-services"]
+        command = prefect_server_command(
+            host=settings.prefect_host,
+            port=settings.prefect_port,
+            workers=SCALED_WORKERS if scaled else 1,
+        )
         prefect = supervisor.start(
             "Prefect server",
             command,
             server_env,
             tier=1,
-            ready=lambda: _answers(f"{server}/api/health"),
+            ready=lambda: answers(f"{server}/api/health"),
             # By the time it could restart, `env` has the server's PREFECT_API_URL (below).
             on_ready_again=lambda: _after_prefect_restart(supervisor, env),
         )
         supervisor.wait_ready(prefect, timeout=120)
         if scaled:
-            services = [sys.executable, "-m", "prefect", "server", "services", "start"]
-            supervisor.start("Prefect services", services, server_env, tier=1)
+            supervisor.start("Prefect services", prefect_services_command(), server_env, tier=1)
         env["PREFECT_API_URL"] = f"{server}/api"
     # Prefect read its settings at import: point this process at the server explicitly.
     with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
@@ -215,18 +218,18 @@ def _start_stack(
                 f"they run (prefect worker start --type {settings.work_pool_type} --pool {pool})"
             )
             continue
-        command = [sys.executable, "-m", "prefect", "worker", "start", "--type", "process"]
-        supervisor.start(f"worker {pool}", [*command, "--pool", pool], worker_env, tier=2)
+        supervisor.start(f"worker {pool}", worker_command(pool), worker_env, tier=2)
     api = f"http://{settings.api_host}:{settings.api_port}"
-    command = [sys.executable, "-m", "uvicorn", "control_plane.api.app:app"]
-    command += ["--host", settings.api_host, "--port", str(settings.api_port)]
-    # Half the grace period for the requests in flight; the rest to answer the ones cut short
-    # with a 503 and to shut down, before the supervisor kills the process.
-    command += ["--timeout-graceful-shutdown", str(max(1, int(settings.stop_grace_seconds / 2)))]
-    if scaled:
-        command += ["--workers", str(SCALED_WORKERS)]
+    command = api_command(
+        host=settings.api_host,
+        port=settings.api_port,
+        workers=SCALED_WORKERS if scaled else None,
+        # Half the grace period for the requests in flight; the rest to answer the ones cut
+        # short with a 503 and to shut down, before the supervisor kills the process.
+        graceful_shutdown=max(1, int(settings.stop_grace_seconds / 2)),
+    )
     api_process = supervisor.start(
-        "API", command, env, tier=2, ready=lambda: _answers(f"{api}/readyz")
+        "API", command, env, tier=2, ready=lambda: answers(f"{api}/readyz")
     )
     supervisor.wait_ready(api_process, timeout=60)
     print(
@@ -241,25 +244,18 @@ def _start_stack(
 
 
 def _start_redis(supervisor: Supervisor, settings: Settings) -> str:
-    """Run the Redis of Prefect's messaging (the scale profile): on 127.0.0.1, nothing kept on
-    disk, since Prefect keeps in it only what is in flight. Its URL."""
+    """Run the Redis of Prefect's messaging (the scale profile, `redis_command`); its URL."""
     if shutil.which("redis-server") is None:
         raise StartFailed(
             "the scale profile needs redis-server: install it (make redis, or your system's "
             "redis-server package)"
         )
     port = settings.redis_port
-    command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-    command += ["--appendonly", "no"]
-    process = supervisor.start("Redis", command, {}, tier=0, ready=lambda: listens_on(port))
+    process = supervisor.start(
+        "Redis", redis_command(port), {}, tier=0, ready=lambda: listens_on(port)
+    )
     supervisor.wait_ready(process, timeout=30)
     return f"redis://127.0.0.1:{port}/0"
-
-
-def listens_on(port: int) -> bool:
-    """Whether something accepts connections on 127.0.0.1:`port`."""
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 # What each of Prefect's API processes does on start (its lifespan), done once beforehand.

@@ -25,8 +25,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from urllib.parse import quote
 
+from control_plane.processes import as_user
 from control_plane.settings import Settings
-from control_plane.supervisor import as_user
 
 # Found, not imported: importing the package starts its own server machinery (locks, runtime
 # directories) that `up` does not use.

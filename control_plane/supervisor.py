@@ -17,15 +17,13 @@ stop it finds none and exits. PR_SET_PDEATHSIG would reach only `up`'s direct ch
 the flow runs the workers start, and setting it in a `preexec_fn` is unsafe in a process with
 threads, which `up` is once Prefect is imported.
 
-Only the standard library here: the watchdog runs this module, and should start in no time.
+Only the standard library here, and `control_plane.processes`, which starts, waits for and
+stops a process: the watchdog runs this module, and should start in no time.
 """
 
-import errno
 import json
 import os
-import pwd
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +32,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+
+from control_plane.processes import Process, StartFailed, exit_status
 
 STACK_MARK = "CONTROL_PLANE_UP_STACK"
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -52,10 +51,6 @@ class Stopping(BaseException):
 
     A BaseException, as KeyboardInterrupt is, so no `except Exception` on the way swallows it.
     """
-
-
-class StartFailed(Exception):
-    """A process of the stack exited, or did not answer, before the stack was up."""
 
 
 def _log(message: str) -> None:
@@ -102,15 +97,6 @@ def _processes_of(stack: str) -> dict[int, _Process]:
     return found
 
 
-def as_user(user: str | None) -> dict[str, Any]:
-    """Popen's arguments that run a process as `user`, with that user's group only (without
-    `group`, it would keep ours, and pass where our group may); None: as this process."""
-    if user is None:
-        return {}
-    entry = pwd.getpwnam(user)
-    return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-
-
 def _send(pid: int, signum: int) -> None:
     try:
         os.kill(pid, signum)
@@ -142,76 +128,14 @@ def _terminate(stack: str, *, grace: float, spare: Collection[int] = ()) -> list
     return list(running.values())
 
 
-def _exit_status(returncode: int) -> str:
-    if returncode < 0:
-        return f"signal {signal.Signals(-returncode).name}"
-    return f"code {returncode}"
-
-
-def port_taken(host: str, port: int) -> str | None:
-    """None when `host:port` can be listened on, else why not, naming the process that listens
-    there when this user may see it."""
-    try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror as error:
-        return f"cannot be listened on ({error})"
-    for family, kind, protocol, _name, address in addresses:
-        with socket.socket(family, kind, protocol) as probe:
-            # As uvicorn does, so a connection of a stopped server in TIME_WAIT is no obstacle.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as error:
-                if error.errno != errno.EADDRINUSE:
-                    return f"cannot be listened on ({error})"
-                holder = _listener(port)
-                return f"is taken by {holder}" if holder else "is taken"
-    return None
-
-
-def _listener(port: int) -> str | None:
-    """The process listening on TCP `port` (on any address), from /proc/net and /proc/*/fd."""
-    sockets = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            # sl, local address (hex address:port), remote address, state (0A: LISTEN), ..., inode
-            fields = row.split()
-            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == port:
-                sockets.add(f"socket:[{fields[9]}]")
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            descriptors = os.listdir(f"{entry.path}/fd")
-        except OSError:  # another user's
-            continue
-        for descriptor in descriptors:
-            try:
-                if os.readlink(f"{entry.path}/fd/{descriptor}") in sockets:
-                    command = Path(entry.path, "cmdline").read_bytes().replace(b"\0", b" ")
-                    return f"pid {entry.name} ({command.decode(errors='replace').strip()})"
-            except OSError:
-                continue
-    return None
-
-
-@dataclass
-class Child:
+@dataclass(kw_only=True)
+class Child(Process):
     """A process of the stack, kept running (restarted when it dies) unless `once`."""
 
-    name: str
-    command: list[str]
-    env: dict[str, str]
     tier: int  # stopped only once every process of a higher tier is gone
     ready: Callable[[], bool] | None = None
     on_ready_again: Callable[[], None] | None = None  # when it answers after a restart
     once: bool = False
-    user: str | None = None  # whom to run it as, when not as this process's user
-    popen: subprocess.Popen[bytes] | None = None
     started_at: float = 0.0
     deaths_in_a_row: int = 0
     restart_at: float | None = None
@@ -276,22 +200,24 @@ class Supervisor:
         user: str | None = None,
     ) -> Child:
         """Start a process of the stack; `ready` tells when it answers."""
-        child = Child(name, command, env, tier, ready, on_ready_again, once, user)
+        child = Child(
+            name,
+            command,
+            {**env, STACK_MARK: self.stack},
+            user=user,
+            tier=tier,
+            ready=ready,
+            on_ready_again=on_ready_again,
+            once=once,
+        )
         self.children.append(child)
         self._launch(child)
         return child
 
     def wait_ready(self, child: Child, *, timeout: float) -> None:
         """Wait until `child` answers; StartFailed when it exits or times out first."""
-        assert child.ready is not None and child.popen is not None
-        deadline = time.monotonic() + timeout
-        while not child.ready():
-            if child.popen.poll() is not None:
-                status = _exit_status(child.popen.returncode)
-                raise StartFailed(f"{child.name} exited with {status} before it answered")
-            if time.monotonic() > deadline:
-                raise StartFailed(f"{child.name} did not answer within {timeout:.0f} s")
-            time.sleep(0.3)
+        assert child.ready is not None
+        child.wait_until(child.ready, timeout=timeout)
 
     def running(self, name: str) -> bool:
         """Whether a process of that name runs now."""
@@ -338,14 +264,10 @@ class Supervisor:
     def _launch(self, child: Child) -> None:
         child.restart_at = None
         child.started_at = time.monotonic()
-        # Each leads a process group and session of its own: Ctrl-C in the terminal, or a
-        # signal to `up`'s group, reaches `up` only, which stops the stack in order.
-        child.popen = subprocess.Popen(
-            child.command,
-            env={**child.env, STACK_MARK: self.stack},
-            start_new_session=True,
-            **as_user(child.user),
-        )
+        # Each leads a process group and session of its own (as a `Process` does): Ctrl-C in
+        # the terminal, or a signal to `up`'s group, reaches `up` only, which stops the stack
+        # in order. Its output goes to `up`'s.
+        child.start()
         _log(f"started {child.name} (pid {child.popen.pid})")
         self._write_state()
 
@@ -365,7 +287,7 @@ class Supervisor:
                     _log(f"{child.name} answers again")
                     child.on_ready_again()  # type: ignore[misc]
                 continue
-            status = _exit_status(returncode)
+            status = exit_status(returncode)
             if child.once:
                 _log(f"{child.name} (pid {child.popen.pid}) exited with {status}")
                 self.children.remove(child)
@@ -402,7 +324,7 @@ def _watch(stack: str, grace: float) -> None:
             _log(f"watchdog: killed pid {process.pid} ({process.command}): {still}")
 
 
-__all__ = ["STACK_MARK", "Child", "StartFailed", "Stopping", "Supervisor", "as_user", "port_taken"]
+__all__ = ["STACK_MARK", "Child", "Stopping", "Supervisor"]
 
 if __name__ == "__main__":
     _watch(sys.argv[1], float(sys.argv[2]))

@@ -19,23 +19,15 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy.engine import make_url
 
+from bench._seed import Catalog, PostgresMissing, make_catalog, postgres_database
 from control_plane import bootstrap
 from control_plane.api.auth import READ, WRITE, mint
 from control_plane.cli import prefect_server_env
 from control_plane.db import migrate
 from control_plane.encryption import ensure_key_file
+from control_plane.processes import api_server, free_port, prefect_server, running, worker
 from control_plane.settings import Settings
-from tests.helpers import Catalog, make_catalog
-from tests.stack import (
-    PUBLIC_TEST_HOST,
-    PostgresMissing,
-    api_server,
-    free_port,
-    postgres_database,
-    prefect_server,
-    running,
-    worker,
-)
+from tests.helpers import PUBLIC_TEST_HOST
 
 # Prefect's scheduler looks every second here (60 s by default), so runs appear quickly.
 TEST_PREFECT_ENV = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1"}

@@ -1,13 +1,12 @@
-"""Small helpers the tests share: unique names, catalog bodies, Prefect look-ups."""
+"""Small helpers the tests share: Prefect look-ups, SQL behind the connectors' back, HTTP servers
+for sources to read. Unique names and catalogs are `bench._seed`'s, which the benchmarks share."""
 
 import os
 import subprocess
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,7 +31,11 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.client.schemas.sorting import FlowRunSort
 from sqlalchemy import create_engine, text
 
-from tests.stack import PUBLIC_TEST_HOST, free_port, wait_for
+from control_plane.processes import free_port, wait_for
+
+# Where tests serve the HTTP APIs that connectors read: a loopback address of its own, so the
+# rest of loopback can stay out of the connectors' reach.
+PUBLIC_TEST_HOST = "127.0.0.2"
 
 # On a test of Prefect's own machinery (its automations, work queues, events, a deployment's
 # runs), whose database-dependent parts other tests cover on both databases: PostgreSQL only,
@@ -52,70 +55,6 @@ CONTROL_FLOWS = [
     "delete-connector",
     "notify-owners",
 ]
-
-
-# The test connectors' schedule: 03:00 UTC on the 1st, so the suite rarely sees one fire, and
-# within Prefect's 100 days of scheduled runs. Every 4 hours, a run of the suite that crossed
-# 20:00 UTC started fifty scheduled sync runs at once.
-MONTHLY = "0 3 1 * *"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def created(response: httpx.Response) -> dict:
-    assert response.status_code == 201, response.text
-    return response.json()
-
-
-@dataclass
-class Catalog:
-    project_id: int
-    source_id: int
-    destination_id: int
-    folder: Path  # the project's folder: its connectors' files
-
-    def connector(self, **fields) -> dict:
-        """A connector body for this catalog; `fields` override the defaults (camelCase)."""
-        return {
-            "name": unique("connector"),
-            "projectId": self.project_id,
-            "definedSourceId": self.source_id,
-            "definedDestinationId": self.destination_id,
-            "schedule": MONTHLY,
-            "isActive": True,
-            "sourceConfigOverride": {},
-            "destinationConfigOverride": {},
-            **fields,
-        }
-
-
-def make_catalog(api: httpx.Client, files: Path) -> Catalog:
-    """A new project with a CSV source of two rows and a JSONL destination, in the project's
-    folder under the file root `files`."""
-    project = created(api.post("/projects", json={"name": unique("project")}))
-    folder = files / str(project["id"])
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "in.csv").write_text("id,name\n1,a\n2,b\n")
-    ids = [
-        created(
-            api.post(
-                f"/defined-{kind}s",
-                json={
-                    "name": unique(kind),
-                    "type": type_,
-                    "config": {"path": file},
-                    "projectId": project["id"],
-                },
-            )
-        )["id"]
-        for kind, type_, file in (
-            ("source", "csv", "in.csv"),
-            ("destination", "jsonl", "out.jsonl"),
-        )
-    ]
-    return Catalog(project["id"], *ids, folder)
 
 
 def execute(url: str, sql: str) -> list[tuple]:

@@ -11,12 +11,13 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
+from bench._seed import created, unique
 from control_plane.connectors import SelectedStream, checks
 from control_plane.connectors.airbyte import AirbyteSource, installed
 from control_plane.policy import Scope
 from control_plane.settings import get_settings
 from tests.conftest import AIRBYTE_DIR
-from tests.helpers import POSTGRESQL_ONLY, created, trigger_and_wait, unique
+from tests.helpers import POSTGRESQL_ONLY, trigger_and_wait
 
 # Five users, the same ones every time; with always_updated off, an incremental read after
 # them finds none.

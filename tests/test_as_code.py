@@ -16,10 +16,11 @@ import pytest
 import yaml
 from prefect.client.orchestration import SyncPrefectClient
 
+from bench._seed import MONTHLY, unique
 from control_plane.cli import main
 from control_plane.settings import get_settings
 from tests.conftest import PUBLIC_TEST_HOST, AuthApi, Stack
-from tests.helpers import MONTHLY, control_runs, unique
+from tests.helpers import control_runs
 
 CONTROL_PLANE = str(Path(sys.executable).parent / "control-plane")
 

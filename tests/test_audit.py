@@ -11,8 +11,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 
+from bench._seed import MONTHLY, Catalog, created, unique
 from tests.conftest import AuthApi
-from tests.helpers import MONTHLY, POSTGRESQL_ONLY, Catalog, control_runs, created, unique
+from tests.helpers import POSTGRESQL_ONLY, control_runs
 
 
 def _unknown_id() -> int:

@@ -17,10 +17,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from prefect.client.orchestration import SyncPrefectClient
 
+from bench._seed import created, make_catalog, unique
 from control_plane.api.auth import READ, WRITE
+from control_plane.processes import api_server, free_port, running
 from tests.conftest import AuthApi, Stack
-from tests.helpers import control_runs, created, make_catalog, unique
-from tests.stack import api_server, free_port, running
+from tests.helpers import control_runs
 
 
 def _claims(**overrides) -> dict:

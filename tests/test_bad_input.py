@@ -6,7 +6,7 @@ import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
-from tests.helpers import Catalog, created
+from bench._seed import Catalog, created
 
 UNKNOWN_ID = 987654321
 

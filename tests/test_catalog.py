@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from tests.helpers import Catalog, created, unique
+from bench._seed import Catalog, created, unique
 
 
 class TestProjects:

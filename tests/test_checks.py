@@ -19,10 +19,11 @@ from prefect.client.schemas.filters import (
     LogFilterFlowRunId,
 )
 
+from bench._seed import POSTGRES_ADMIN_URL, Catalog, created
 from control_plane import bootstrap
+from control_plane.processes import api_server, free_port, running
 from tests.conftest import Stack
-from tests.helpers import POSTGRESQL_ONLY, Catalog, created, execute
-from tests.stack import POSTGRES_ADMIN_URL, api_server, free_port, running
+from tests.helpers import POSTGRESQL_ONLY, execute
 
 
 def _check(api: httpx.Client, path: str, body: dict | None = None) -> dict:

@@ -12,12 +12,13 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import SyncPrefectClient
 
+from bench._seed import Catalog, created
 from control_plane import deployments
 from control_plane.cli import worker_environment
+from control_plane.processes import free_port
 from control_plane.settings import Settings
 from tests.conftest import Stack
-from tests.helpers import Catalog, created, reconcile_cli
-from tests.stack import free_port
+from tests.helpers import reconcile_cli
 
 CONTROL_PLANE = str(Path(sys.executable).parent / "control-plane")
 

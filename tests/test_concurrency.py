@@ -16,10 +16,11 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
+from bench._seed import created, make_catalog
 from control_plane import bootstrap
+from control_plane.processes import api_server, free_port, running
 from tests.conftest import stack_env
-from tests.helpers import control_runs, created, make_catalog
-from tests.stack import api_server, free_port, running
+from tests.helpers import control_runs
 
 REQUESTS = 50
 

@@ -55,10 +55,10 @@ from control_plane.connectors.builtin import (
 )
 from control_plane.connectors.checks import Step
 from control_plane.policy import Allowed, Scope
+from control_plane.processes import free_port
 from control_plane.sync import Moved, SyncPlan, move
 from tests.conftest import PUBLIC_TEST_HOST, fresh_postgres
 from tests.helpers import serving
-from tests.stack import free_port
 
 Mode = Literal["append", "replace", "merge"]
 

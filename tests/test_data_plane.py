@@ -22,17 +22,10 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 
+from bench._seed import created, unique
+from control_plane.processes import wait_for
 from tests.conftest import Stack, fresh_postgres
-from tests.helpers import (
-    POSTGRESQL_ONLY,
-    created,
-    execute,
-    serving,
-    trigger_and_wait,
-    unique,
-    wait_final,
-)
-from tests.stack import wait_for
+from tests.helpers import POSTGRESQL_ONLY, execute, serving, trigger_and_wait, wait_final
 
 
 def _write_csv(path: Path, rows: range) -> None:

@@ -15,12 +15,13 @@ import pyarrow.parquet
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
+from bench._seed import created, unique
 from control_plane.connectors import Load, SelectedStream
 from control_plane.connectors.dlt_types import DltDestination, RestApiSource
 from control_plane.errors import InvalidInput
 from control_plane.policy import Allowed, Scope
 from tests.conftest import PUBLIC_TEST_HOST, fresh_postgres
-from tests.helpers import POSTGRESQL_ONLY, created, execute, serving, trigger_and_wait, unique
+from tests.helpers import POSTGRESQL_ONLY, execute, serving, trigger_and_wait
 
 
 @pytest.fixture

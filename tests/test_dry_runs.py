@@ -17,11 +17,12 @@ from prefect.client.schemas.filters import (
     FlowFilterName,
 )
 
+from bench._seed import MONTHLY, Catalog, created, make_catalog, unique
 from control_plane.api.auth import READ
 from control_plane.connectors import mask_url
+from control_plane.processes import wait_for
 from tests.conftest import AuthApi, Stack
-from tests.helpers import MONTHLY, Catalog, created, make_catalog, scheduled_runs, unique
-from tests.stack import wait_for
+from tests.helpers import scheduled_runs
 
 DRY = {"dryRun": "true"}
 

@@ -19,9 +19,10 @@ import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
+from bench._seed import created, unique
+from control_plane.processes import wait_for
 from tests.conftest import Stack, fresh_postgres
-from tests.helpers import created, execute, trigger_and_wait, unique, wait_final
-from tests.stack import wait_for
+from tests.helpers import execute, trigger_and_wait, wait_final
 
 ROWS = 3000
 BATCH = 500  # six batches: "during" is half-way through the COPY

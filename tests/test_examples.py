@@ -16,9 +16,10 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 
+from bench._seed import unique
+from control_plane.processes import api_server, free_port, running, wait_for
 from tests.conftest import AuthApi, Stack
-from tests.helpers import POSTGRESQL_ONLY, control_runs, unique, wait_final
-from tests.stack import api_server, free_port, running, wait_for
+from tests.helpers import POSTGRESQL_ONLY, control_runs, wait_final
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PYTHON_EXAMPLE = EXAMPLES / "python" / "connector_lifecycle_example.py"

@@ -21,17 +21,10 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.deployments import run_deployment
 
+from bench._seed import MONTHLY, Catalog, created, unique
+from control_plane.processes import wait_for
 from tests.conftest import PUBLIC_TEST_HOST, Stack
-from tests.helpers import (
-    MONTHLY,
-    Catalog,
-    control_runs,
-    created,
-    prefect_events,
-    reconcile_cli,
-    unique,
-)
-from tests.stack import wait_for
+from tests.helpers import control_runs, prefect_events, reconcile_cli
 
 MASK = "********"
 

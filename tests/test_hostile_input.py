@@ -11,10 +11,11 @@ import pytest
 import schemathesis
 from schemathesis import Case
 
+from bench._seed import Catalog, created, unique
 from control_plane.api.app import create_app
 from control_plane.settings import Settings
 from tests.conftest import AuthApi, Stack
-from tests.helpers import POSTGRESQL_ONLY, Catalog, created, unique
+from tests.helpers import POSTGRESQL_ONLY
 
 LIMIT = Settings().max_body_bytes
 HUGE = 2**80  # no database integer holds it; PostgreSQL's INTEGER ends at 2**31 - 1

@@ -11,9 +11,10 @@ import httpx
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
+from bench._seed import created
 from control_plane import deployments
-from tests.helpers import created, reconcile_cli
-from tests.stack import api_server, free_port, wait_for
+from control_plane.processes import api_server, free_port, wait_for
+from tests.helpers import reconcile_cli
 
 CREATE, UPDATE, DELETE = (
     f"{flow}-connector:before-commit" for flow in ("create", "update", "delete")

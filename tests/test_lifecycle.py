@@ -10,9 +10,10 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectNotFound
 
+from bench._seed import Catalog, created
 from control_plane import bootstrap
-from tests.helpers import Catalog, all_match, control_runs, created, scheduled_runs, wait_final
-from tests.stack import wait_for
+from control_plane.processes import wait_for
+from tests.helpers import all_match, control_runs, scheduled_runs, wait_final
 
 OLD_CRON = "15 */4 * * *"
 NEW_CRON = "45 */6 * * *"

@@ -17,18 +17,16 @@ from prefect.blocks.notifications import CustomWebhookNotificationBlock
 from prefect.blocks.system import Secret
 from prefect.client.orchestration import SyncPrefectClient
 
+from bench._seed import Catalog, created, unique
 from control_plane.notify import DELIVERY_HEADER, SIGNATURE_HEADER, SignedWebhook
+from control_plane.processes import free_port, wait_for
 from tests.helpers import (
     POSTGRESQL_ONLY,
-    Catalog,
     control_runs,
-    created,
     prefect_events,
     trigger_and_wait,
-    unique,
     wait_final,
 )
-from tests.stack import free_port, wait_for
 
 
 @dataclass

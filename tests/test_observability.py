@@ -11,9 +11,10 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench._seed import Catalog, created
+from control_plane.processes import api_server, free_port, running
 from tests.conftest import Stack
-from tests.helpers import Catalog, created, reconcile_cli, trigger_and_wait
-from tests.stack import api_server, free_port, running
+from tests.helpers import reconcile_cli, trigger_and_wait
 
 
 def _samples(text: str) -> dict[tuple[str, frozenset], float]:

@@ -8,16 +8,15 @@ import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
+from bench._seed import Catalog, created
+from control_plane.processes import wait_for
 from tests.helpers import (
     POSTGRESQL_ONLY,
-    Catalog,
     control_runs,
-    created,
     prefect_events,
     trigger_and_wait,
     wait_final,
 )
-from tests.stack import wait_for
 
 
 def _in(seconds: float) -> str:

@@ -8,12 +8,12 @@ import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
+from bench._seed import Catalog, unique
 from control_plane import deployments
 from control_plane.errors import DeploymentMissing, PrefectRejected, WorkPoolMissing
 from control_plane.orchestrator import translate_error
+from control_plane.processes import api_server, free_port, running
 from tests.conftest import Stack
-from tests.helpers import Catalog, unique
-from tests.stack import api_server, free_port, running
 
 
 def _error_of(call) -> Exception:

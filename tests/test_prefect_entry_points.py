@@ -13,18 +13,11 @@ from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
+from bench._seed import MONTHLY, Catalog, created, unique
 from control_plane import bootstrap
+from control_plane.processes import wait_for
 from control_plane.settings import Settings
-from tests.helpers import (
-    MONTHLY,
-    POSTGRESQL_ONLY,
-    Catalog,
-    created,
-    prefect_events,
-    trigger_and_wait,
-    unique,
-)
-from tests.stack import wait_for
+from tests.helpers import POSTGRESQL_ONLY, prefect_events, trigger_and_wait
 
 
 def _run(name: str, **parameters) -> FlowRun:

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from bench._seed import created, make_catalog
 from control_plane import bootstrap
+from control_plane.processes import Process, api_server, free_port, running, wait_for
 from tests.conftest import stack_env, start_prefect_server
-from tests.helpers import created, make_catalog
-from tests.stack import Process, api_server, free_port, running, wait_for
 
 
 @dataclass

@@ -14,12 +14,13 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.exceptions import ObjectNotFound
 from sqlalchemy import create_engine, text
 
+from bench._seed import Catalog, created
 from control_plane import deployments, reconcile
 from control_plane.db import get_engine, session_scope
 from control_plane.deployments import DeploymentSpec
+from control_plane.processes import wait_for
 from control_plane.settings import get_settings
-from tests.helpers import Catalog, created, reconcile_cli, scheduled_runs
-from tests.stack import wait_for
+from tests.helpers import reconcile_cli, scheduled_runs
 
 
 def _orphan(stack, connector_id: int) -> tuple[str, UUID]:

@@ -25,10 +25,11 @@ from prefect.client.schemas.filters import (
 )
 from sqlalchemy import create_engine, insert, select
 
+from bench._seed import created, unique
+from control_plane.processes import api_server, free_port, running, wait_for
 from models import SyncRun
 from tests.conftest import Stack
-from tests.helpers import created, reconcile_cli, serving, trigger_and_wait, unique
-from tests.stack import api_server, free_port, running, wait_for
+from tests.helpers import reconcile_cli, serving, trigger_and_wait
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ import uuid
 import httpx
 from sqlalchemy import create_engine, text
 
-from tests.helpers import Catalog, control_runs, created
+from bench._seed import Catalog, created
+from tests.helpers import control_runs
 
 
 def _key() -> dict[str, str]:

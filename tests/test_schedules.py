@@ -10,11 +10,12 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 from prefect.server.schemas.schedules import CronSchedule
 
+from bench._seed import Catalog, created
 from control_plane import schedules
 from control_plane.api.auth import READ
+from control_plane.processes import wait_for
 from tests.conftest import AuthApi, Stack
-from tests.helpers import Catalog, created, execute, scheduled_runs
-from tests.stack import wait_for
+from tests.helpers import execute, scheduled_runs
 
 # The next transitions after today in two zones: (zone, spring forward, fall back), UTC.
 TRANSITIONS = [

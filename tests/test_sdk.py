@@ -13,8 +13,8 @@ from types import ModuleType, SimpleNamespace
 import httpx
 import pytest
 
+from bench._seed import Catalog
 from tests.conftest import Stack
-from tests.helpers import Catalog
 
 # `make test` installs it in a virtualenv of its own: it pins httpx and typer below Prefect's.
 GENERATOR = Path(__file__).parents[1] / ".venv" / "tools" / "bin" / "openapi-python-client"

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, text
 
+from bench._seed import POSTGRES_ADMIN_URL, created, unique
 from control_plane.encryption import decrypt_json
-from tests.helpers import created, trigger_and_wait, unique
-from tests.stack import POSTGRES_ADMIN_URL
+from tests.helpers import trigger_and_wait
 
 MASK = "********"
 

@@ -23,11 +23,12 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 import control_plane
+from bench._seed import POSTGRES_ADMIN_URL, created, unique
 from control_plane.db import migrate
 from control_plane.encryption import decrypt_json, encrypt_json, read_keys
+from control_plane.processes import api_server, free_port, running, wait_for
 from tests.conftest import PUBLIC_TEST_HOST, Stack, fresh_postgres
-from tests.helpers import created, trigger_and_wait, unique
-from tests.stack import POSTGRES_ADMIN_URL, api_server, free_port, running, wait_for
+from tests.helpers import trigger_and_wait
 
 MIGRATIONS = Path(control_plane.__file__).parent / "migrations"
 ENCRYPTED = {

@@ -7,7 +7,8 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.client.schemas.objects import StateType
 from sqlalchemy import create_engine, text
 
-from tests.helpers import Catalog, created, wait_final
+from bench._seed import Catalog, created
+from tests.helpers import wait_final
 
 
 def _run_deployment(prefect: SyncPrefectClient, deployment_id: str):

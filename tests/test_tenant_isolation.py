@@ -20,13 +20,14 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError
 
+from bench._seed import Catalog, created, make_catalog, unique
 from control_plane.connectors.builtin import SqlSource
 from control_plane.encryption import encrypt_json
 from control_plane.policy import Refused, Scope, scope_for
+from control_plane.processes import free_port
 from control_plane.settings import Settings
 from tests.conftest import PUBLIC_TEST_HOST, AuthApi, Stack
-from tests.helpers import Catalog, created, make_catalog, trigger_and_wait, unique
-from tests.stack import free_port
+from tests.helpers import trigger_and_wait
 
 MASK = "********"
 OUTSIDE = "outside the project's folder"

@@ -33,12 +33,13 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.objects import FlowRun, WorkerStatus
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from bench._seed import created, make_catalog, unique
 from control_plane import deployments, postgres
 from control_plane.postgres import ClusterError
+from control_plane.processes import free_port, wait_for
 from control_plane.settings import Settings
 from control_plane.supervisor import STACK_MARK
-from tests.helpers import created, make_catalog, trigger_and_wait, unique
-from tests.stack import free_port, wait_for
+from tests.helpers import trigger_and_wait
 
 CONTROL_PLANE = str(Path(sys.executable).parent / "control-plane")
 PAUSED_CREATE = "create-connector:before-commit"
@@ -178,7 +179,7 @@ def _kill(up: Up) -> None:
         return
     try:
         up.assert_nothing_left(timeout=30)
-    except AssertionError:
+    except TimeoutError:
         for line in up.left():
             os.kill(int(line.split()[0]), signal.SIGKILL)
 

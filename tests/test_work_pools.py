@@ -11,11 +11,11 @@ import httpx
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
+from bench._seed import Catalog, created
 from control_plane import bootstrap, deployments
 from control_plane.errors import WorkPoolMissing
+from control_plane.processes import api_server, free_port, running
 from tests.conftest import Stack
-from tests.helpers import Catalog, created
-from tests.stack import api_server, free_port, running
 
 JOB_VARIABLES = {"env": {"CONNECTOR_MARK": "on"}}
 
