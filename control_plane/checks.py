@@ -63,10 +63,10 @@ def unsaved(config: dict[str, Any], field: str) -> dict[str, Any]:
 async def connector_target(*, session: AsyncSession, connector: ConnectorLike) -> Target:
     """Both sides of the connector: each defined config with the connector's override over it."""
     target: Target = {}
-    fields: dict[Kind, str] = {"source": "definedSourceId", "destination": "definedDestinationId"}
-    for kind, field in fields.items():
-        endpoint_id = getattr(connector, f"defined_{kind}_id")
-        endpoint = await session.get(crud.ENDPOINT_TABLES[kind], endpoint_id)
+    for kind, table in crud.ENDPOINT_TABLES.items():
+        field = f"defined_{kind}_id"
+        endpoint_id = getattr(connector, field)
+        endpoint = await session.get(table, endpoint_id)
         if endpoint is None or endpoint.project_id != connector.project_id:
             raise InvalidInput(
                 field, f"project {connector.project_id} has no defined {kind} {endpoint_id}"

@@ -18,6 +18,8 @@ ControlPlaneError
 ```
 """
 
+from collections.abc import Sequence
+
 
 class ControlPlaneError(Exception):
     """Base of every error the control plane raises on purpose."""
@@ -54,11 +56,31 @@ class PreconditionFailed(ControlPlaneError):
 
 
 class InvalidInput(ControlPlaneError):
+    """A value that cannot be used, and where it is.
+
+    `field` is a dotted path whose first segment is a model field's own (snake_case) name; the
+    rest, if any, are keys within that field's value as the client gave them (a config's keys,
+    a stream's name): `source_config_override.api_key`. `problems` are what is wrong at paths
+    within the field's value (a config its type refused), or `message` says it. Only the first
+    segment is ever renamed: the API shows it as its bodies name it (`api/errors.py`).
+    """
+
     status_code = 422
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+    def __init__(
+        self, field: str, message: str = "", *, problems: Sequence[tuple[Sequence[str], str]] = ()
+    ) -> None:
+        self.field, self.message = field, message
+        self.problems = [(tuple(path), problem) for path, problem in problems]
+        super().__init__(self.explain(field))
+
+    def explain(self, field: str) -> str:
+        """The detail, naming the field `field` (the API gives its own name for it)."""
+        if self.problems:
+            return f"{field}: " + "; ".join(
+                f"{'.'.join([field, *path])}: {problem}" for path, problem in self.problems
+            )
+        return f"{field}: {self.message}"
 
 
 class Unavailable(ControlPlaneError):

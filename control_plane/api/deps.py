@@ -69,7 +69,7 @@ NoDryRun = Depends(no_dry_run)
 def check_project_reference(caller: Caller, project_id: int | None) -> None:
     """A body's `projectId` outside the caller's projects is as unknown as a missing one."""
     if project_id is not None and not caller.sees(project_id):
-        raise InvalidInput("projectId", f"project {project_id} does not exist")
+        raise InvalidInput("project_id", f"project {project_id} does not exist")
 
 
 def check_may_create_projects(caller: Caller) -> None:

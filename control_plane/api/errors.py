@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from pydantic import BaseModel, Field
+from pydantic.alias_generators import to_camel
 from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
@@ -51,11 +52,21 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorPublic, "description": _MEANINGS[status]} for status in statuses}
 
 
+def _wire_field(field: str) -> str:
+    """An `InvalidInput`'s field as the API's bodies name it: the model field it starts with by
+    the models' alias generator (`models.base.ApiModel`), and the keys after it (a config's, a
+    stream's name) as the client sent them. A name that is no identifier (the Idempotency-Key
+    header) is no model field: it stays as it is."""
+    model_field, dot, keys = field.partition(".")
+    return (to_camel(model_field) if model_field.isidentifier() else model_field) + dot + keys
+
+
 def _answer(error: ControlPlaneError) -> JSONResponse:
     if isinstance(error, InvalidInput):
         # The same shape as FastAPI's own 422s: the field in `loc`, what to fix in `msg`.
+        field = _wire_field(error.field)
         detail: object = [
-            {"loc": ["body", *error.field.split(".")], "msg": error.detail, "type": "value_error"}
+            {"loc": ["body", *field.split(".")], "msg": error.explain(field), "type": "value_error"}
         ]
     else:
         detail = error.detail

@@ -496,10 +496,8 @@ def validate_config(
     try:
         return get_type(kind, name).Config.model_validate(config, context=scope)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join([field, *map(str, e['loc'])])}: {e['msg']}" for e in error.errors()
-        )
-        raise InvalidInput(field, problems) from None
+        problems = [(tuple(map(str, e["loc"])), e["msg"]) for e in error.errors()]
+        raise InvalidInput(field, problems=problems) from None
 
 
 @lru_cache

@@ -5,7 +5,6 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import TypeAdapter
-from pydantic.alias_generators import to_camel
 from sqlalchemy import String, cast, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -143,9 +142,10 @@ async def _check_connector(session: AsyncSession, connector: Connector) -> None:
 async def _check_connector_references(session: AsyncSession, connector: Connector) -> None:
     await referenced_project(session, connector.project_id)
     endpoints = {}
-    for kind, field in (("source", "definedSourceId"), ("destination", "definedDestinationId")):
-        endpoint_id = getattr(connector, _endpoint_column(kind).key)
-        endpoint = await session.get(ENDPOINT_TABLES[kind], endpoint_id)
+    for kind, table in ENDPOINT_TABLES.items():
+        field = _endpoint_column(kind).key
+        endpoint_id = getattr(connector, field)
+        endpoint = await session.get(table, endpoint_id)
         if endpoint is None:
             raise InvalidInput(field, f"defined {kind} {endpoint_id} does not exist")
         if endpoint.project_id != connector.project_id:
@@ -230,7 +230,7 @@ async def change_connector(
         _check_override_follows(connector, kind, values)
         if field in values:
             values[field] = keep_secrets(
-                kind, values[field], getattr(connector, field), field=to_camel(field)
+                kind, values[field], getattr(connector, field), field=field
             )
     if values.get("is_active") is True:
         values["status_reason"] = None
@@ -252,7 +252,7 @@ def _check_override_follows(connector: Connector, kind: Kind, values: dict[str, 
     carried = field not in values and mask_secrets(kind, override) != override
     if carried or holds_mask(values.get(field)):
         raise InvalidInput(
-            to_camel(field),
+            field,
             f"the connector moves to another defined {kind}: send this override again with its "
             f"secrets (not {MASK}), which were given for the old one",
         )

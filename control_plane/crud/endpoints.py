@@ -73,7 +73,7 @@ async def _validated(
 def _check_run_limit(kind: Kind, limit: int | None) -> None:
     if kind == "source" and limit is not None:
         raise InvalidInput(
-            "maxConcurrentRuns", "only a defined destination limits its runs; leave it out"
+            "max_concurrent_runs", "only a defined destination limits its runs; leave it out"
         )
 
 
@@ -145,4 +145,6 @@ async def resolve_config(
     """The merged config (`merged_config`), checked by its type within the connector's
     project's `scope`."""
     merged = merged_config(connector=connector, kind=kind, endpoint=endpoint)
-    return await _validated(kind, endpoint.type, merged, field=f"{kind}ConfigOverride", scope=scope)
+    return await _validated(
+        kind, endpoint.type, merged, field=f"{kind}_config_override", scope=scope
+    )

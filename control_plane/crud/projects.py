@@ -19,9 +19,9 @@ async def get_project(*, session: AsyncSession, project_id: int) -> Project:
 
 
 async def referenced_project(session: AsyncSession, project_id: int) -> None:
-    """A 422 naming `projectId` when a body's project does not exist."""
+    """A 422 naming `project_id` when a body's project does not exist."""
     if await session.get(Project, project_id) is None:
-        raise InvalidInput("projectId", f"project {project_id} does not exist")
+        raise InvalidInput("project_id", f"project {project_id} does not exist")
 
 
 async def list_projects(

@@ -1,12 +1,15 @@
 """The pure logic, without a database, Prefect or a process: runs in a second or two, before the
 integration tests (`make test`)."""
 
+import asyncio
 from datetime import timedelta
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from pydantic import TypeAdapter, ValidationError
 
+from control_plane.api.errors import add_error_handlers
 from control_plane.bootstrap import _control_schedules, control_deployments
 from control_plane.connectors import (
     DEFAULT_STREAM,
@@ -55,6 +58,63 @@ class TestSecrets:
         moved = {"url": f"postgresql://bob:{MASK}@evil.example.com:5432/app"}
         with pytest.raises(InvalidInput, match="another host"):
             keep_secrets("source", moved, {"url": URL}, field="config")
+
+
+class TestInvalidInput:
+    """Raised naming a model's own fields; the API's 422 names the model field as its bodies
+    do, and never renames the keys after it (a tenant's config keys)."""
+
+    @staticmethod
+    def _answer(error: InvalidInput) -> dict:
+        app = FastAPI()
+        add_error_handlers(app)
+
+        @app.post("/refuse")
+        def refuse():
+            raise error
+
+        async def post() -> httpx.Response:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+                return await client.post("/refuse")
+
+        response = asyncio.run(post())
+        assert response.status_code == 422
+        [answer] = response.json()["detail"]
+        return answer
+
+    def test_a_config_problem_names_the_model_field_camelcase_and_the_keys_as_given(self):
+        error = InvalidInput(
+            "source_config_override",
+            problems=[(("api_key",), "Field required"), ((), "Value error, outside")],
+        )
+        assert str(error) == (
+            "source_config_override: source_config_override.api_key: Field required; "
+            "source_config_override: Value error, outside"
+        )
+        assert self._answer(error) == {
+            "loc": ["body", "sourceConfigOverride"],
+            "msg": "sourceConfigOverride: sourceConfigOverride.api_key: Field required; "
+            "sourceConfigOverride: Value error, outside",
+            "type": "value_error",
+        }
+
+    @pytest.mark.parametrize(
+        ("field", "loc"),
+        [
+            (
+                "destination_config_override.bearer_token",
+                ["destinationConfigOverride", "bearer_token"],
+            ),
+            ("config.api_key", ["config", "api_key"]),
+            ("max_concurrent_runs", ["maxConcurrentRuns"]),
+            ("Idempotency-Key", ["Idempotency-Key"]),
+        ],
+    )
+    def test_only_the_first_segment_is_renamed(self, field, loc):
+        answer = self._answer(InvalidInput(field, "send it"))
+        assert answer["loc"] == ["body", *loc]
+        assert answer["msg"] == f"{'.'.join(loc)}: send it"
 
 
 class TestChecks:

@@ -178,8 +178,8 @@ async def check_unsaved(request: ConnectorCheckRequest, caller: CallerDep):
     overrides it would lay over their configs, step by step on a worker of the connectors'
     work pool, as a `check-connector` run. 200 with the result, passed or failed."""
     check_project_reference(caller, request.project_id)
-    checks.unsaved(request.source_config_override, "sourceConfigOverride")
-    checks.unsaved(request.destination_config_override, "destinationConfigOverride")
+    checks.unsaved(request.source_config_override, "source_config_override")
+    checks.unsaved(request.destination_config_override, "destination_config_override")
     async with session_scope() as session:
         target = await checks.connector_target(session=session, connector=request)
     checked = await checks.run_check(
