@@ -454,7 +454,7 @@ def _move_stream(
 
             def rows(names: list[str]) -> Iterator[CopyRows]:
                 lines = out.rows(names, batch_size)
-                return _paced(plan, lines, attrgetter("count"), moved, deadline)
+                return _paced(plan, lines, attrgetter("row_count"), moved, deadline)
 
             write = partial(route.destination.write_copy, out.types)
             moved.records_written = _write(write, rows, recorded)

@@ -220,6 +220,8 @@ class ConnectorType(ABC):
     kind: ClassVar[Kind]
     name: ClassVar[str]
     Config: ClassVar[type[TypeConfig]]
+    # An instance of `Config`: a type declares `config: Config` so that its own fields type-check.
+    config: TypeConfig
 
     def __init__(self, config: TypeConfig, scope: Scope) -> None:
         self.config = config
@@ -249,7 +251,7 @@ class ColumnsUnreadable(Exception):
 class CopyRows(NamedTuple):
     """Rows in PostgreSQL's COPY text format, a line each."""
 
-    count: int
+    row_count: int
     data: bytes | bytearray
 
 

@@ -109,6 +109,8 @@ class AirbyteSource(Source):
                 )
             return connector
 
+    config: Config
+
     @property
     def cursor_field(self) -> str | None:
         return self.config.cursor_field
@@ -146,7 +148,7 @@ class AirbyteSource(Source):
         """The stream's records, in batches that end at each STATE message the connector sends
         (and at `batch_size`); `position` is then that state."""
         self.position = cursor
-        stream = {
+        stream: dict[str, Any] = {
             "name": self.config.stream,
             "json_schema": {},
             "supported_sync_modes": ["full_refresh", "incremental"],

@@ -26,7 +26,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import httpx
 import requests
@@ -60,6 +60,9 @@ from control_plane.connectors.http import MAX_REDIRECTS, Headers, origin_of, rea
 from control_plane.connectors.sql import database_steps
 from control_plane.errors import InvalidInput
 from control_plane.policy import Scope
+
+if TYPE_CHECKING:  # dlt is an extra, imported when a run needs it
+    from dlt.sources.rest_api.typing import Endpoint
 
 _IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 # Where a resource's state keeps our loads, by stream.
@@ -117,6 +120,8 @@ class DltDestination(Destination):
             if getattr(self, wanted) is None:
                 raise ValueError(f"destination {self.destination} needs {wanted}")
             return self
+
+    config: Config
 
     @property
     def replaces(self) -> bool:
@@ -203,9 +208,12 @@ class DltDestination(Destination):
     def _destination(self) -> Any:
         destinations = _dlt().destinations
         config = self.config
+        # The config's validator: a url for postgres, a path for the others.
         if config.destination == "postgres":
+            assert config.url is not None
             url = self.scope.database(config.url).set(drivername="postgresql")
             return destinations.postgres(url.render_as_string(hide_password=False))
+        assert config.path is not None
         path = self.scope.path(config.path)
         if config.destination == "duckdb":
             return destinations.duckdb(str(path))
@@ -230,8 +238,13 @@ class _ScopedAdapter(requests.adapters.BaseAdapter):
         headers = dict(request.headers)
         if origin_of(url) != self.home:
             headers = {k: v for k, v in headers.items() if k.lower() not in self.secret_headers}
+        # requests' stubs type a prepared request's header values and body wider than it
+        # holds them (str or bytes), which httpx takes.
         answer = self.client.request(
-            str(request.method), url, headers=headers, content=request.body
+            str(request.method),
+            url,
+            headers=headers,  # type: ignore[arg-type]
+            content=request.body,  # type: ignore[arg-type]
         )
         response = requests.Response()
         response.status_code = answer.status_code
@@ -311,6 +324,8 @@ class RestApiSource(Source):
         ] = Field(description=f"Its endpoints; the first one is its `{DEFAULT_STREAM}` stream.")
         timeout: float = Field(default=30.0, gt=0, le=600, description="Seconds for each page.")
 
+    config: Config
+
     @property
     def resource(self) -> RestApiResource:
         """The endpoint this source reads: the first one, or the stream chosen (`stream`)."""
@@ -331,7 +346,10 @@ class RestApiSource(Source):
         return self.with_config(resources=[resource])
 
     def check_steps(self) -> list[CheckStep]:
-        connect = ("connect", lambda: reach(self.scope, self.config.base_url, self.config.timeout))
+        connect: CheckStep = (
+            "connect",
+            lambda: reach(self.scope, self.config.base_url, self.config.timeout),
+        )
         return [connect, *super().check_steps()]
 
     def discover(self) -> list[Stream]:
@@ -353,7 +371,7 @@ class RestApiSource(Source):
         from dlt.sources.rest_api import rest_api_source
 
         resource = self.resource
-        params = dict(resource.params)
+        params: dict[str, Any] = dict(resource.params)
         if cursor is not None and resource.cursor_param is not None:
             params[resource.cursor_param] = cursor
         home = httpx.URL(self.config.base_url)
@@ -363,7 +381,11 @@ class RestApiSource(Source):
         adapter = _ScopedAdapter(self.scope, home, list(self.config.headers), self.config.timeout)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
-        endpoint = {"path": resource.path, "params": params, "paginator": resource.dlt_paginator()}
+        endpoint: Endpoint = {
+            "path": resource.path,
+            "params": params,
+            "paginator": resource.dlt_paginator(),
+        }
         if resource.data_selector is not None:
             endpoint["data_selector"] = resource.data_selector
         source = rest_api_source(

@@ -81,6 +81,8 @@ def _open(scope: Scope, path: Path, flags: int, **kwargs: Any) -> Iterator[IO[An
 class _FileSource(Source):
     """A source of files that `config.path` names."""
 
+    config: "CsvSource.Config | JsonlSource.Config"
+
     def check_steps(self) -> list[CheckStep]:
         return [("connect", self._found), *super().check_steps()]
 
@@ -103,6 +105,8 @@ class CsvSource(_FileSource):
             )
         )
         delimiter: str = Field(default=",", min_length=1, max_length=1)
+
+    config: Config
 
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
         """The rows of every file as dicts of strings, keyed by the header."""
@@ -181,6 +185,8 @@ class JsonlSource(_FileSource):
             )
         )
 
+    config: Config
+
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
         """The objects of every file; blank lines are skipped."""
         return batched(self._records(), batch_size)
@@ -230,6 +236,8 @@ class JsonlDestination(Destination):
                 "File in the project's folder the records are appended to, one JSON object a line."
             )
         )
+
+    config: Config
 
     def check_steps(self) -> list[CheckStep]:
         return [("write", self._writable)]

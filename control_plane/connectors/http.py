@@ -87,6 +87,8 @@ class HttpSource(Source):
         )
         timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for each page.")
 
+    config: Config
+
     def read(self, *, cursor: Any | None, batch_size: int) -> Iterator[Batch]:
         """The records of every page, following the pagination until there is no next page."""
         return batched(self._records(), batch_size)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, Self, TypeVar
 from uuid import UUID
 
+import psycopg
 from psycopg import Cursor, sql
 from psycopg.types.json import Jsonb, JsonDumper
 from pydantic import Field, model_validator
@@ -40,6 +41,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    Select,
     Table,
     Text,
     Time,
@@ -57,7 +59,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.sql.expression import TableClause, TextClause
 from sqlalchemy.types import NullType, TypeEngine
 
 from control_plane.connectors import (
@@ -115,7 +117,10 @@ _HOLDS: dict[type, tuple[type, ...]] = {
     UUID: (UUID,),
 }
 
-_UPSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+_UPSERTS: dict[str, Callable[[Table], postgresql.Insert | sqlite.Insert]] = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+}
 
 # The fields of a batch with the column type each asks for.
 _Types = dict[str, TypeEngine[Any]]
@@ -166,6 +171,14 @@ def _engine(scope: Scope, url: str) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def _psycopg(connection: Connection) -> psycopg.Connection[Any]:
+    """The psycopg connection under a PostgreSQL `connection`, in its transaction."""
+    driver_connection = connection.connection.driver_connection
+    if not isinstance(driver_connection, psycopg.Connection):
+        raise TypeError(f"not a psycopg connection: {driver_connection!r}")
+    return driver_connection
 
 
 def _table_stream(inspector: Any, schema: str | None, name: str) -> Stream:
@@ -260,6 +273,8 @@ class SqlSource(Source):
                 raise ValueError("give exactly one of query and table")
             return self
 
+    config: Config
+
     @property
     def cursor_field(self) -> str | None:
         return self.config.cursor_field
@@ -289,7 +304,7 @@ class SqlSource(Source):
             return super().discover()
         with _engine(self.scope, self.config.url) as engine, engine.connect() as connection:
             inspector = inspect(connection)
-            schemas = [None]
+            schemas: list[str | None] = [None]
             if connection.dialect.name == "postgresql":
                 schemas = [s for s in inspector.get_schema_names() if s not in _SYSTEM_SCHEMAS]
             names = [
@@ -310,7 +325,7 @@ class SqlSource(Source):
     def read_window(self, *, start: Any, end: Any, batch_size: int) -> Iterator[Batch]:
         return self._rows(self._select(window=(start, end)), batch_size)
 
-    def _rows(self, statement: Executable, batch_size: int) -> Iterator[Batch]:
+    def _rows(self, statement: Select[Any] | TextClause, batch_size: int) -> Iterator[Batch]:
         with _engine(self.scope, self.config.url) as engine, engine.connect() as connection:
             if self.config.table is not None:
                 _require_table(connection, self.config.table)
@@ -318,10 +333,11 @@ class SqlSource(Source):
                 # Fetched straight from psycopg, a batch per FETCH: twice as fast as SQLAlchemy's
                 # streaming, which buffers the rows one by one and wraps each in a Row.
                 compiled = statement.compile(connection)
-                driver_connection = connection.connection.driver_connection
-                with driver_connection.cursor(name="control_plane_source") as server_cursor:
+                with _psycopg(connection).cursor(name="control_plane_source") as server_cursor:
                     server_cursor.execute(str(compiled), compiled.params)
-                    keys = [column.name for column in server_cursor.description]
+                    description = server_cursor.description
+                    assert description is not None  # set by the execute, a query's columns
+                    keys = [column.name for column in description]
                     while rows := server_cursor.fetchmany(batch_size):
                         yield _records(keys, rows)
                 return
@@ -330,17 +346,17 @@ class SqlSource(Source):
             streaming = connection.execution_options(stream_results=True, max_row_buffer=batch_size)
             result = streaming.execute(statement)
             keys = list(result.keys())
-            for rows in result.partitions(batch_size):
-                yield _records(keys, rows)
+            for partition in result.partitions(batch_size):
+                yield _records(keys, partition)
 
     def _select(
         self, *, after: Any | None = None, window: tuple[Any, Any] | None = None
-    ) -> Executable:
+    ) -> Select[Any] | TextClause:
         """The rows after the cursor `after`, or within the `window` of cursor values."""
         config = self.config
         if config.query is not None and config.cursor_field is None:
             return text(config.query)
-        statement = select(literal_column("*")).select_from(self._rows_read())
+        statement: Select[Any] = select(literal_column("*")).select_from(self._rows_read())
         if config.cursor_field is None:
             return statement
         return _bounded(statement, column(config.cursor_field), after, window).order_by(
@@ -352,8 +368,10 @@ class SqlSource(Source):
         if self.config.table is not None:
             schema, name = _schema_and_name(self.config.table)
             return table(name, schema=schema)  # rendered quoted wherever the name needs it
+        query = self.config.query
+        assert query is not None  # the config's validator: a table or a query
         # A trailing semicolon is fine alone but not inside the subquery.
-        return text(self.config.query.strip().rstrip(";")).columns().subquery("query")
+        return text(query.strip().rstrip(";")).columns().subquery("query")
 
     @property
     def copies_out(self) -> bool:
@@ -372,14 +390,16 @@ class SqlSource(Source):
             engine.connect().execution_options(isolation_level="REPEATABLE READ") as connection,
             connection.begin(),
         ):
-            _require_table(connection, self.config.table)
-            schema, name = _schema_and_name(self.config.table)
+            qualified = self.config.table
+            assert qualified is not None  # `copies_out`: a table
+            _require_table(connection, qualified)
+            schema, name = _schema_and_name(qualified)
             types = {
                 described["name"]: _portable(described["type"])
                 for described in inspect(connection).get_columns(name, schema=schema)
                 if columns is None or described["name"] in columns
             }
-            driver_connection = connection.connection.driver_connection
+            driver_connection = _psycopg(connection)
             source = _identifier(table(name, schema=schema))
             bounds = _bounds(self.config.cursor_field, cursor, window)
             largest = None
@@ -387,7 +407,9 @@ class SqlSource(Source):
                 highest = sql.SQL("SELECT max({}) FROM {}{}").format(
                     sql.Identifier(self.config.cursor_field), source, bounds
                 )
-                largest = driver_connection.execute(highest).fetchone()[0]
+                row = driver_connection.execute(highest).fetchone()
+                assert row is not None  # an aggregate answers one row
+                largest = row[0]
 
             def rows(names: list[str], batch_size: int) -> Iterator[CopyRows]:
                 copy_to = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT")
@@ -472,6 +494,8 @@ class SqlDestination(Destination):
                 "fails the run naming it, discard leaves it out."
             ),
         )
+
+    config: Config
 
     @property
     def replaces(self) -> bool:
@@ -583,7 +607,7 @@ class SqlDestination(Destination):
                 ),
             )
             written = 0
-            with connection.connection.driver_connection.cursor() as cursor:
+            with _psycopg(connection).cursor() as cursor:
                 # Batches in a row with the same fields go in one COPY, as in `_copy`.
                 for (target, columns), run in groupby(checked, key=itemgetter(0)):
                     first = next(run)
@@ -607,7 +631,7 @@ class SqlDestination(Destination):
         with _engine(self.scope, self.config.url) as engine, engine.begin() as connection:
             [((target, columns), _, added)] = self._checked(connection, [(types, None)])
             _add_columns(connection, target, added)
-            with connection.connection.driver_connection.cursor() as cursor:
+            with _psycopg(connection).cursor() as cursor:
 
                 def copy_into(into: sql.Identifier) -> int:
                     return _copy_text(cursor, into, columns, rows(columns))
@@ -673,7 +697,7 @@ class SqlDestination(Destination):
         a temp table.
         """
         written = 0
-        with connection.connection.driver_connection.cursor() as cursor:
+        with _psycopg(connection).cursor() as cursor:
             # psycopg has no type for a dict: into a TEXT column it goes as its JSON text.
             cursor.adapters.register_dumper(dict, JsonDumper)
             # The table is one object throughout: this groups the batches by their fields. A
@@ -907,7 +931,7 @@ def _merge(
     written = copy_into(_STAGING)
     updates = [name for name in columns if name not in key]
     if updates:
-        action = sql.SQL("DO UPDATE SET {}").format(
+        action: sql.Composable = sql.SQL("DO UPDATE SET {}").format(
             sql.SQL(", ").join(
                 sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(name)) for name in updates
             )
@@ -937,9 +961,9 @@ def _copy_text(
     """COPY lines of COPY text into `into`."""
     written = 0
     with cursor.copy(sql.SQL("COPY {} ({}) FROM STDIN").format(into, _names(columns))) as copy:
-        for count, data in rows:
+        for row_count, data in rows:
             copy.write(data)
-            written += count
+            written += row_count
     return written
 
 
@@ -977,7 +1001,7 @@ def _column_type(value: Any, dialect: str) -> TypeEngine[Any]:
         return Text()
     for python_type, sql_type in _COLUMN_TYPES:
         if isinstance(value, python_type):
-            if sql_type is DateTime:
+            if sql_type is DateTime and isinstance(value, datetime):
                 return DateTime(timezone=value.tzinfo is not None)
             return sql_type()
     return Text()
