@@ -133,7 +133,9 @@ class ModelsJSON(TypeDecorator[Any]):
 class ApiModel(SQLModel):
     """Request and response bodies: camelCase JSON, snake_case Python."""
 
-    model_config = ConfigDict(
+    # SQLModel types model_config as its SQLModelConfig (a ConfigDict with its table options),
+    # which it exports from no public module.
+    model_config = ConfigDict(  # type: ignore[assignment]
         alias_generator=to_camel, populate_by_name=True, field_title_generator=field_title
     )
 

@@ -6,7 +6,7 @@ Create Date: 2026-12-07 05:30:00.000000
 """
 
 import sqlalchemy as sa
-import sqlmodel
+import sqlmodel.sql.sqltypes
 from alembic import op
 
 revision = "0010"
