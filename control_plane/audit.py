@@ -11,7 +11,7 @@ their rows are data that `history` reads back as they were written.
 
 import inspect
 import json
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -28,6 +28,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun, State
 from prefect.client.schemas.sorting import FlowRunSort
 from prefect.context import FlowRunContext
+from prefect.flows import FlowStateHook
 
 from control_plane.connectors import MASK, Kind, mask_secrets
 from control_plane.deployments import MANAGED_TAG
@@ -39,8 +40,6 @@ from models.history import AskedField
 from models.plan import FieldChange
 
 ACTOR_PREFIX = "actor:"
-
-FailureHook = Callable[[Flow[..., Any], FlowRun, State], Coroutine[Any, Any, None]]
 
 
 def actor_tag(actor: str) -> str:
@@ -73,7 +72,7 @@ def _known_id(value: Any) -> int | None:
     return None
 
 
-def label_refused(action: str) -> FailureHook:
+def label_refused(action: str) -> FlowStateHook[..., Any]:
     """An `on_failure` hook that labels a run which failed before its body could.
 
     Prefect's engine validates a run's parameters before the body runs and, when they fail,
@@ -184,21 +183,20 @@ async def history(
 ) -> tuple[list[HistoryEntry], int]:
     """The connector's control runs of `flows`, newest first, with what each changed or was
     refused; and how many there are."""
-    filters = {
-        "flow_filter": FlowFilter(name=FlowFilterName(any_=list(flows))),
-        "flow_run_filter": FlowRunFilter(
-            tags=FlowRunFilterTags(all_=[connector_tag(connector_id)])
-        ),
-    }
+    flow_filter = FlowFilter(name=FlowFilterName(any_=list(flows)))
+    flow_run_filter = FlowRunFilter(tags=FlowRunFilterTags(all_=[connector_tag(connector_id)]))
     async with prefect_client() as client:
         # One page of Prefect's at most: it serves no more in one request.
         found = await client.read_flow_runs(
-            **filters,
+            flow_filter=flow_filter,
+            flow_run_filter=flow_run_filter,
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=min(limit, PREFECT_PAGE),
             offset=offset,
         )
-        count = await client.count_flow_runs(**filters)
+        count = await client.count_flow_runs(
+            flow_filter=flow_filter, flow_run_filter=flow_run_filter
+        )
         artifacts = (
             await client.read_artifacts(
                 limit=PREFECT_PAGE,
