@@ -34,6 +34,7 @@ from control_plane.errors import NotFound
 from control_plane.orchestrator import prefect_client
 from control_plane.runs import connector_tag
 from models import Connector, ConnectorContext
+from models.base import saved_id
 
 Action = Literal["create", "update", "delete", "relink"]
 # Repairs in flight at once. A repair mostly waits on Prefect: one at a time, reconcile created
@@ -132,8 +133,8 @@ def _drift(
     by_name = {d.name: d for d in found}
     drift = []
     for connector in connectors:
-        deployment = by_name.pop(deployments.deployment_name(connector.id), None)
-        differs = compare(connector, deployment, contexts[connector.id])
+        deployment = by_name.pop(deployments.deployment_name(saved_id(connector)), None)
+        differs = compare(connector, deployment, contexts[saved_id(connector)])
         if differs:
             drift.append(differs)
     for name, orphan in by_name.items():

@@ -26,7 +26,7 @@ from flows.lifecycle import (
     update_connector,
 )
 from models import Connector, ConnectorPlan, ConnectorPublic, ConnectorUpdate
-from models.base import as_utc
+from models.base import as_utc, saved_id
 from models.bulk import MAX_BULK, BulkOutcome, BulkRequest, BulkResult
 
 
@@ -59,22 +59,22 @@ async def _outcome(connector: Connector, state: State) -> BulkOutcome:
     if not state.is_completed():
         error = result.detail if isinstance(result, ControlPlaneError) else state.message
         return BulkOutcome(
-            connector_id=connector.id, outcome="failed", flow_run_id=run_id, error=error
+            connector_id=saved_id(connector), outcome="failed", flow_run_id=run_id, error=error
         )
     if isinstance(result, ConnectorPublic):
         changes = connector_changes(ConnectorPublic.model_validate(connector), result)
         return BulkOutcome(
-            connector_id=connector.id, outcome="changed", flow_run_id=run_id, changes=changes
+            connector_id=saved_id(connector), outcome="changed", flow_run_id=run_id, changes=changes
         )
     if isinstance(result, ConnectorPlan):
         return BulkOutcome(
-            connector_id=connector.id,
+            connector_id=saved_id(connector),
             outcome="planned",
             flow_run_id=run_id,
             changes=result.changes,
         )
     return BulkOutcome(
-        connector_id=connector.id, outcome="changed", flow_run_id=run_id, sync_run_id=result
+        connector_id=saved_id(connector), outcome="changed", flow_run_id=run_id, sync_run_id=result
     )
 
 

@@ -20,7 +20,7 @@ from control_plane.errors import DeploymentMissing, NotFound, Unavailable
 from control_plane.runs import connector_tag
 from flows.lifecycle import SCHEDULE_ACTOR, UI_ACTOR
 from models import ProjectPublic
-from models.base import as_utc, utcnow
+from models.base import as_utc, saved_id, utcnow
 
 
 async def _follow(project_id: int) -> list[int]:
@@ -32,7 +32,7 @@ async def _follow(project_id: int) -> list[int]:
             session=session, ids=None, project_id=project_id, labels=[], project_ids=None
         )
     changed = []
-    for connector_id in [c.id for c in connectors if c.is_active]:
+    for connector_id in [saved_id(c) for c in connectors if c.is_active]:
         async with write_lock(connector_tag(connector_id)), session_scope() as session:
             try:
                 connector = await crud.get_connector(

@@ -712,7 +712,11 @@ async def plan_connector_change(
     routes = spec.notifications if spec else changes.notifications if changes else None
     await notify.check_channels(routes, field="notifications")
     # The real change's lock: on SQLite an update's flush takes the one writer's place.
-    key = f"create:{spec.project_id}:{spec.name}" if spec else runs.connector_tag(connector_id)
+    if spec:
+        key = f"create:{spec.project_id}:{spec.name}"
+    else:
+        assert connector_id is not None  # an update or a delete names its connector
+        key = runs.connector_tag(connector_id)
     async with write_lock(key), session_scope() as session:
         if spec is not None:
             # Not inserted: PostgreSQL would spend an id on it. 0 stands in for the id.

@@ -24,7 +24,7 @@ from flows.freeze import unfreeze_project
 from flows.lifecycle import SCHEDULE_ACTOR, resume_connector
 from flows.runs import record_unfinished
 from models import Connector, ConnectorContext
-from models.base import as_utc, utcnow
+from models.base import as_utc, saved_id, utcnow
 
 # A pause's (or freeze's) own run had this long to end it before reconcile does.
 RESUME_GRACE = timedelta(minutes=1)
@@ -82,11 +82,11 @@ async def reconcile_connectors(
         for connector in overdue:
             assert connector.paused_until is not None
             await resume_connector(
-                connector_id=connector.id, paused_until=connector.paused_until, actor=actor
+                connector_id=saved_id(connector), paused_until=connector.paused_until, actor=actor
             )
         for project in overdue_freezes:
             await unfreeze_project(
-                project_id=project.id, frozen_until=project.frozen_until, actor=actor
+                project_id=saved_id(project), frozen_until=project.frozen_until, actor=actor
             )
     rows = [item.as_row() for item in drift]
     await create_table_artifact(
@@ -124,7 +124,7 @@ async def _publish_overview() -> None:
     async with session_scope() as session:
         contexts = await crud.contexts(session=session)
         connectors = await crud.all_connectors(session=session)
-    rows = [_overview_row(connector, contexts[connector.id]) for connector in connectors]
+    rows = [_overview_row(connector, contexts[saved_id(connector)]) for connector in connectors]
     states = Counter(_state(connector) for connector in connectors)
     await create_table_artifact(
         key="connectors-overview",

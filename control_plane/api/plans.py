@@ -13,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from control_plane import catalog, crud
 from models import CatalogPlan, Project
-from models.base import ApiModel
+from models.base import ApiModel, saved_id
 
 PLANNED = {200: {"model": CatalogPlan, "description": "With dryRun=true: the plan."}}
 
@@ -55,7 +55,7 @@ async def plan_change(
         users = await crud.endpoint_users(
             session=session, kind=catalog.KINDS[type(row)], endpoint=row
         )
-        used_by = [user.id for user in users]
+        used_by = [saved_id(user) for user in users]
     # What the plan needs is read: the rollback expires the row.
     await session.rollback()
     plan = CatalogPlan(

@@ -55,7 +55,7 @@ from models import (
     TriggerRequest,
     TriggerResult,
 )
-from models.base import Id
+from models.base import Id, saved_id
 from models.bulk import BulkRequest, BulkResult
 from models.check import CheckPublic, ConnectorCheckRequest
 from models.connector import Label
@@ -224,7 +224,7 @@ async def update(
         )
         return planned(plan)
     updated = await update_connector(
-        connector_id=connector.id,
+        connector_id=saved_id(connector),
         changes=changes,
         actor=caller.actor,
         expected_version=_expected_version(if_match),
@@ -250,7 +250,7 @@ async def trigger(
 
     async def start() -> TriggerResult:
         flow_run_id = await trigger_connector(
-            connector_id=connector.id, on_conflict=request.on_conflict, actor=caller.actor
+            connector_id=saved_id(connector), on_conflict=request.on_conflict, actor=caller.actor
         )
         return TriggerResult(flow_run_id=flow_run_id)
 
@@ -274,7 +274,7 @@ async def backfill(
 
     async def start() -> TriggerResult:
         flow_run_id = await backfill_connector(
-            connector_id=connector.id, backfill=request, actor=caller.actor
+            connector_id=saved_id(connector), backfill=request, actor=caller.actor
         )
         return TriggerResult(result="Backfill started", flow_run_id=flow_run_id)
 
@@ -331,7 +331,7 @@ async def list_runs(
 ):
     """The connector's sync runs, newest first: Prefect's states with the records they moved."""
     flow_runs, count = await runs.list_runs(
-        connector.id, states=[state] if state else None, limit=page.limit, offset=page.offset
+        saved_id(connector), states=[state] if state else None, limit=page.limit, offset=page.offset
     )
     figures = await crud.sync_runs(session=session, flow_run_ids=[r.id for r in flow_runs])
     return RunsPublic(data=[_run_public(r, figures.get(r.id)) for r in flow_runs], count=count)
@@ -367,7 +367,7 @@ async def cancel_run(
 ):
     """Cancel a scheduled or running sync run; 409 when it has ended already."""
     state = await cancel_connector_run(
-        connector_id=connector.id, flow_run_id=flow_run_id, actor=caller.actor
+        connector_id=saved_id(connector), flow_run_id=flow_run_id, actor=caller.actor
     )
     return {"flowRunId": flow_run_id, "state": state}
 
@@ -380,7 +380,7 @@ async def history(connector: ConnectorDep, page: PageDep):
     what it changed (before and after, secrets masked), or what it was asked and why it was
     refused."""
     entries, count = await audit.history(
-        connector.id, flows=LIFECYCLE_FLOWS, limit=page.limit, offset=page.offset
+        saved_id(connector), flows=LIFECYCLE_FLOWS, limit=page.limit, offset=page.offset
     )
     return HistoryPublic(data=entries, count=count)
 
@@ -388,11 +388,11 @@ async def history(connector: ConnectorDep, page: PageDep):
 @router.get("/{connector_id}/drift", operation_id="readConnectorDrift", response_model=DriftPublic)
 async def drift(connector: ConnectorDep, session: SessionDep):
     """How the connector's deployment in Prefect differs from the row; nothing is repaired."""
-    deployment = await deployments.read_by_name(deployments.deployment_name(connector.id))
+    deployment = await deployments.read_by_name(deployments.deployment_name(saved_id(connector)))
     context = await crud.context_of(session=session, connector=connector)
     found = reconcile.compare(connector, deployment, context)
     return DriftPublic(
-        connector_id=connector.id,
+        connector_id=saved_id(connector),
         in_sync=found is None,
         action=found.action if found else None,
         differences=found.differences if found else [],
@@ -407,13 +407,13 @@ async def drift(connector: ConnectorDep, session: SessionDep):
 )
 async def reset(connector: ConnectorDep, caller: CallerDep) -> None:
     """Forget the incremental state: the next run is a full sync."""
-    await reset_connector(connector_id=connector.id, actor=caller.actor)
+    await reset_connector(connector_id=saved_id(connector), actor=caller.actor)
 
 
 @router.get("/{connector_id}/state", operation_id="readConnectorState", response_model=StatePublic)
 async def read_state(connector: ConnectorDep, session: SessionDep, response: Response):
     """Where each stream's next incremental read resumes; its ETag goes with a PUT's If-Match."""
-    states = await crud.get_states(session=session, connector_id=connector.id)
+    states = await crud.get_states(session=session, connector_id=saved_id(connector))
     state = state_public(connector, states)
     response.headers["ETag"] = state_etag(state)
     return state
@@ -436,7 +436,10 @@ async def set_state(
     """Set where a stream's next incremental read resumes (a `set-connector-state` run): a
     cursor, or null to read from the start. 412 when the state changed since the If-Match."""
     public = await set_connector_state(
-        connector_id=connector.id, state=state, actor=caller.actor, expected_etag=_tag(if_match)
+        connector_id=saved_id(connector),
+        state=state,
+        actor=caller.actor,
+        expected_etag=_tag(if_match),
     )
     response.headers["ETag"] = state_etag(public)
     return public
@@ -461,5 +464,7 @@ async def delete(
         )
         return planned(plan)
     await delete_connector(
-        connector_id=connector.id, actor=caller.actor, expected_version=_expected_version(if_match)
+        connector_id=saved_id(connector),
+        actor=caller.actor,
+        expected_version=_expected_version(if_match),
     )

@@ -30,7 +30,7 @@ from models import (
     TypePublic,
     TypesPublic,
 )
-from models.base import Id
+from models.base import Id, saved_id
 from models.check import CheckPublic, EndpointCheckRequest, StreamsPublic
 
 ProjectFilter = Annotated[Id | None, Query(alias="projectId", description="Only this project's.")]
@@ -170,7 +170,7 @@ def endpoint_router(kind: Kind) -> APIRouter:
                 ),
             )
         return await update_catalog_entry(
-            kind=kind, entry_id=endpoint.id, changes=changes, actor=caller.actor
+            kind=kind, entry_id=saved_id(endpoint), changes=changes, actor=caller.actor
         )
 
     @router.delete(
@@ -189,7 +189,7 @@ def endpoint_router(kind: Kind) -> APIRouter:
                 row=endpoint,
                 change=lambda: crud.delete_endpoint(session=session, kind=kind, endpoint=endpoint),
             )
-        await delete_catalog_entry(kind=kind, entry_id=endpoint.id, actor=caller.actor)
+        await delete_catalog_entry(kind=kind, entry_id=saved_id(endpoint), actor=caller.actor)
 
     return router
 

@@ -17,6 +17,7 @@ from control_plane.api.plans import PLANNED, plan_change, plan_create
 from flows.catalog import create_catalog_entry, delete_catalog_entry, update_catalog_entry
 from flows.freeze import freeze_project, unfreeze_project
 from models import CatalogPlan, ProjectCreate, ProjectPublic, ProjectsPublic, ProjectUpdate
+from models.base import saved_id
 from models.catalog import FreezeRequest
 
 router = APIRouter(prefix="/projects", tags=["projects"])
@@ -72,7 +73,7 @@ async def update_project(
             change=lambda: crud.update_project(session=session, project=project, changes=changes),
         )
     return await update_catalog_entry(
-        kind="project", entry_id=project.id, changes=changes, actor=caller.actor
+        kind="project", entry_id=saved_id(project), changes=changes, actor=caller.actor
     )
 
 
@@ -92,7 +93,7 @@ async def delete_project(
             row=project,
             change=lambda: crud.delete_project(session=session, project=project),
         )
-    await delete_catalog_entry(kind="project", entry_id=project.id, actor=caller.actor)
+    await delete_catalog_entry(kind="project", entry_id=saved_id(project), actor=caller.actor)
 
 
 @router.post(
@@ -106,7 +107,7 @@ async def freeze(project: ProjectDep, request: FreezeRequest, caller: CallerDep)
     stop (their deployments are paused) and their triggers answer 409 with the reason, until
     `until` or an unfreeze. Freezing a frozen project sets its reason and end anew."""
     return await freeze_project(
-        project_id=project.id, reason=request.reason, until=request.until, actor=caller.actor
+        project_id=saved_id(project), reason=request.reason, until=request.until, actor=caller.actor
     )
 
 
@@ -118,4 +119,4 @@ async def freeze(project: ProjectDep, request: FreezeRequest, caller: CallerDep)
 )
 async def unfreeze(project: ProjectDep, caller: CallerDep):
     """End the project's freeze now; its connectors run on their schedules again."""
-    return await unfreeze_project(project_id=project.id, actor=caller.actor)
+    return await unfreeze_project(project_id=saved_id(project), actor=caller.actor)
