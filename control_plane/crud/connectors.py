@@ -141,11 +141,11 @@ async def _check_connector(session: AsyncSession, connector: Connector) -> None:
 
 async def _check_connector_references(session: AsyncSession, connector: Connector) -> None:
     await referenced_project(session, connector.project_id)
-    endpoints = {}
+    endpoints: dict[Kind, Endpoint] = {}
     for kind, table in ENDPOINT_TABLES.items():
         field = _endpoint_column(kind).key
         endpoint_id = getattr(connector, field)
-        endpoint = await session.get(table, endpoint_id)
+        endpoint: Endpoint | None = await session.get(table, endpoint_id)
         if endpoint is None:
             raise InvalidInput(field, f"defined {kind} {endpoint_id} does not exist")
         if endpoint.project_id != connector.project_id:

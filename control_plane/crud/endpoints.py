@@ -24,7 +24,7 @@ from models import Connector, EndpointCreate, EndpointUpdate
 
 
 async def get_endpoint(*, session: AsyncSession, kind: Kind, endpoint_id: int) -> Endpoint:
-    endpoint = await session.get(ENDPOINT_TABLES[kind], endpoint_id)
+    endpoint: Endpoint | None = await session.get(ENDPOINT_TABLES[kind], endpoint_id)
     if endpoint is None:
         raise NotFound(f"defined {kind} {endpoint_id} does not exist")
     return endpoint

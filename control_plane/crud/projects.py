@@ -2,11 +2,19 @@
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import cast
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from control_plane.crud._common import ENDPOINT_TABLES, _connectors_where, _names, _page, _touch
+from control_plane.crud._common import (
+    ENDPOINT_TABLES,
+    Endpoint,
+    _connectors_where,
+    _names,
+    _page,
+    _touch,
+)
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from models import Connector, Project, ProjectCreate, ProjectUpdate
 
@@ -73,7 +81,9 @@ async def delete_project(*, session: AsyncSession, project: Project) -> None:
     if users:
         raise Conflict(f"project {project.id} still has connectors: {_names(users)}")
     for kind, table in ENDPOINT_TABLES.items():
-        endpoints = (await session.exec(select(table).where(table.project_id == project.id))).all()
+        found = await session.exec(select(table).where(table.project_id == project.id))
+        # mypy types select() of either table as of their base, which has no id.
+        endpoints = cast(Sequence[Endpoint], found.all())
         if endpoints:
             names = ", ".join(f"{e.id} ({e.name!r})" for e in endpoints)
             raise Conflict(f"project {project.id} still has defined {kind}s: {names}")
