@@ -290,7 +290,7 @@ class _Reader:
         names = {}
         for key in REFERENCES:
             name = values.pop(key, None)
-            kind: Kind = "source" if key == "source" else "destination"
+            kind = "source" if key == "source" else "destination"
             known = sorted({e.name for e in project.endpoints if e.kind == kind})
             if not isinstance(name, str):
                 self.problem((*path, key), f"name the connector's {kind}: one of {known}")

@@ -156,8 +156,10 @@ _DUE_SOON = timedelta(minutes=1)
 def _deletable(run: FlowRun) -> bool:
     """Scheduled, never run, not waiting for the deployment's concurrency slot: what Prefect
     deletes of a deployment's runs (`models.deployments._delete_scheduled_runs`)."""
-    scheduled = run.state is not None and run.state.is_scheduled()
-    return scheduled and run.run_count == 0 and run.state.name != "AwaitingConcurrencySlot"
+    state = run.state
+    if state is None or not state.is_scheduled():
+        return False
+    return run.run_count == 0 and state.name != "AwaitingConcurrencySlot"
 
 
 def goes_with_deployment(run: FlowRun) -> bool:

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -115,7 +115,7 @@ async def _unexpected_error(_: Request, error: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(request: Request, error: Exception) -> JSONResponse:
+async def _http_error(request: Request, error: Exception) -> Response:
     """Starlette's own errors as FastAPI answers them, but a 405's `Allow` lists every method
     documented for the path: Starlette names those of the one route it tried."""
     assert isinstance(error, HTTPException)

@@ -6,7 +6,7 @@ flow run, nothing recorded (the writes they plan are control flow runs, `flows.c
 """
 
 from collections.abc import Awaitable, Callable
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi.responses import JSONResponse
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -15,7 +15,9 @@ from control_plane import catalog, crud
 from models import CatalogPlan, Project
 from models.base import ApiModel, saved_id
 
-PLANNED = {200: {"model": CatalogPlan, "description": "With dryRun=true: the plan."}}
+PLANNED: dict[int | str, dict[str, Any]] = {
+    200: {"model": CatalogPlan, "description": "With dryRun=true: the plan."}
+}
 
 
 def planned(plan: ApiModel) -> JSONResponse:

@@ -1,6 +1,6 @@
 """Connectors, the seed's contract. Every change is a control flow run; reads are plain."""
 
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response, status
@@ -98,7 +98,9 @@ STALE = error_responses(412)
 # A trigger without a body: a body a client may leave out, rather than one it may send as null,
 # which clients generated from the OpenAPI document cannot leave out.
 _TRIGGER_DEFAULTS = TriggerRequest()
-_PLANNED = {200: {"model": ConnectorPlan, "description": "With dryRun=true: the plan."}}
+_PLANNED: dict[int | str, dict[str, Any]] = {
+    200: {"model": ConnectorPlan, "description": "With dryRun=true: the plan."}
+}
 
 
 @router.post(
@@ -151,7 +153,9 @@ async def list_all(
         limit=page.limit,
         offset=page.offset,
     )
-    return ConnectorsPublic(data=connectors, count=count)
+    return ConnectorsPublic(
+        data=[ConnectorPublic.model_validate(c) for c in connectors], count=count
+    )
 
 
 @router.post("/bulk", operation_id="bulkConnectors", response_model=BulkResult)

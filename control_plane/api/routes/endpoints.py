@@ -31,7 +31,7 @@ from models import (
     TypesPublic,
 )
 from models.base import Id, saved_id
-from models.check import CheckPublic, EndpointCheckRequest, StreamsPublic
+from models.check import CheckPublic, EndpointCheckRequest, StreamPublic, StreamsPublic
 
 ProjectFilter = Annotated[Id | None, Query(alias="projectId", description="Only this project's.")]
 
@@ -128,7 +128,8 @@ def endpoint_router(kind: Kind) -> APIRouter:
                 discover=True,
             )
             return StreamsPublic(
-                streams=checked.streams or [], check=CheckPublic.model_validate(checked)
+                streams=[StreamPublic.model_validate(s) for s in checked.streams or []],
+                check=CheckPublic.model_validate(checked),
             )
 
     @router.get("", operation_id=f"list{noun}s", response_model=EndpointsPublic)

@@ -45,7 +45,7 @@ async def list_projects(session: SessionDep, page: PageDep, caller: CallerDep):
     projects, count = await crud.list_projects(
         session=session, project_ids=caller.projects, limit=page.limit, offset=page.offset
     )
-    return ProjectsPublic(data=projects, count=count)
+    return ProjectsPublic(data=[ProjectPublic.model_validate(p) for p in projects], count=count)
 
 
 @router.get("/{project_id}", operation_id="readProject", response_model=ProjectPublic)
