@@ -9,7 +9,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect import State, flow
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import acreate_table_artifact
 from prefect.runtime import flow_run
 
 from control_plane import crud
@@ -55,7 +55,7 @@ def _changes(connector: Connector, request: BulkRequest) -> ConnectorUpdate | No
 async def _outcome(connector: Connector, state: State) -> BulkOutcome:
     """What a connector's control run came to: its changes, or why it was refused."""
     run_id = state.state_details.flow_run_id
-    result = await state.result(raise_on_failure=False)
+    result = await state.aresult(raise_on_failure=False)
     if not state.is_completed():
         error = result.detail if isinstance(result, ControlPlaneError) else state.message
         return BulkOutcome(
@@ -73,6 +73,7 @@ async def _outcome(connector: Connector, state: State) -> BulkOutcome:
             flow_run_id=run_id,
             changes=result.changes,
         )
+    assert isinstance(result, UUID)  # a trigger's: the sync run it started
     return BulkOutcome(
         connector_id=saved_id(connector), outcome="changed", flow_run_id=run_id, sync_run_id=result
     )
@@ -84,7 +85,7 @@ async def _act(
     assert connector.id is not None
     if request.action == "trigger":
         if not dry_run:
-            state = await trigger_connector(
+            state: State[Any] = await trigger_connector(
                 connector_id=connector.id, actor=actor, return_state=True
             )
             return await _outcome(connector, state)
@@ -164,7 +165,7 @@ async def bulk_connector_action(
         results.append(await _act(connector, request, dry_run, actor))
     results.sort(key=lambda outcome: outcome.connector_id)
     outcomes = [outcome.outcome for outcome in results]
-    await create_table_artifact(
+    await acreate_table_artifact(
         key="bulk-connector-action",
         table=[
             {

@@ -5,7 +5,7 @@ import time
 from uuid import UUID
 
 from prefect import State, flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import acreate_table_artifact
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed
 
@@ -58,7 +58,7 @@ async def check_connector(check_id: UUID) -> State:
     )
     if not recorded:
         logger.warning("check %s ended before this run did: its result was not kept", check_id)
-    await create_table_artifact(
+    await acreate_table_artifact(
         key=f"check-{check_id}",
         table=[step.as_json() for step in found],
         description=f"Connection check of {check.subject}: {status}",

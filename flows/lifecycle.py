@@ -64,7 +64,14 @@ from models import (
 )
 from models.base import as_utc, utcnow
 from models.connector import OnConflict
-from models.plan import DeploymentPlan, FieldChange, RunDropped, field_changes
+from models.plan import (
+    DeploymentAction,
+    DeploymentPlan,
+    FieldChange,
+    RunDropped,
+    WhyDropped,
+    field_changes,
+)
 from models.schedule import scheduled_runs
 
 UI_ACTOR = "prefect-ui"
@@ -543,7 +550,7 @@ async def cancel_connector_run(connector_id: int, flow_run_id: UUID, actor: str 
     async with write_lock(runs.connector_tag(connector_id)), session_scope() as session:
         await crud.get_connector(session=session, connector_id=connector_id, for_update=True)
         run = await runs.cancel(connector_id, flow_run_id)
-    return run.state.name if run.state else "unknown"
+    return run.state.name if run.state and run.state.name else "unknown"
 
 
 @flow(name="reset-connector", persist_result=False, on_failure=[label_refused("reset connector")])
@@ -778,7 +785,9 @@ def _deployment_plan(
 ) -> DeploymentPlan:
     if before is None and after is None:
         return DeploymentPlan(action="none", name=None, differences=[])
-    action = "create" if before is None else "delete" if after is None else "update"
+    action: DeploymentAction = (
+        "create" if before is None else "delete" if after is None else "update"
+    )
     fields = [f for f in DeploymentSpec.model_fields if not (creates and f in _CARRY_THE_ID)]
     old = before.model_dump(mode="json") if before else {}
     new = after.model_dump(mode="json") if after else {}
@@ -814,6 +823,7 @@ async def _runs_dropped(
     )
     dropped = []
     for run in found:
+        why: WhyDropped
         if goes:
             why = "deleted with the deployment" if runs.goes_with_deployment(run) else "cancelled"
         elif before is not None and runs.goes_with_update(run):
@@ -823,7 +833,7 @@ async def _runs_dropped(
         dropped.append(
             RunDropped(
                 flow_run_id=run.id,
-                state=run.state.name if run.state else "unknown",
+                state=run.state.name if run.state and run.state.name else "unknown",
                 scheduled_at=run.expected_start_time,
                 why=why,
             )

@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import acreate_table_artifact
 from prefect.blocks.abstract import NotificationBlock
 from prefect.states import Completed, Failed, State
 
@@ -82,7 +82,7 @@ async def notify_owners(
     for channel in hears(routes, event):
         outcomes[channel] = await _deliver(channel, f"{event_id}/{channel}", said)
         logger.info("%s: %s", channel, outcomes[channel])
-    await create_table_artifact(
+    await acreate_table_artifact(
         key=f"connector-{connector_id}-notifications",
         table=[{"channel": channel, "outcome": outcome} for channel, outcome in outcomes.items()],
         description=f"Who heard {event} of connector {connector_id}",

@@ -4,7 +4,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import acreate_table_artifact
 from prefect.client.schemas.filters import (
     FlowFilter,
     FlowFilterName,
@@ -89,7 +89,7 @@ async def reconcile_connectors(
                 project_id=saved_id(project), frozen_until=project.frozen_until, actor=actor
             )
     rows = [item.as_row() for item in drift]
-    await create_table_artifact(
+    await acreate_table_artifact(
         key=reconcile.REPAIRS_ARTIFACT,
         table=rows or [{"action": "none", "deployment": "", "connector": "", "differences": ""}],
         description=("Drift found" if dry_run else reconcile.REPAIRED) + f": {len(rows)}",
@@ -126,7 +126,7 @@ async def _publish_overview() -> None:
         connectors = await crud.all_connectors(session=session)
     rows = [_overview_row(connector, contexts[saved_id(connector)]) for connector in connectors]
     states = Counter(_state(connector) for connector in connectors)
-    await create_table_artifact(
+    await acreate_table_artifact(
         key="connectors-overview",
         table=rows or [dict.fromkeys(_OVERVIEW_COLUMNS, "")],
         description=f"{len(rows)} connectors, {states['active']} active, "

@@ -5,7 +5,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect import State, flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import acreate_markdown_artifact
 from prefect.client.schemas.objects import FlowRunPolicy
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
@@ -50,7 +50,7 @@ async def _failed(
 ) -> None:
     """Record the failed try in the connector's status, with the cursors of the streams it
     committed; past its threshold, say so."""
-    figures = {}
+    figures: dict[str, Any] = {}
     if moved is not None:
         figures = {
             "records_read": moved.records_read,
@@ -77,7 +77,7 @@ def _text(error: Exception) -> str:
 
 
 async def _publish_report(plan: sync.SyncPlan, moved: sync.Moved) -> None:
-    await create_markdown_artifact(
+    await acreate_markdown_artifact(
         key=f"connector-{plan.connector_id}-sync",
         markdown=_report(plan, moved),
         description=f"What sync run of connector {plan.connector_id} moved",
@@ -93,7 +93,10 @@ def _emit_synced(
 ) -> None:
     """`connector.synced` after every successful run (it restarts the freshness window), and
     `connector.fresh` after the first one of a stale connector."""
-    figures = {"recordsRead": moved.records_read, "recordsWritten": moved.records_written}
+    figures: dict[str, Any] = {
+        "recordsRead": moved.records_read,
+        "recordsWritten": moved.records_written,
+    }
     events.emit(events.SYNCED, connector, actor=sync.SYNC_ACTOR, flowRunId=str(run_id), **figures)
     if stale_since is not None:
         events.emit(

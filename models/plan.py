@@ -42,8 +42,14 @@ def field_changes(
     return changed
 
 
+DeploymentAction = Literal["create", "update", "delete", "none"]
+WhyDropped = Literal[
+    "cancelled", "deleted with the deployment", "deleted by the deployment's update"
+]
+
+
 class DeploymentPlan(ApiModel):
-    action: Literal["create", "update", "delete", "none"] = Field(
+    action: DeploymentAction = Field(
         description="update: the schedule is patched in place (same schedule id)."
     )
     name: str | None = Field(description="The connector's deployment, connector-<id>.")
@@ -54,7 +60,7 @@ class RunDropped(ApiModel):
     flow_run_id: UUID
     state: str
     scheduled_at: datetime | None
-    why: Literal["cancelled", "deleted with the deployment", "deleted by the deployment's update"]
+    why: WhyDropped
 
 
 class ConnectorPlan(ApiModel):
