@@ -23,7 +23,7 @@ from prefect.events.actions import ChangeFlowRunState
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
 from prefect.exceptions import ObjectAlreadyExists
-from prefect.flows import load_flow_from_entrypoint
+from prefect.flows import Flow, load_flow_from_entrypoint
 from prefect.states import Scheduled
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.processutils import command_to_string
@@ -74,7 +74,7 @@ async def _check_deployment(pool: str) -> UUID:
     where the pool's sync runs do, with the same files, network and credentials."""
     if pool not in _check_deployments:
         # Loaded by its entrypoint, as the worker does: flows.check imports this module.
-        check_flow = load_flow_from_entrypoint(CHECK_ENTRYPOINT)
+        check_flow: Flow[..., Any] = load_flow_from_entrypoint(CHECK_ENTRYPOINT)
         async with prefect_client() as client:
             flow_id = await client.create_flow_from_name(check_flow.name)
             _check_deployments[pool] = await client.create_deployment(
@@ -223,7 +223,7 @@ async def deploy_control_flows(
     registered = []
     for entry in control_deployments(path):
         await ensure_work_pool(entry["work_pool"]["name"])
-        control_flow = load_flow_from_entrypoint(entry["entrypoint"])
+        control_flow: Flow[..., Any] = load_flow_from_entrypoint(entry["entrypoint"])
         async with prefect_client() as client:
             flow_id = await client.create_flow_from_name(control_flow.name)
             deployment_id = await client.create_deployment(

@@ -121,8 +121,8 @@ async def render(session: AsyncSession) -> bytes:
     status = case((~col(Connector.is_active), "inactive"), (paused, "paused"), else_="active")
     rows = await session.exec(select(status, func.count()).group_by(status))
     by_status = dict.fromkeys(("active", "paused", "inactive"), 0) | dict(rows.all())
-    for status, count in by_status.items():
-        CONNECTORS.labels(status).set(count)
+    for name, count in by_status.items():
+        CONNECTORS.labels(name).set(count)
     outcome = case(
         (col(SyncRun.ended_at).is_(None), "running"),
         (col(SyncRun.error).is_(None), "completed"),
@@ -163,7 +163,8 @@ async def _read_last_pass() -> None:
     if not passes:
         return
     latest = passes[0]
-    data = json.loads(latest.data) if isinstance(latest.data, str) else latest.data
+    # The table's rows as JSON: Prefect keeps a table artifact's data as its text.
+    data: Any = json.loads(latest.data) if isinstance(latest.data, str) else latest.data
     actions = Tally(row["action"] for row in data or [])
     for action in ("create", "update", "delete", "relink"):
         REPAIRS.labels(action).set(actions[action])
