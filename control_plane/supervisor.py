@@ -268,6 +268,7 @@ class Supervisor:
         # the terminal, or a signal to `up`'s group, reaches `up` only, which stops the stack
         # in order. Its output goes to `up`'s.
         child.start()
+        assert child.popen is not None
         _log(f"started {child.name} (pid {child.popen.pid})")
         self._write_state()
 
