@@ -42,6 +42,7 @@ chromium:
 test: $(VENV)/.test $(VENV)/tools/.sdk java chromium redis
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PYTHON) -m pytest -p no:xdist tests/unit
 	$(PYTHON) -m pytest -n 2 --ignore=tests/unit $(PYTEST_ARGS)
 
