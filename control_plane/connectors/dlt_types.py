@@ -238,8 +238,8 @@ class _ScopedAdapter(requests.adapters.BaseAdapter):
         headers = dict(request.headers)
         if origin_of(url) != self.home:
             headers = {k: v for k, v in headers.items() if k.lower() not in self.secret_headers}
-        # requests' stubs type a prepared request's header values and body wider than it
-        # holds them (str or bytes), which httpx takes.
+        # requests' annotations are wider than what reaches here: httpx takes header values of
+        # str and bytes mixed, and dlt's requests carry a body of bytes or str, or none.
         answer = self.client.request(
             str(request.method),
             url,
