@@ -137,19 +137,22 @@ async def list_all(
     session: SessionDep,
     page: PageDep,
     caller: CallerDep,
+    label: Annotated[
+        list[Label],
+        Query(
+            default_factory=list,
+            description="Only connectors with this label; repeat it for all of several.",
+        ),
+    ],
     project_id: Annotated[Id | None, Query(alias="projectId")] = None,
     is_active: Annotated[bool | None, Query(alias="isActive")] = None,
-    label: Annotated[
-        list[Label] | None,
-        Query(description="Only connectors with this label; repeat it for all of several."),
-    ] = None,
 ):
     connectors, count = await crud.list_connectors(
         session=session,
         project_id=project_id,
         project_ids=caller.projects,
         is_active=is_active,
-        labels=label or [],
+        labels=label,
         limit=page.limit,
         offset=page.offset,
     )
