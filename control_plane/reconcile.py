@@ -79,10 +79,13 @@ class Drift:
         }
 
 
+# What every connector deployment's name starts with.
+_NAME_PREFIX = deployments.deployment_name(0)[:-1]
+
+
 def _connector_id(deployment_name: str) -> int | None:
-    prefix = deployments.deployment_name(0)[:-1]
-    suffix = deployment_name.removeprefix(prefix)
-    return int(suffix) if deployment_name.startswith(prefix) and suffix.isdigit() else None
+    suffix = deployment_name.removeprefix(_NAME_PREFIX)
+    return int(suffix) if deployment_name.startswith(_NAME_PREFIX) and suffix.isdigit() else None
 
 
 def compare(
@@ -152,7 +155,6 @@ async def find_drift(*, session: AsyncSession) -> list[Drift]:
 async def changed_deployments(since: datetime) -> set[str]:
     """The names of the connector deployments Prefect created, updated or deleted since
     `since`, from its events."""
-    prefix = deployments.deployment_name(0)[:-1]
     names: set[str] = set()
     async with prefect_client() as client:
         page: EventPage | None = await client.read_events(
@@ -167,7 +169,7 @@ async def changed_deployments(since: datetime) -> set[str]:
             names |= {
                 name
                 for event in page.events
-                if (name := event.resource.name or "").startswith(prefix)
+                if (name := event.resource.name or "").startswith(_NAME_PREFIX)
             }
             page = await page.get_next_page(client)
     return names
