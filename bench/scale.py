@@ -13,6 +13,15 @@ twentieth of the rows rescheduled in the database) and one with none, the lists 
 Prefect quiet, and then the passes over what changed: one with nothing changed, one with 10%
 drift made again. Counts each pass's Prefect API calls and Prefect's server CPU, and the
 scheduled runs per connector. Prints a table and writes bench/results/scale.json.
+
+    .venv/bin/python -m bench.scale --curve 1000,10000,30000
+
+The cost curve: one stack grown to each size in turn (deployments cloned), with Prefect's
+scheduler off, which would take about 20 minutes to schedule 30,000 deployments; so Prefect's
+CPU at rest is that of its other services. At each size: the lists, Prefect's CPU over the
+minute a pass over changes must wait before it skips the rows just seeded, passes with no
+drift (full, changes) and with 10% drift (changes, full), and the API's memory. Writes
+bench/results/scale_curve.json.
 """
 
 import argparse
@@ -62,7 +71,7 @@ from control_plane.processes import wait_for
 from control_plane.reconcile import changed_deployments
 from control_plane.settings import Settings, get_settings
 from flows.reconcile import EVENT_LAG, reconcile_connectors
-from models import Connector
+from models import Connector, ConnectorContext
 from models.base import utcnow
 
 PROJECTS = 10
@@ -80,6 +89,10 @@ _BY_NAME = re.compile(r"/deployments/name/[^/]+/[^/]+")
 
 def _schedule(index: int) -> str | None:
     return SCHEDULES[index % len(SCHEDULES)]
+
+
+def _name(index: int) -> str:
+    return f"scale-{index:06d}"
 
 
 def _active(index: int) -> bool:
@@ -134,7 +147,7 @@ class Pass:
     seconds: float
     repaired: Counter[str]
     calls: dict[str, dict[str, float]]
-    server_cpu_s: float = 0.0  # CPU time of Prefect's server during the pass
+    server_cpu_s: float  # CPU time of Prefect's server during the pass
 
     def as_row(self) -> dict[str, Any]:
         return {
@@ -180,7 +193,7 @@ def _seed(
     now = utcnow()
     rows = [
         {
-            "name": f"scale-{index:06d}",
+            "name": _name(index),
             "project_id": catalogs[index % len(catalogs)].project_id,
             "defined_source_id": catalogs[index % len(catalogs)].source_id,
             "defined_destination_id": catalogs[index % len(catalogs)].destination_id,
@@ -220,10 +233,22 @@ WHERE t.id = %(template)s
 
 
 def _clone_deployments(
-    prefect_database: str, catalogs: list[Catalog], indexes: range
+    prefect_database: str, database_url: str, catalogs: list[Catalog], indexes: range
 ) -> dict[int, UUID]:
-    """Give the active connectors of `indexes` deployments cloned from one reconcile created."""
+    """Give the active connectors of `indexes` deployments cloned from one reconcile created,
+    each with what reconcile wants of it: its description and its destination's work queue
+    (which reconcile created for each catalog before)."""
+    engine = create_engine(database_url)
+    with engine.connect() as control_plane:
+        projects = dict(control_plane.execute(text("SELECT id, name FROM project")).all())
+    engine.dispose()
+    # make_catalog's connectors move csv to jsonl.
+    contexts = {
+        c.project_id: ConnectorContext(projects[c.project_id], "csv", "jsonl", False)
+        for c in catalogs
+    }
     with psycopg.connect(prefect_database) as db:
+        queues = dict(db.execute("SELECT name, id FROM work_queue").fetchall())
         template = db.execute(
             "SELECT d.id, d.concurrency_limit_id, s.id, s.schedule FROM deployment d "
             "JOIN deployment_schedule s ON s.deployment_id = d.id "
@@ -234,7 +259,11 @@ def _clone_deployments(
         ids = {index: uuid.uuid4() for index in indexes if _active(index)}
         limits, clones, schedules = [], [], []
         for index, deployment_id in ids.items():
-            connector_id = index + 1
+            connector_id, catalog = index + 1, catalogs[index % len(catalogs)]
+            queue = deployments.destination_queue(catalog.destination_id)
+            row = Connector(
+                id=connector_id, name=_name(index), schedule=_schedule(index), timezone="UTC"
+            )
             limits.append({"id": str(uuid.uuid4()), "name": f"deployment:{deployment_id}"})
             clones.append(
                 {
@@ -244,11 +273,14 @@ def _clone_deployments(
                         [
                             deployments.MANAGED_TAG,
                             f"connector:{connector_id}",
-                            f"project:{catalogs[index % len(catalogs)].project_id}",
+                            f"project:{catalog.project_id}",
                         ]
                     ),
                     "parameters": {"connector_id": connector_id},
                     "concurrency_limit_id": limits[-1]["id"],
+                    "description": deployments.describe(row, contexts[catalog.project_id]),
+                    "work_queue_name": queue,
+                    "work_queue_id": str(queues[queue]),
                 }
             )
             if _schedule(index):
@@ -301,6 +333,7 @@ async def _reconcile_once(full: bool) -> list[dict[str, str]]:
 
 def _reconcile(
     counter: _CallCounter,
+    server: list[int],
     label: str,
     connectors: int,
     deployments: int,
@@ -308,6 +341,8 @@ def _reconcile(
     expect_drift: bool,
     full: bool,
 ) -> Pass:
+    """A pass, with its Prefect calls and the CPU of Prefect's server (`server`'s processes)."""
+    cpu = cpu_seconds(server)
     with counter.counting() as calls:
         start = time.perf_counter()
         rows = asyncio.run(_reconcile_once(full))
@@ -315,7 +350,8 @@ def _reconcile(
     repaired = Counter(row["action"] for row in rows)
     assert expect_drift or not rows, f"{label}: unexpected drift {rows[:5]}"
     print(f"  {label}: {seconds:.1f} s, repaired {dict(repaired)}", flush=True)
-    return Pass(label, connectors, deployments, seconds, repaired, calls)
+    server_cpu_s = cpu_seconds(server) - cpu
+    return Pass(label, connectors, deployments, seconds, repaired, calls, server_cpu_s)
 
 
 async def _delete_deployments(deployment_ids: list[UUID]) -> None:
@@ -466,11 +502,11 @@ def _run(
     def reconcile(
         label: str, connectors: int, deployments: int, *, drift: bool, full: bool = True
     ) -> None:
-        cpu = cpu_seconds(server)
         passes.append(
-            _reconcile(counter, label, connectors, deployments, expect_drift=drift, full=full)
+            _reconcile(
+                counter, server, label, connectors, deployments, expect_drift=drift, full=full
+            )
         )
-        passes[-1].server_cpu_s = cpu_seconds(server) - cpu
 
     def lists(label: str, meanwhile: Future[Any] | None = None) -> None:
         cpu, start = cpu_seconds(server), time.perf_counter()
@@ -486,7 +522,9 @@ def _run(
     if first < total:
         print(f"{total - first} more connectors, deployments cloned in Prefect", flush=True)
         start = time.perf_counter()
-        ids = _clone_deployments(prefect_database, catalogs, range(first, total))
+        ids = _clone_deployments(
+            prefect_database, stack.database_url, catalogs, range(first, total)
+        )
         _seed(stack.database_url, catalogs, range(first, total), ids)
         figures["cloned"] = {"deployments": len(ids), "s": round(time.perf_counter() - start, 1)}
 
@@ -571,6 +609,72 @@ def _print_table(figures: dict[str, Any]) -> None:
     print(f"bench: {figures['bench_s']} s")
 
 
+def _curve(stack: LocalStack, sizes: list[int], requests: int) -> list[dict[str, Any]]:
+    """One row per size: the stack grown to it, then measured (see the module's docstring)."""
+    counter = _CallCounter()
+    _use_stack(stack)
+    prefect_database = _prefect_database(stack)
+    server = process_tree(stack.prefect_process.popen.pid)  # type: ignore[union-attr]
+    api = stack.api_process.popen.pid  # type: ignore[union-attr]
+    catalogs = [make_catalog(stack.api, stack.files) for _ in range(PROJECTS)]
+    active = lambda n: sum(1 for i in range(n) if _active(i))  # noqa: E731
+    # A fortieth of the first size gets its deployments from reconcile, as a template to clone.
+    grown = max(sizes[0] // 40, 1)
+    _seed(stack.database_url, catalogs, range(grown))
+    _reconcile(counter, server, "full drift", grown, 0, expect_drift=True, full=True)
+    crons = [DRIFT_SCHEDULE, SECOND_DRIFT_SCHEDULE]
+    rows: list[dict[str, Any]] = []
+    for size in sizes:
+        print(f"{size} connectors", flush=True)
+        ids = _clone_deployments(prefect_database, stack.database_url, catalogs, range(grown, size))
+        _seed(stack.database_url, catalogs, range(grown, size), ids)
+        seeded, grown = time.monotonic(), size
+        row: dict[str, Any] = {"connectors": size}
+        row["list"] = _time_lists(stack.api, catalogs, requests)["all"]
+        # A pass over changes reads from a minute before the last pass began: the full pass
+        # waits until the rows just seeded are behind that, and Prefect's CPU is read meanwhile.
+        cpu, start = cpu_seconds(server), time.monotonic()
+        time.sleep(max(0.0, seeded + EVENT_LAG.total_seconds() + 5 - start))
+        rest = (cpu_seconds(server) - cpu) / (time.monotonic() - start)
+        row["prefect_busy_at_rest"] = round(rest, 3)
+        passes = [
+            _reconcile(counter, server, label, size, active(size), expect_drift=False, full=full)
+            for label, full in (("full, none", True), ("changes, none", False))
+        ]
+        for label, full in (("changes, 10%", False), ("full, 10%", True)):
+            made = _make_drift(stack.database_url, crons[len(passes) % 2])
+            deployments = active(size) - made["deleted"]
+            found = _reconcile(
+                counter, server, label, size, deployments, expect_drift=True, full=full
+            )
+            expected = {"create": made["deleted"], "update": made["rescheduled"]}
+            assert found.repaired == expected, (label, found.repaired, expected)
+            passes.append(found)
+        row["passes"] = [found.as_row() for found in passes]
+        row["api_rss_mb"] = _rss_mb(api)
+        rows.append(row)
+    return rows
+
+
+def _print_curve(rows: list[dict[str, Any]]) -> None:
+    labels = [found["pass"] for found in rows[0]["passes"]]
+    print(f"\n{'connectors':>10}{'list p50/p95 ms':>17}{'Prefect busy':>13}{'API MB':>8}", end="")
+    print("".join(f"{label + ': s / calls / CPU s':>34}" for label in labels))
+    for row in rows:
+        listed = f"{row['list']['p50_ms']} / {row['list']['p95_ms']}"
+        print(
+            f"{row['connectors']:>10}{listed:>17}{row['prefect_busy_at_rest']:>13.1%}"
+            f"{row['api_rss_mb']:>8}",
+            end="",
+        )
+        for found in row["passes"]:
+            cell = (
+                f"{found['seconds']} / {found['prefect_calls']} / {found['prefect_server_cpu_s']}"
+            )
+            print(f"{cell:>34}", end="")
+        print()
+
+
 def _quiet_console() -> None:
     """Keep reconcile's line per repair off the terminal (it still goes to Prefect)."""
     for handler in logging.getLogger().handlers:
@@ -587,15 +691,30 @@ def main() -> None:
     parser.add_argument(
         "--create-all", action="store_true", help="reconcile creates every deployment (slow)"
     )
+    parser.add_argument(
+        "--curve",
+        type=lambda text: sorted(int(size) for size in text.split(",")),
+        help="sizes to grow to, e.g. 1000,10000,30000 (the cost curve; scheduler off)",
+    )
     args = parser.parse_args()
     _quiet_console()
     start = time.perf_counter()
+    scheduler_off = {"PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"} if args.curve else {}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        local_stack(Path(tmp), postgres=True) as stack,
+        local_stack(Path(tmp), postgres=True, prefect_env=scheduler_off) as stack,
     ):
-        figures = _run(stack, Path(tmp), args.connectors, args.requests, args.create_all)
-    figures["bench_s"] = round(time.perf_counter() - start, 1)
+        if args.curve:
+            rows = _curve(stack, args.curve, args.requests)
+        else:
+            figures = _run(stack, Path(tmp), args.connectors, args.requests, args.create_all)
+    seconds = round(time.perf_counter() - start, 1)
+    if args.curve:
+        _print_curve(rows)
+        print(f"bench: {seconds} s")
+        write_results("scale_curve", sizes=args.curve, rows=rows, bench_s=seconds)
+        return
+    figures["bench_s"] = seconds
     _print_table(figures)
     write_results("scale", connectors=args.connectors, **figures)
 
