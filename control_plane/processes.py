@@ -259,9 +259,13 @@ def api_command(
 
 def redis_command(port: int) -> list[str]:
     """The Redis of Prefect's messaging (scaled out): on 127.0.0.1, nothing kept on disk, since
-    Prefect keeps in it only what is in flight."""
+    Prefect keeps in it only what is in flight.
+
+    Without its process title: to set one, Redis writes over the memory that
+    /proc/<pid>/environ reads, and the supervisor would no longer find the stack's mark there,
+    nor stop it."""
     command = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-    return [*command, "--appendonly", "no"]
+    return [*command, "--appendonly", "no", "--set-proc-title", "no"]
 
 
 def _prefect_env(home: Path, extra_env: Mapping[str, str]) -> dict[str, str]:

@@ -105,8 +105,10 @@ class Up:
         return self.popen.wait(timeout=timeout)
 
     def left(self) -> list[str]:
-        """The processes of the stack still running, read from the process table."""
-        return _running(self.started["stack"], [self.started["pid"], self.started["watchdog"]])
+        """The processes of the stack still running, read from the process table: marked, or
+        started as `up` said (a process may hide its mark, as Redis's title did)."""
+        pids = [self.started["pid"], self.started["watchdog"], *self.started["processes"].values()]
+        return _running(self.started["stack"], pids)
 
     def assert_nothing_left(self, timeout: float = 15) -> None:
         wait_for(lambda: not self.left(), timeout=timeout, what="the stack's processes to go")
@@ -546,6 +548,9 @@ class TestScaleProfile:
                 assert len(children) >= 2, (name, children)
             run = up.sync_a_new_connector()
             assert run.state.is_completed(), run.state
+            up.send(signal.SIGTERM, to_group=False)
+            assert up.wait_exit(timeout=90) == 0, up.output
+            up.assert_nothing_left()
         finally:
             _kill(up)
 
