@@ -2,8 +2,9 @@
 that log read back for the API.
 
 Every attempt is labelled, refused ones too: a control flow calls `label_run` before anything
-can fail, and `label_refused` covers the one failure that comes earlier still, parameters
-that Prefect's engine refuses before the flow's body runs. A run that changed a connector
+can fail (or, when its name waits for an id, runs in `labelled_when_refused` until then), and
+`label_refused` covers the one failure that comes earlier still, parameters that Prefect's
+engine refuses before the flow's body runs. A run that changed a connector
 publishes the fields it changed, before and after (`publish_changes`); a refused one what it
 was asked and why it was refused. Both are table artifacts: the UI shows them as tables, and
 their rows are data that `history` reads back as they were written.
@@ -11,7 +12,8 @@ their rows are data that `history` reads back as they were written.
 
 import inspect
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 from uuid import UUID
 
@@ -63,6 +65,25 @@ async def label_run(*, actor: str, name: str, connector_id: int | None = None) -
     await _label(context.flow_run, actor=actor, name=name, connector_id=connector_id)
 
 
+@asynccontextmanager
+async def labelled_when_refused(*, actor: str, name: str) -> AsyncIterator[None]:
+    """For a flow whose name waits for what it makes (a new connector's id): when the block
+    fails before the run was labelled, it is labelled `name`, so a refused attempt reads as
+    what was asked, and one that succeeds makes one Prefect call for its label, not two."""
+    try:
+        yield
+    except Exception:
+        context = FlowRunContext.get()
+        assert context is not None and context.flow_run is not None, "call inside a flow run"
+        if not _labelled(context.flow_run):
+            await _label(context.flow_run, actor=actor, name=name, connector_id=None)
+        raise
+
+
+def _labelled(run: FlowRun) -> bool:
+    return any(tag.startswith(ACTOR_PREFIX) for tag in run.tags)
+
+
 def _known_id(value: Any) -> int | None:
     """A connector id from raw parameters, as Prefect's validation would have read it."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -84,7 +105,7 @@ def label_refused(action: str) -> FlowStateHook[..., Any]:
     """
 
     async def label_if_unlabelled(flow: Flow[..., Any], flow_run: FlowRun, state: State) -> None:
-        if not any(tag.startswith(ACTOR_PREFIX) for tag in flow_run.tags):
+        if not _labelled(flow_run):
             parameters = flow_run.parameters
             actor = parameters.get("actor")
             if not isinstance(actor, str):

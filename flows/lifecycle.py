@@ -6,7 +6,9 @@ rolls back; if the commit fails, the Prefect change is undone.
 
 Each flow's first step is `label_run`: a name for a person and the actor and connector tags,
 from the parameters alone, so a refused attempt (404, 409, 412, 422) reads in the Prefect UI
-like one that worked (a name template would cost one more Prefect call per run). A run whose
+like one that worked (a name template would cost one more Prefect call per run). A create
+labels its run once the connector has an id, and as what was asked when refused before
+(`labelled_when_refused`): one label call, not two. A run whose
 parameters fail Prefect's validation never reaches its body; `label_refused` names it then.
 No run keeps a result: the database is the record, and Prefect's engine skips a result-storage
 lookup.
@@ -36,7 +38,13 @@ from control_plane import (
     schedules,
     sync,
 )
-from control_plane.audit import actor_tag, label_refused, label_run, publish_changes
+from control_plane.audit import (
+    actor_tag,
+    label_refused,
+    label_run,
+    labelled_when_refused,
+    publish_changes,
+)
 from control_plane.connectors import DEFAULT_STREAM
 from control_plane.db import session_scope, write_lock
 from control_plane.deployments import DeploymentSpec
@@ -252,13 +260,16 @@ async def _publish_changes(
 @flow(name="create-connector", persist_result=False, on_failure=[label_refused("create connector")])
 async def create_connector(spec: ConnectorCreate, actor: str = UI_ACTOR) -> ConnectorPublic:
     """Store a new connector and, when active, create its scheduled deployment."""
-    await label_run(actor=actor, name=_describe_create(spec))
-    if spec.is_active:
-        checks.refuse_unchecked_activation()
-    await notify.check_channels(spec.notifications, field="notifications")
-    async with write_lock(f"create:{spec.project_id}:{spec.name}"), session_scope() as session:
+    # Labelled once the id exists; refused before, as what was asked.
+    async with (
+        labelled_when_refused(actor=actor, name=_describe_create(spec)),
+        write_lock(f"create:{spec.project_id}:{spec.name}"),
+        session_scope() as session,
+    ):
+        if spec.is_active:
+            checks.refuse_unchecked_activation()
+        await notify.check_channels(spec.notifications, field="notifications")
         connector = await crud.add_connector(session=session, spec=spec)
-        # The id exists only now: one more Prefect call, on create alone.
         await label_run(
             actor=actor,
             name=f"create connector {connector.id}: {connector.name}",

@@ -59,6 +59,20 @@ class TestRefusedCreate:
         )
         _assert_audited(run, name=name, actor="anonymous", connector_id=None)
 
+    def test_a_route_to_no_channel_is_a_named_failed_run(
+        self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
+    ):
+        """Refused by a check that reads Prefect, before the row exists."""
+        route = {"events": ["run-failed"], "channel": "slack-webhook/nowhere"}
+        spec = catalog.connector(notifications=[route])
+        response = api.post("/connectors", json=spec)
+        assert response.status_code == 422, response.text
+        name = f"create connector {spec['name']!r} in project {catalog.project_id}"
+        [run] = prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+        )
+        _assert_audited(run, name=name, actor="anonymous", connector_id=None)
+
 
 class TestStaleIfMatch:
     def test_an_update_is_a_named_failed_run(
