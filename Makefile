@@ -46,13 +46,13 @@ test: $(VENV)/.test $(VENV)/tools/.sdk java chromium redis
 	$(PYTHON) -m pytest -p no:xdist tests/unit
 	$(PYTHON) -m pytest -n 2 --ignore=tests/unit $(PYTEST_ARGS)
 
-# The benchmarks of the README's Performance section, one after the other (about 19 min).
+# The benchmarks of the README's Performance section, one after the other (about 20 min).
 bench: $(VENV)/.test redis
 	$(PYTHON) -m bench.actions
 	$(PYTHON) -m bench.throughput
 	$(PYTHON) -m bench.throughput --scaled
 	$(PYTHON) -m bench.throughput --embedded
-	$(PYTHON) -m bench.scale
+	$(PYTHON) -m bench.scale --curve 1000,10000,30000
 	$(PYTHON) -m bench.trigger
 	$(PYTHON) -m bench.data_plane
 	$(PYTHON) -m bench.crash

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from math import ceil
 from pathlib import Path
 from random import Random
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import httpx
@@ -89,6 +89,11 @@ _BY_NAME = re.compile(r"/deployments/name/[^/]+/[^/]+")
 
 def _schedule(index: int) -> str | None:
     return SCHEDULES[index % len(SCHEDULES)]
+
+
+def _active_count(connectors: int) -> int:
+    """How many of the first `connectors` are active."""
+    return sum(1 for index in range(connectors) if _active(index))
 
 
 def _name(index: int) -> str:
@@ -178,6 +183,26 @@ def _use_stack(stack: LocalStack) -> None:
     get_engine.cache_clear()
 
 
+class _Measuring(NamedTuple):
+    counter: _CallCounter
+    prefect_database: str
+    server: list[int]  # the processes of Prefect's server
+    api: int  # the API's process
+    catalogs: list[Catalog]  # a catalog per project
+
+
+def _measuring(stack: LocalStack) -> _Measuring:
+    """This process pointed at the stack, with what both runs measure by."""
+    _use_stack(stack)
+    return _Measuring(
+        _CallCounter(),
+        _prefect_database(stack),
+        process_tree(stack.prefect_process.popen.pid),  # type: ignore[union-attr]
+        stack.api_process.popen.pid,  # type: ignore[union-attr]
+        [make_catalog(stack.api, stack.files) for _ in range(PROJECTS)],
+    )
+
+
 def _prefect_database(stack: LocalStack) -> str:
     url = make_url(stack.prefect_process.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"])
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
@@ -244,7 +269,9 @@ def _clone_deployments(
     (which reconcile created for each catalog before)."""
     engine = create_engine(database_url)
     with engine.connect() as control_plane:
-        projects = dict(control_plane.execute(text("SELECT id, name FROM project")).all())
+        projects: dict[int, str] = dict(
+            control_plane.execute(text("SELECT id, name FROM project")).all()
+        )
     engine.dispose()
     # make_catalog's connectors move csv to jsonl.
     contexts = {
@@ -252,7 +279,7 @@ def _clone_deployments(
         for c in catalogs
     }
     with psycopg.connect(prefect_database) as db:
-        queues = dict(db.execute("SELECT name, id FROM work_queue").fetchall())
+        queues: dict[str, UUID] = dict(db.execute("SELECT name, id FROM work_queue").fetchall())
         template = db.execute(
             "SELECT d.id, d.concurrency_limit_id, s.id, s.schedule FROM deployment d "
             "JOIN deployment_schedule s ON s.deployment_id = d.id "
@@ -266,7 +293,13 @@ def _clone_deployments(
             connector_id, catalog = index + 1, catalogs[index % len(catalogs)]
             queue = deployments.destination_queue(catalog.destination_id)
             row = Connector(
-                id=connector_id, name=_name(index), schedule=_schedule(index), timezone="UTC"
+                id=connector_id,
+                name=_name(index),
+                project_id=catalog.project_id,
+                defined_source_id=catalog.source_id,
+                defined_destination_id=catalog.destination_id,
+                schedule=_schedule(index),
+                timezone="UTC",
             )
             limits.append({"id": str(uuid.uuid4()), "name": f"deployment:{deployment_id}"})
             clones.append(
@@ -494,13 +527,7 @@ def _read_everything(api: httpx.Client, total: int) -> float:
 def _run(
     stack: LocalStack, home: Path, total: int, requests: int, create_all: bool
 ) -> dict[str, Any]:
-    counter = _CallCounter()
-    _use_stack(stack)
-    prefect_database = _prefect_database(stack)
-    server = process_tree(stack.prefect_process.popen.pid)  # type: ignore[union-attr]
-    api = stack.api_process.popen.pid  # type: ignore[union-attr]
-    catalogs = [make_catalog(stack.api, stack.files) for _ in range(PROJECTS)]
-    active = lambda n: sum(1 for i in range(n) if _active(i))  # noqa: E731
+    counter, prefect_database, server, api, catalogs = _measuring(stack)
     first = total if create_all else max(total // 40, 1)
     passes: list[Pass] = []
     figures: dict[str, Any] = {"created_by_reconcile": first}
@@ -524,7 +551,7 @@ def _run(
     print(f"{first} connectors, deployments by reconcile", flush=True)
     _seed(stack.database_url, catalogs, range(first))
     reconcile("full drift", first, 0, drift=True)
-    reconcile("no drift", first, active(first), drift=False)
+    reconcile("no drift", first, _active_count(first), drift=False)
     if first < total:
         print(f"{total - first} more connectors, deployments cloned in Prefect", flush=True)
         start = time.perf_counter()
@@ -556,7 +583,7 @@ def _run(
     def drift(label: str, cron: str, *, full: bool) -> None:
         made = _make_drift(stack.database_url, cron)
         figures.setdefault("drift", made)
-        reconcile(label, total, active(total) - made["deleted"], drift=True, full=full)
+        reconcile(label, total, _active_count(total) - made["deleted"], drift=True, full=full)
         # Exactly the drift made: so the cloned deployments were in sync with their rows.
         assert passes[-1].repaired == {
             "create": made["deleted"],
@@ -564,7 +591,7 @@ def _run(
         }, passes[-1].repaired
 
     drift("10% drift", DRIFT_SCHEDULE, full=True)
-    reconcile("no drift", total, active(total), drift=False)
+    reconcile("no drift", total, _active_count(total), drift=False)
     quiet_from = time.monotonic()
 
     print("GET /connectors", flush=True)
@@ -572,7 +599,7 @@ def _run(
     # A pass over changes reads from a minute before the last pass began: past that, what the
     # 10% drift pass repaired is behind it, and it finds nothing to read.
     time.sleep(max(0.0, (quiet_from + EVENT_LAG.total_seconds() + 5) - time.monotonic()))
-    reconcile("changes, none", total, active(total), drift=False, full=False)
+    reconcile("changes, none", total, _active_count(total), drift=False, full=False)
     drift("changes, 10%", SECOND_DRIFT_SCHEDULE, full=False)
     rss["after_mb"] = _rss_mb(api)
     figures["api_rss"] = rss
@@ -617,13 +644,7 @@ def _print_table(figures: dict[str, Any]) -> None:
 
 def _curve(stack: LocalStack, sizes: list[int], requests: int) -> list[dict[str, Any]]:
     """One row per size: the stack grown to it, then measured (see the module's docstring)."""
-    counter = _CallCounter()
-    _use_stack(stack)
-    prefect_database = _prefect_database(stack)
-    server = process_tree(stack.prefect_process.popen.pid)  # type: ignore[union-attr]
-    api = stack.api_process.popen.pid  # type: ignore[union-attr]
-    catalogs = [make_catalog(stack.api, stack.files) for _ in range(PROJECTS)]
-    active = lambda n: sum(1 for i in range(n) if _active(i))  # noqa: E731
+    counter, prefect_database, server, api, catalogs = _measuring(stack)
     # A fortieth of the first size gets its deployments from reconcile, as a template to clone.
     grown = max(sizes[0] // 40, 1)
     _seed(stack.database_url, catalogs, range(grown))
@@ -644,12 +665,14 @@ def _curve(stack: LocalStack, sizes: list[int], requests: int) -> list[dict[str,
         rest = (cpu_seconds(server) - cpu) / (time.monotonic() - start)
         row["prefect_busy_at_rest"] = round(rest, 3)
         passes = [
-            _reconcile(counter, server, label, size, active(size), expect_drift=False, full=full)
+            _reconcile(
+                counter, server, label, size, _active_count(size), expect_drift=False, full=full
+            )
             for label, full in (("full, none", True), ("changes, none", False))
         ]
         for label, full in (("changes, 10%", False), ("full, 10%", True)):
             made = _make_drift(stack.database_url, crons[len(passes) % 2])
-            deployments = active(size) - made["deleted"]
+            deployments = _active_count(size) - made["deleted"]
             found = _reconcile(
                 counter, server, label, size, deployments, expect_drift=True, full=full
             )
