@@ -60,9 +60,7 @@ async def _label(run: FlowRun, *, actor: str, name: str, connector_id: int | Non
 
 async def label_run(*, actor: str, name: str, connector_id: int | None = None) -> None:
     """Name the current flow run for a person and tag it with the actor and the connector."""
-    context = FlowRunContext.get()
-    assert context is not None and context.flow_run is not None, "call inside a flow run"
-    await _label(context.flow_run, actor=actor, name=name, connector_id=connector_id)
+    await _label(_current_run(), actor=actor, name=name, connector_id=connector_id)
 
 
 @asynccontextmanager
@@ -73,11 +71,16 @@ async def labelled_when_refused(*, actor: str, name: str) -> AsyncIterator[None]
     try:
         yield
     except Exception:
-        context = FlowRunContext.get()
-        assert context is not None and context.flow_run is not None, "call inside a flow run"
-        if not _labelled(context.flow_run):
-            await _label(context.flow_run, actor=actor, name=name, connector_id=None)
+        run = _current_run()
+        if not _labelled(run):
+            await _label(run, actor=actor, name=name, connector_id=None)
         raise
+
+
+def _current_run() -> FlowRun:
+    context = FlowRunContext.get()
+    assert context is not None and context.flow_run is not None, "call inside a flow run"
+    return context.flow_run
 
 
 def _labelled(run: FlowRun) -> bool:
@@ -136,8 +139,7 @@ async def publish_changes(changes: Sequence[FieldChange]) -> list[dict[str, Any]
 
     Called once the change is committed: when Prefect fails to take the artifact, the change
     stands and says so in the run's log, rather than answer a failure for what was done."""
-    context = FlowRunContext.get()
-    assert context is not None and context.flow_run is not None, "call inside a flow run"
+    run = _current_run()
     rows = [
         {
             "field": change.field,
@@ -148,7 +150,7 @@ async def publish_changes(changes: Sequence[FieldChange]) -> list[dict[str, Any]
         for change in changes
     ]
     try:
-        await _publish(context.flow_run.id, rows, _CHANGED)
+        await _publish(run.id, rows, _CHANGED)
     except Unavailable:
         get_run_logger().warning("the artifact of this run's changes was not published")
     return [change.model_dump(mode="json", by_alias=True) for change in changes]
