@@ -32,6 +32,14 @@ def _refused(prefect: SyncPrefectClient, connector_id: int) -> FlowRun:
     return run
 
 
+def _named(prefect: SyncPrefectClient, name: str) -> FlowRun:
+    """The one run of that name."""
+    [run] = prefect.read_flow_runs(
+        flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
+    )
+    return run
+
+
 def _assert_audited(run: FlowRun, *, name: str, actor: str, connector_id: int | None) -> None:
     assert run.state.type == StateType.FAILED, run.state
     # The person's name, not Prefect's generated adjective-animal one.
@@ -54,10 +62,7 @@ class TestRefusedCreate:
         response = api.post("/connectors", json=spec)
         assert response.status_code == 422, response.text
         name = f"create connector {spec['name']!r} in project {catalog.project_id}"
-        [run] = prefect.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
-        )
-        _assert_audited(run, name=name, actor="anonymous", connector_id=None)
+        _assert_audited(_named(prefect, name), name=name, actor="anonymous", connector_id=None)
 
     def test_a_route_to_no_channel_is_a_named_failed_run(
         self, api: httpx.Client, prefect: SyncPrefectClient, catalog: Catalog
@@ -68,10 +73,7 @@ class TestRefusedCreate:
         response = api.post("/connectors", json=spec)
         assert response.status_code == 422, response.text
         name = f"create connector {spec['name']!r} in project {catalog.project_id}"
-        [run] = prefect.read_flow_runs(
-            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name]))
-        )
-        _assert_audited(run, name=name, actor="anonymous", connector_id=None)
+        _assert_audited(_named(prefect, name), name=name, actor="anonymous", connector_id=None)
 
 
 class TestStaleIfMatch:
