@@ -269,13 +269,22 @@ def _clone_deployments(
     (which reconcile created for each catalog before)."""
     engine = create_engine(database_url)
     with engine.connect() as control_plane:
-        projects: dict[int, str] = dict(
-            control_plane.execute(text("SELECT id, name FROM project")).all()
-        )
+        names: dict[str, dict[int, str]] = {
+            table: dict(control_plane.execute(text(f"SELECT id, {column} FROM {table}")).all())
+            for table, column in (
+                ("project", "name"),
+                ("defined_source", "type"),
+                ("defined_destination", "type"),
+            )
+        }
     engine.dispose()
-    # make_catalog's connectors move csv to jsonl.
     contexts = {
-        c.project_id: ConnectorContext(projects[c.project_id], "csv", "jsonl", False)
+        c.project_id: ConnectorContext(
+            names["project"][c.project_id],
+            names["defined_source"][c.source_id],
+            names["defined_destination"][c.destination_id],
+            False,
+        )
         for c in catalogs
     }
     with psycopg.connect(prefect_database) as db:
@@ -391,6 +400,26 @@ def _reconcile(
     print(f"  {label}: {seconds:.1f} s, repaired {dict(repaired)}", flush=True)
     server_cpu_s = cpu_seconds(server) - cpu
     return Pass(label, connectors, deployments, seconds, repaired, calls, server_cpu_s)
+
+
+def _drift_pass(
+    counter: _CallCounter,
+    server: list[int],
+    database_url: str,
+    label: str,
+    total: int,
+    *,
+    cron: str,
+    full: bool,
+) -> tuple[Pass, dict[str, int]]:
+    """10% drift made (`_make_drift`), then a pass that must repair exactly that: so the cloned
+    deployments were in sync with their rows."""
+    made = _make_drift(database_url, cron)
+    deployments = _active_count(total) - made["deleted"]
+    found = _reconcile(counter, server, label, total, deployments, expect_drift=True, full=full)
+    expected = {"create": made["deleted"], "update": made["rescheduled"]}
+    assert found.repaired == expected, (label, found.repaired, expected)
+    return found, made
 
 
 async def _delete_deployments(deployment_ids: list[UUID]) -> None:
@@ -581,14 +610,11 @@ def _run(
     print(f"  {figures['scheduled_runs']}", flush=True)
 
     def drift(label: str, cron: str, *, full: bool) -> None:
-        made = _make_drift(stack.database_url, cron)
+        found, made = _drift_pass(
+            counter, server, stack.database_url, label, total, cron=cron, full=full
+        )
+        passes.append(found)
         figures.setdefault("drift", made)
-        reconcile(label, total, _active_count(total) - made["deleted"], drift=True, full=full)
-        # Exactly the drift made: so the cloned deployments were in sync with their rows.
-        assert passes[-1].repaired == {
-            "create": made["deleted"],
-            "update": made["rescheduled"],
-        }, passes[-1].repaired
 
     drift("10% drift", DRIFT_SCHEDULE, full=True)
     reconcile("no drift", total, _active_count(total), drift=False)
@@ -671,13 +697,10 @@ def _curve(stack: LocalStack, sizes: list[int], requests: int) -> list[dict[str,
             for label, full in (("full, none", True), ("changes, none", False))
         ]
         for label, full in (("changes, 10%", False), ("full, 10%", True)):
-            made = _make_drift(stack.database_url, crons[len(passes) % 2])
-            deployments = _active_count(size) - made["deleted"]
-            found = _reconcile(
-                counter, server, label, size, deployments, expect_drift=True, full=full
+            cron = crons[len(passes) % 2]
+            found, _ = _drift_pass(
+                counter, server, stack.database_url, label, size, cron=cron, full=full
             )
-            expected = {"create": made["deleted"], "update": made["rescheduled"]}
-            assert found.repaired == expected, (label, found.repaired, expected)
             passes.append(found)
         row["passes"] = [found.as_row() for found in passes]
         row["api_rss_mb"] = _rss_mb(api)
@@ -685,7 +708,8 @@ def _curve(stack: LocalStack, sizes: list[int], requests: int) -> list[dict[str,
     return rows
 
 
-def _print_curve(rows: list[dict[str, Any]]) -> None:
+def _print_curve(figures: dict[str, Any]) -> None:
+    rows = figures["rows"]
     labels = [found["pass"] for found in rows[0]["passes"]]
     print(f"\n{'connectors':>10}{'list p50/p95 ms':>17}{'Prefect busy':>13}{'API MB':>8}", end="")
     print("".join(f"{label + ': s / calls / CPU s':>34}" for label in labels))
@@ -702,6 +726,7 @@ def _print_curve(rows: list[dict[str, Any]]) -> None:
             )
             print(f"{cell:>34}", end="")
         print()
+    print(f"bench: {figures['bench_s']} s")
 
 
 def _quiet_console() -> None:
@@ -734,18 +759,17 @@ def main() -> None:
         local_stack(Path(tmp), postgres=True, prefect_env=scheduler_off) as stack,
     ):
         if args.curve:
-            rows = _curve(stack, args.curve, args.requests)
+            name, show = "scale_curve", _print_curve
+            figures = {"sizes": args.curve, "rows": _curve(stack, args.curve, args.requests)}
         else:
-            figures = _run(stack, Path(tmp), args.connectors, args.requests, args.create_all)
-    seconds = round(time.perf_counter() - start, 1)
-    if args.curve:
-        _print_curve(rows)
-        print(f"bench: {seconds} s")
-        write_results("scale_curve", sizes=args.curve, rows=rows, bench_s=seconds)
-        return
-    figures["bench_s"] = seconds
-    _print_table(figures)
-    write_results("scale", connectors=args.connectors, **figures)
+            name, show = "scale", _print_table
+            figures = {
+                "connectors": args.connectors,
+                **_run(stack, Path(tmp), args.connectors, args.requests, args.create_all),
+            }
+    figures["bench_s"] = round(time.perf_counter() - start, 1)
+    show(figures)
+    write_results(name, **figures)
 
 
 if __name__ == "__main__":
