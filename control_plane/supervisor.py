@@ -142,6 +142,20 @@ class Child(Process):
     awaiting_ready: bool = False
 
 
+def start_watchdog(stack: str, grace: float) -> subprocess.Popen[bytes]:
+    """The watchdog of the processes marked `stack`: it stops them all, with `grace` seconds
+    each, once its stdin is closed, which the kernel does when the caller ends, however.
+
+    Start it before the caller's own environment carries the mark, or it stops itself. Close
+    its stdin and wait for it to stop cleanly: it then finds nothing left, or stops what was.
+    """
+    return subprocess.Popen(
+        [sys.executable, "-m", __name__, stack, str(grace), str(os.getpid())],
+        stdin=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
 class Supervisor:
     """Starts the stack's processes, restarts the ones that die with exponential backoff, and
     stops all of them, in tiers, on SIGINT, SIGTERM or SIGHUP, however often they come.
@@ -169,11 +183,7 @@ class Supervisor:
             signal.signal(signum, self._on_signal)
         failure: StartFailed | None = None
         try:
-            self._watchdog = subprocess.Popen(
-                [sys.executable, "-m", __name__, self.stack, str(self.grace)],
-                stdin=subprocess.PIPE,
-                start_new_session=True,
-            )
+            self._watchdog = start_watchdog(self.stack, self.grace)
             start()
             while True:
                 self._tick()
@@ -314,18 +324,21 @@ class Supervisor:
         partial.replace(self.state_file)
 
 
-def _watch(stack: str, grace: float) -> None:
-    """The watchdog: wait until `up` is gone, however it ended, then stop what it left."""
-    up = os.getppid()
+def _watch(stack: str, grace: float, starter: int) -> None:
+    """The watchdog: wait until its starter is gone, however it ended, then stop what it left.
+
+    The starter's pid comes as an argument: one killed while this process was starting has
+    left it to init already.
+    """
     sys.stdin.buffer.read()
     if left := _processes_of(stack):
-        _log(f"watchdog: pid {up} is gone; stopping what it left, {len(left)} process(es)")
+        _log(f"watchdog: pid {starter} is gone; stopping what it left, {len(left)} process(es)")
         still = f"still running {grace:g} s after SIGTERM"
         for process in _terminate(stack, grace=grace):
             _log(f"watchdog: killed pid {process.pid} ({process.command}): {still}")
 
 
-__all__ = ["STACK_MARK", "Child", "Stopping", "Supervisor"]
+__all__ = ["STACK_MARK", "Child", "Stopping", "Supervisor", "start_watchdog"]
 
 if __name__ == "__main__":
-    _watch(sys.argv[1], float(sys.argv[2]))
+    _watch(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]))
