@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -25,9 +26,41 @@ from control_plane.api.auth import READ, WRITE, mint
 from control_plane.cli import prefect_server_env
 from control_plane.db import migrate
 from control_plane.encryption import ensure_key_file
-from control_plane.processes import api_server, free_port, prefect_server, running, worker
+from control_plane.processes import (
+    STOP_GRACE_SECONDS,
+    api_server,
+    free_port,
+    prefect_server,
+    running,
+    worker,
+)
 from control_plane.settings import Settings
+from control_plane.supervisor import STACK_MARK, start_watchdog
 from tests.helpers import PUBLIC_TEST_HOST
+
+_WATCHDOG = pytest.StashKey[subprocess.Popen[bytes]]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Mark every process the session starts, as `up` marks its stack's, with a watchdog that
+    stops them all when the session ends, however: a killed session (CI's timeout, a second
+    Ctrl-C) would otherwise leave its Prefect servers, APIs, workers and flow runs running. The
+    xdist workers inherit the mark from their controller, which holds the watchdog."""
+    if hasattr(config, "workerinput"):
+        return
+    stack = uuid.uuid4().hex
+    # On the session's own stderr, not pytest's capture of it, to be read after a kill.
+    with config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        config.stash[_WATCHDOG] = start_watchdog(stack, STOP_GRACE_SECONDS)
+    os.environ[STACK_MARK] = stack
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A clean end: the watchdog stops what the session's tests left, if anything, and says so."""
+    if watchdog := config.stash.get(_WATCHDOG, None):
+        watchdog.stdin.close()
+        watchdog.wait()
+
 
 # Prefect's scheduler looks every second here (60 s by default), so runs appear quickly.
 TEST_PREFECT_ENV = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1"}

@@ -521,6 +521,50 @@ class TestSigkill:
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# A test of a session of its own: it starts a process, says its pid, and waits to be killed.
+_SLEEPS = """
+import os, subprocess, sys, time
+from pathlib import Path
+
+def test_sleeps():
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    Path(os.environ["SLEEPER_PID_FILE"]).write_text(str(sleeper.pid))
+    time.sleep(600)
+"""
+
+
+class TestKilledTestSession:
+    def test_what_a_sigkilled_session_started_goes(self, tmp_path: Path):
+        """This suite's sessions watch their processes as `up` does (tests/conftest.py)."""
+        (tmp_path / "test_sleeps.py").write_text(_SLEEPS)
+        pid_file = tmp_path / "sleeper.pid"
+        session = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-q", "-p", "no:xdist"]
+            + [str(tmp_path / "test_sleeps.py")],
+            cwd=ROOT,
+            env={**os.environ, "SLEEPER_PID_FILE": str(pid_file)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            wait_for(
+                lambda: pid_file.exists() and pid_file.read_text() != "",
+                timeout=60,
+                what="the session's test to start a process",
+            )
+            sleeper = int(pid_file.read_text())
+            environ = Path(f"/proc/{sleeper}/environ").read_bytes().split(b"\0")
+        finally:
+            session.kill()
+        # The watchdog holds the session's stderr open: it ends once the watchdog is done.
+        stderr = session.communicate(timeout=60)[1].decode()
+
+        mark = f"{STACK_MARK}=".encode()
+        [stack] = [v[len(mark) :].decode() for v in environ if v.startswith(mark)]
+        assert stack != os.environ[STACK_MARK]  # the killed session's mark, not this one's
+        assert not _running(stack, [sleeper])
+        assert f"watchdog: pid {session.pid} is gone; stopping what it left, 1 process" in stderr
+
 
 class TestScaleProfile:
     def test_prefect_and_the_api_run_in_several_processes_on_redis_and_a_sync_completes(
