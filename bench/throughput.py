@@ -8,7 +8,8 @@ for a production load; with `--embedded`, as `make up` runs them (the control pl
 Prefect on a PostgreSQL of its own), with Prefect's client retries off, so that every 503 of
 Prefect's reaches the clients instead of a retry 2 s later. The sequential run measures creates
 per second with one client; the concurrent run creates `--connectors` with `--clients` clients
-at once. Prints a table and writes bench/results/throughput.json (throughput-embedded.json).
+at once. Prints a table and writes bench/results/throughput.json (throughput-embedded.json,
+throughput-scaled.json).
 """
 
 import argparse
@@ -158,8 +159,9 @@ def main() -> None:
         "creates/s",
     )
     print(f"speed-up with {args.clients} clients: {speedup}x (target >= 3x, 1,000 in < 60 s)")
+    variant = "-embedded" if args.embedded else "-scaled" if args.scaled else ""
     write_results(
-        "throughput-embedded" if args.embedded else "throughput",
+        f"throughput{variant}",
         prefect_database="postgresql (embedded)" if args.embedded else "postgresql",
         control_plane_database="sqlite" if args.embedded else "postgresql",
         prefect_client_retries=0 if args.embedded else None,
